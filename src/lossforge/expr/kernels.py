@@ -64,6 +64,103 @@ def k_i1e(x):
     return torch.special.i1e(x)
 
 
+# ---- plain ops (wrapped so that every op has exactly one implementation here) ------------------
+def k_add(a, b):
+    return a + b
+
+
+def k_sub(a, b):
+    return a - b
+
+
+def k_mul(a, b):
+    return a * b
+
+
+def k_max(a, b):
+    return torch.maximum(a, b)
+
+
+def k_min(a, b):
+    return torch.minimum(a, b)
+
+
+def k_neg(x):
+    return -x
+
+
+def k_abs(x):
+    return torch.abs(x)
+
+
+def k_sign(x):
+    return torch.sign(x)
+
+
+def k_square(x):
+    return x * x
+
+
+def k_exp(x):
+    return torch.exp(x)
+
+
+def k_tanh(x):
+    return torch.tanh(x)
+
+
+def k_sigmoid(x):
+    return torch.sigmoid(x)
+
+
+def k_softplus(x):
+    return torch.nn.functional.softplus(x)
+
+
+def k_erf(x):
+    return torch.erf(x)
+
+
+def k_erfc(x):
+    return torch.erfc(x)
+
+
+def k_sin(x):
+    return torch.sin(x)
+
+
+def k_cos(x):
+    return torch.cos(x)
+
+
+def k_sinh(x):
+    return torch.sinh(x)
+
+
+def k_asinh(x):
+    return torch.asinh(x)
+
+
+def k_atan(x):
+    return torch.atan(x)
+
+
+def k_relu(x):
+    return torch.relu(x)
+
+
+def k_negrelu(x):
+    return torch.clamp(x, max=0.0)
+
+
+def k_i0(x):
+    return torch.special.i0(x)
+
+
+def k_i1(x):
+    return torch.special.i1(x)
+
+
 # ---- binary ops ------------------------------------------------------------------------------
 def k_div(a, b):
     return a / (b + EPS)
@@ -129,3 +226,47 @@ def reduce_loss(x, mask=None):
     m = _fit_mask(mask, x)
     total = torch.where(m, x, torch.zeros_like(x)).sum()
     return total / m.sum().clamp_min(1)
+
+
+# ---- turning a model output and a target into the variables of a loss --------------------------
+def prepare_classification(logits, target, ignore_index=255):
+    """``logits (N, C, *spatial)`` and class-index ``target (N, *spatial)`` -> (variables, mask).
+
+    Variables: ``p`` softmax probabilities, ``y`` one-hot target (all zeros where ignored), ``z``
+    logits, each ``(N, C, *spatial)``. ``mask (N, 1, *spatial)`` is ``None`` when nothing is
+    ignored. Raises ``ValueError`` for shapes or labels that do not fit.
+    """
+    if logits.dim() < 2:
+        raise ValueError(f"logits must be (N, C, *spatial), got shape {tuple(logits.shape)}")
+    n, c = logits.shape[0], logits.shape[1]
+    expected = (n,) + tuple(logits.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(
+            f"target must be class indices of shape {expected} for logits of shape "
+            f"{tuple(logits.shape)}, got {tuple(target.shape)}"
+        )
+    target = target.long()
+    valid = target != ignore_index
+    all_valid = bool(valid.all())
+    safe = target if all_valid else torch.where(valid, target, torch.zeros_like(target))
+    if bool(((safe < 0) | (safe >= c)).any()):
+        raise ValueError(f"target holds labels outside [0, {c}) other than ignore_index={ignore_index}")
+    y = torch.nn.functional.one_hot(safe, c).movedim(-1, 1).to(logits.dtype)
+    mask = None if all_valid else valid.unsqueeze(1)
+    if mask is not None:
+        y = y * mask.to(logits.dtype)
+    p = torch.softmax(logits, dim=1)
+    return {"p": p, "y": y, "z": logits}, mask
+
+
+def prepare_regression(pred, target):
+    """``pred`` and ``target`` of the same shape ``(N,)`` or ``(N, D, ...)`` -> variables ``f, y``.
+
+    1-D inputs become ``(N, 1)`` so that ``sum_c``/``mean_c`` act over the output dimension.
+    """
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} "
+                         f"and {tuple(target.shape)}")
+    if pred.dim() == 1:
+        pred, target = pred.unsqueeze(1), target.unsqueeze(1)
+    return {"f": pred, "y": target.to(pred.dtype)}, None

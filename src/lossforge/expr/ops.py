@@ -51,21 +51,27 @@ VARIABLES: dict[str, str] = {
 class Op:
     """A primitive operator.
 
-    ``torch_fn`` maps tensors to a tensor (aggregations also take ``mask``); ``sympy_fn`` maps
-    sympy expressions to the identical sympy expression. ``infix`` is the text operator for
-    ``+ - * /``; ``kernel`` names the function in :mod:`kernels` that implements it (``None`` when
-    the op is a plain torch call emitted inline by :func:`to_source`).
+    The torch implementation is the function ``kernels.k_<name>`` (:attr:`torch_fn`; aggregations
+    also take ``mask``); ``sympy_fn`` maps sympy expressions to the identical sympy expression.
+    ``infix`` is the text operator for ``+ - * /``; ``tags`` name the search spaces using the op.
     """
 
     name: str
     arity: int
-    torch_fn: Callable[..., torch.Tensor]
     sympy_fn: Callable[..., sympy.Expr]
     cost: float
     doc: str
     infix: str | None = None
     aggregation: bool = False
     tags: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def kernel_name(self) -> str:
+        return "k_" + self.name
+
+    @property
+    def torch_fn(self) -> Callable[..., torch.Tensor]:
+        return getattr(K, self.kernel_name)
 
 
 def _sig(x):
@@ -82,54 +88,54 @@ _GLO = "glo"
 
 _OPS: list[Op] = [
     # binary arithmetic
-    Op("add", 2, torch.add, lambda a, b: a + b, 1, "a + b", "+", tags=frozenset({_ALZ, _NLFS, _GLO})),
-    Op("sub", 2, torch.sub, lambda a, b: a - b, 1, "a - b", "-", tags=frozenset({_NLFS, _GLO})),
-    Op("mul", 2, torch.mul, lambda a, b: a * b, 1, "a * b", "*", tags=frozenset({_ALZ, _NLFS, _GLO})),
-    Op("div", 2, K.k_div, lambda a, b: a / (b + _SEPS), 1.5, "a / (b + eps)", "/",
+    Op("add", 2, lambda a, b: a + b, 1, "a + b", "+", tags=frozenset({_ALZ, _NLFS, _GLO})),
+    Op("sub", 2, lambda a, b: a - b, 1, "a - b", "-", tags=frozenset({_NLFS, _GLO})),
+    Op("mul", 2, lambda a, b: a * b, 1, "a * b", "*", tags=frozenset({_ALZ, _NLFS, _GLO})),
+    Op("div", 2, lambda a, b: a / (b + _SEPS), 1.5, "a / (b + eps)", "/",
        tags=frozenset({_NLFS, _GLO})),
-    Op("max", 2, torch.maximum, sympy.Max, 1.5, "max(a, b)", tags=frozenset({_NLFS, _GLO})),
-    Op("min", 2, torch.minimum, sympy.Min, 1.5, "min(a, b)", tags=frozenset({_NLFS, _GLO})),
-    Op("aq", 2, K.k_aq, lambda a, b: a / sympy.sqrt(1 + b**2), 2,
+    Op("max", 2, sympy.Max, 1.5, "max(a, b)", tags=frozenset({_NLFS, _GLO})),
+    Op("min", 2, sympy.Min, 1.5, "min(a, b)", tags=frozenset({_NLFS, _GLO})),
+    Op("aq", 2, lambda a, b: a / sympy.sqrt(1 + b**2), 2,
        "analytic quotient a / sqrt(1 + b^2)", tags=frozenset({_NLFS, _GLO})),
     # unary
-    Op("neg", 1, torch.neg, lambda x: -x, 1, "-x", tags=frozenset({_ALZ, _NLFS})),
-    Op("abs", 1, torch.abs, sympy.Abs, 1, "|x|", tags=frozenset({_ALZ, _NLFS, _GLO})),
-    Op("sign", 1, torch.sign, sympy.sign, 1, "sign(x), 0 at 0", tags=frozenset({_GLO})),
-    Op("square", 1, torch.square, lambda x: x**2, 1, "x^2", tags=frozenset({_ALZ, _NLFS, _GLO})),
-    Op("sqrt", 1, K.k_sqrt, lambda x: sympy.sqrt(sympy.Abs(x) + _SEPS), 2, "sqrt(|x| + eps)",
+    Op("neg", 1, lambda x: -x, 1, "-x", tags=frozenset({_ALZ, _NLFS})),
+    Op("abs", 1, sympy.Abs, 1, "|x|", tags=frozenset({_ALZ, _NLFS, _GLO})),
+    Op("sign", 1, sympy.sign, 1, "sign(x), 0 at 0", tags=frozenset({_GLO})),
+    Op("square", 1, lambda x: x**2, 1, "x^2", tags=frozenset({_ALZ, _NLFS, _GLO})),
+    Op("sqrt", 1, lambda x: sympy.sqrt(sympy.Abs(x) + _SEPS), 2, "sqrt(|x| + eps)",
        tags=frozenset({_NLFS, _GLO})),
-    Op("ssqrt", 1, K.k_ssqrt, lambda x: sympy.sign(x) * sympy.sqrt(sympy.Abs(x) + _SEPS), 2,
+    Op("ssqrt", 1, lambda x: sympy.sign(x) * sympy.sqrt(sympy.Abs(x) + _SEPS), 2,
        "sign(x) sqrt(|x| + eps) (AutoLoss-Zero's protected Sqrt)", tags=frozenset({_ALZ})),
-    Op("inv", 1, K.k_inv, lambda x: 1 / (x + _SEPS), 1.5, "1 / (x + eps)",
+    Op("inv", 1, lambda x: 1 / (x + _SEPS), 1.5, "1 / (x + eps)",
        tags=frozenset({_ALZ, _NLFS})),
-    Op("log", 1, K.k_log, lambda x: sympy.log(sympy.Abs(x) + _SEPS), 2, "ln(|x| + eps)",
+    Op("log", 1, lambda x: sympy.log(sympy.Abs(x) + _SEPS), 2, "ln(|x| + eps)",
        tags=frozenset({_NLFS, _GLO})),
-    Op("slog", 1, K.k_slog, lambda x: sympy.sign(x) * sympy.log(sympy.Abs(x) + _SEPS), 2,
+    Op("slog", 1, lambda x: sympy.sign(x) * sympy.log(sympy.Abs(x) + _SEPS), 2,
        "sign(x) ln(|x| + eps) (AutoLoss-Zero's protected Log)", tags=frozenset({_ALZ})),
     Op("log10", 1, K.k_log10, lambda x: sympy.log(sympy.Abs(x) + _SEPS, 10), 2,
        "log10(|x| + eps)", tags=frozenset({_NLFS})),
-    Op("exp", 1, torch.exp, sympy.exp, 2, "e^x (unclipped)", tags=frozenset({_ALZ, _NLFS})),
-    Op("tanh", 1, torch.tanh, sympy.tanh, 2, "tanh(x)", tags=frozenset({_ALZ, _NLFS, _GLO})),
-    Op("sigmoid", 1, torch.sigmoid, _sig, 2, "1 / (1 + e^-x)", tags=frozenset({_NLFS})),
-    Op("softplus", 1, torch.nn.functional.softplus, lambda x: sympy.log(1 + sympy.exp(x)), 2,
+    Op("exp", 1, sympy.exp, 2, "e^x (unclipped)", tags=frozenset({_ALZ, _NLFS})),
+    Op("tanh", 1, sympy.tanh, 2, "tanh(x)", tags=frozenset({_ALZ, _NLFS, _GLO})),
+    Op("sigmoid", 1, _sig, 2, "1 / (1 + e^-x)", tags=frozenset({_NLFS})),
+    Op("softplus", 1, lambda x: sympy.log(1 + sympy.exp(x)), 2,
        "ln(1 + e^x)", tags=frozenset({_NLFS})),
-    Op("erf", 1, torch.erf, sympy.erf, 2, "error function", tags=frozenset({_NLFS})),
-    Op("erfc", 1, torch.erfc, sympy.erfc, 2, "1 - erf(x)", tags=frozenset({_NLFS})),
-    Op("sin", 1, torch.sin, sympy.sin, 2, "sin(x)", tags=frozenset({_NLFS})),
-    Op("cos", 1, torch.cos, sympy.cos, 2, "cos(x)"),
-    Op("sinh", 1, torch.sinh, sympy.sinh, 2, "sinh(x) (unclipped)", tags=frozenset({_NLFS})),
-    Op("asinh", 1, torch.asinh, sympy.asinh, 2, "asinh(x)", tags=frozenset({_NLFS})),
-    Op("atan", 1, torch.atan, sympy.atan, 2, "atan(x)", tags=frozenset({_NLFS})),
+    Op("erf", 1, sympy.erf, 2, "error function", tags=frozenset({_NLFS})),
+    Op("erfc", 1, sympy.erfc, 2, "1 - erf(x)", tags=frozenset({_NLFS})),
+    Op("sin", 1, sympy.sin, 2, "sin(x)", tags=frozenset({_NLFS})),
+    Op("cos", 1, sympy.cos, 2, "cos(x)"),
+    Op("sinh", 1, sympy.sinh, 2, "sinh(x) (unclipped)", tags=frozenset({_NLFS})),
+    Op("asinh", 1, sympy.asinh, 2, "asinh(x)", tags=frozenset({_NLFS})),
+    Op("atan", 1, sympy.atan, 2, "atan(x)", tags=frozenset({_NLFS})),
     Op("inv1pabs", 1, K.k_inv1pabs, lambda x: 1 / (1 + sympy.Abs(x)), 1.5, "1 / (1 + |x|)",
        tags=frozenset({_NLFS})),
-    Op("softsign", 1, K.k_softsign, lambda x: x / (1 + sympy.Abs(x)), 1.5, "x / (1 + |x|)",
+    Op("softsign", 1, lambda x: x / (1 + sympy.Abs(x)), 1.5, "x / (1 + |x|)",
        tags=frozenset({_NLFS})),
-    Op("dtanh", 1, K.k_dtanh, lambda x: 1 - sympy.tanh(x) ** 2, 2, "1 - tanh(x)^2",
+    Op("dtanh", 1, lambda x: 1 - sympy.tanh(x) ** 2, 2, "1 - tanh(x)^2",
        tags=frozenset({_NLFS})),
-    Op("dsigmoid", 1, K.k_dsigmoid, lambda x: _sig(x) * (1 - _sig(x)), 2,
+    Op("dsigmoid", 1, lambda x: _sig(x) * (1 - _sig(x)), 2,
        "sigmoid(x) (1 - sigmoid(x))", tags=frozenset({_NLFS})),
-    Op("relu", 1, torch.relu, lambda x: sympy.Max(x, 0), 1, "max(x, 0)", tags=frozenset({_NLFS})),
-    Op("negrelu", 1, lambda x: torch.clamp(x, max=0.0), lambda x: sympy.Min(x, 0), 1,
+    Op("relu", 1, lambda x: sympy.Max(x, 0), 1, "max(x, 0)", tags=frozenset({_NLFS})),
+    Op("negrelu", 1, lambda x: sympy.Min(x, 0), 1,
        "min(x, 0)", tags=frozenset({_NLFS})),
     Op("i0", 1, torch.special.i0, lambda x: sympy.besseli(0, x), 3,
        "modified Bessel function I0", tags=frozenset({_NLFS})),
@@ -140,13 +146,13 @@ _OPS: list[Op] = [
     Op("i1e", 1, K.k_i1e, lambda x: sympy.exp(-sympy.Abs(x)) * sympy.besseli(1, x), 3,
        "exponentially scaled I1: e^-|x| I1(x)", tags=frozenset({_NLFS})),
     # aggregations
-    Op("sum_c", 1, K.k_sum_c, _agg("sum_c"), 1, "sum over classes (dim 1)", aggregation=True),
-    Op("mean_c", 1, K.k_mean_c, _agg("mean_c"), 1, "mean over classes (dim 1)", aggregation=True),
-    Op("mean_s", 1, K.k_mean_s, _agg("mean_s"), 1,
+    Op("sum_c", 1, _agg("sum_c"), 1, "sum over classes (dim 1)", aggregation=True),
+    Op("mean_c", 1, _agg("mean_c"), 1, "mean over classes (dim 1)", aggregation=True),
+    Op("mean_s", 1, _agg("mean_s"), 1,
        "mean over spatial positions, per sample and class", aggregation=True),
-    Op("mean_bs", 1, K.k_mean_bs, _agg("mean_bs"), 1,
+    Op("mean_bs", 1, _agg("mean_bs"), 1,
        "mean over batch and spatial positions, per class", aggregation=True),
-    Op("mean_b", 1, K.k_mean_b, _agg("mean_b"), 1, "mean over the batch", aggregation=True),
+    Op("mean_b", 1, _agg("mean_b"), 1, "mean over the batch", aggregation=True),
 ]
 
 OPS: dict[str, Op] = {op.name: op for op in _OPS}
