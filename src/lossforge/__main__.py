@@ -1,0 +1,3 @@
+from lossforge.cli import app
+
+app(prog_name="lossforge")

@@ -1,0 +1,48 @@
+"""Tasks: ``tasks.get(name)``, ``tasks.names()``, ``tasks.register(name, factory)``."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+from lossforge.tasks.base import (CLASSIFICATION, REGRESSION, SIGNATURES, Metric, ProxyConfig,
+                                  Task, check_output_shape)
+
+_REGISTRY: dict[str, Callable[..., Task]] = {}
+
+
+def register(name: str, factory: Callable[..., Task]) -> None:
+    """Make ``factory`` (a Task subclass or any callable returning a task) available by ``name``."""
+    _REGISTRY[name] = factory
+
+
+def names() -> list[str]:
+    """Names of the registered tasks."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get(name: str | Task, **kwargs) -> Task:
+    """The task called ``name`` (a new instance; ``kwargs`` go to its constructor).
+
+    A task object is returned unchanged. Unknown names raise ``KeyError`` listing the known ones.
+    """
+    if not isinstance(name, str):
+        return name
+    _load_builtins()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise KeyError(f"unknown task {name!r}{hint}; known tasks: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**kwargs)
+
+
+def _load_builtins() -> None:
+    if not _REGISTRY or "digits" not in _REGISTRY:
+        from lossforge.tasks.builtin import BUILTIN
+
+        for key, cls in BUILTIN.items():
+            _REGISTRY.setdefault(key, cls)
+
+
+__all__ = ["CLASSIFICATION", "REGRESSION", "SIGNATURES", "Metric", "ProxyConfig", "Task",
+           "check_output_shape", "get", "names", "register"]
