@@ -3,6 +3,8 @@
 Public API: ``parse``, ``Expr``, ``ParseError``, ``zoo``, ``tasks``, ``Task``, ``train``,
 ``evaluate``, ``LossSearch``, ``load_study``.
 """
+import importlib
+
 from lossforge.expr import Expr, ParseError, parse
 from lossforge import tasks
 from lossforge.tasks import Task
@@ -11,10 +13,10 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):  # lazy: keep `import lossforge` light
+    # importlib, not `from lossforge import zoo`: that form looks the name up on this package
+    # first, which calls this very __getattr__ again (infinite recursion).
     if name == "zoo":
-        from lossforge import zoo
-
-        return zoo
+        return importlib.import_module("lossforge.zoo")
     if name == "train":
         from lossforge.training import train
 
@@ -24,9 +26,7 @@ def __getattr__(name):  # lazy: keep `import lossforge` light
 
         return evaluate
     if name in ("LossSearch", "load_study", "Study"):
-        from lossforge import study
-
-        return getattr(study, name)
+        return getattr(importlib.import_module("lossforge.study"), name)
     raise AttributeError(f"module 'lossforge' has no attribute {name!r}")
 
 

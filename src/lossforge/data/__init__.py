@@ -34,3 +34,14 @@ class DataSplits:
 
 class DataMissingError(FileNotFoundError):
     """A data set's files are not in the data directory; the message says how to get them."""
+
+
+# Loaders (imported after the classes above, which they use).
+from lossforge.data.idx import default_data_dir, fashion_mnist, mnist, read_idx, write_idx  # noqa: E402
+from lossforge.data.shapes import shapes_cls, shapes_seg  # noqa: E402
+from lossforge.data.tabular import (  # noqa: E402
+    breast_cancer, diabetes, diabetes_target_stats, digits, mnist1d)
+
+__all__ = ["Split", "DataSplits", "DataMissingError", "digits", "breast_cancer", "diabetes",
+           "diabetes_target_stats", "mnist1d", "mnist", "fashion_mnist", "shapes_seg",
+           "shapes_cls", "read_idx", "write_idx", "default_data_dir"]

@@ -232,19 +232,33 @@ def to_sympy(expr: Expr, *, protected: bool = True) -> sympy.Expr:
     return values[id(expr)]
 
 
-def numpy_aggregations(mask=None) -> dict:
-    """NumPy implementations of the aggregation functions for ``sympy.lambdify`` (no mask)."""
+def numpy_aggregations(shape: tuple[int, ...] | None = None) -> dict:
+    """NumPy implementations of the aggregation functions for ``sympy.lambdify`` (no mask).
+
+    ``shape``: the shape ``(N, C, *spatial)`` of the variables. Like :func:`evaluate`, an
+    aggregation of a lower-dimensional argument (a constant, e.g. ``sum_c(2)``, which is ``2 C``)
+    first broadcasts it to that shape; without ``shape`` such arguments are not supported.
+    """
     import numpy as np
+
+    def full(x):
+        if shape is not None and np.ndim(x) < len(shape):
+            return np.broadcast_to(x, shape)
+        return x
 
     def spatial(x):
         return tuple(range(2, np.ndim(x)))
 
+    def mean_s(x):
+        x = full(x)
+        return np.mean(x, axis=spatial(x), keepdims=True) if spatial(x) else x
+
     return {
-        "sum_c": lambda x: np.sum(x, axis=1, keepdims=True),
-        "mean_c": lambda x: np.mean(x, axis=1, keepdims=True),
-        "mean_s": lambda x: np.mean(x, axis=spatial(x), keepdims=True) if spatial(x) else x,
-        "mean_bs": lambda x: np.mean(x, axis=(0,) + spatial(x), keepdims=True),
-        "mean_b": lambda x: np.mean(x, axis=0, keepdims=True),
+        "sum_c": lambda x: np.sum(full(x), axis=1, keepdims=True),
+        "mean_c": lambda x: np.mean(full(x), axis=1, keepdims=True),
+        "mean_s": mean_s,
+        "mean_bs": lambda x: np.mean(full(x), axis=(0,) + spatial(full(x)), keepdims=True),
+        "mean_b": lambda x: np.mean(full(x), axis=0, keepdims=True),
     }
 
 

@@ -9,6 +9,11 @@ Grammar (``-`` binds tighter than ``*``/``/``, which bind tighter than ``+``/``-
 
 ``-`` directly before a number makes a negative constant (``-1`` is the constant -1, ``-(1)`` is
 ``neg`` applied to 1), which is what the canonical text form relies on.
+
+Limits (text beyond them raises :class:`ParseError`, never ``RecursionError``): at most
+``MAX_LENGTH`` characters, ``MAX_NESTING`` nested parentheses / calls / unary minuses, and a result
+no deeper than ``MAX_DEPTH`` nodes (long ``+``/``*`` chains included), so that every parsed
+expression can be printed, pickled and parsed again.
 """
 from __future__ import annotations
 
@@ -20,7 +25,11 @@ from lossforge.expr import ops as _ops
 from lossforge.expr.expr import Expr, apply, const, var
 
 MAX_LENGTH = 100_000
-MAX_NESTING = 200
+#: Nesting of the recursive descent (each level costs up to five Python frames).
+MAX_NESTING = 100
+#: Depth (:meth:`Expr.depth`) of a parsed expression: the recursive ``str``/``size``/``depth`` and
+#: pickling of :class:`Expr` stay far from Python's recursion limit.
+MAX_DEPTH = 200
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z_0-9]*)"
@@ -82,6 +91,21 @@ class _Parser:
         found = "end of text" if kind == "end" else repr(val)
         return ParseError(f"expected {expected}, found {found}", self.text, pos, expected)
 
+    def node(self, op: str, args: list[Expr], pos: int) -> Expr:
+        """``apply(op, *args)``, refusing results deeper than ``MAX_DEPTH``."""
+        out = apply(op, *args)
+        if out.depth() > MAX_DEPTH:
+            raise ParseError(f"expression deeper than {MAX_DEPTH} levels", self.text, pos,
+                             "a shallower expression")
+        return out
+
+    def nest(self) -> None:
+        """Enter one level of recursion; ``ParseError`` beyond ``MAX_NESTING``."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise ParseError(f"expression nested deeper than {MAX_NESTING} levels", self.text,
+                             self.peek()[2], "a shallower expression")
+
     def expect(self, sym: str) -> None:
         tok = self.peek()
         if tok[0] != "sym" or tok[1] != sym:
@@ -98,34 +122,28 @@ class _Parser:
         return e
 
     def expr(self) -> Expr:
-        self.depth += 1
-        if self.depth > MAX_NESTING:
-            raise ParseError(f"expression nested deeper than {MAX_NESTING} levels", self.text,
-                             self.peek()[2], "a shallower expression")
+        self.nest()
         left = self.term()
         while self.peek()[:2] in (("sym", "+"), ("sym", "-")):
-            op = _ops.INFIX[self.take()[1]].name
-            left = apply(op, left, self.term())
+            _, sym, pos = self.take()
+            left = self.node(_ops.INFIX[sym].name, [left, self.term()], pos)
         self.depth -= 1
         return left
 
     def term(self) -> Expr:
         left = self.unary()
         while self.peek()[:2] in (("sym", "*"), ("sym", "/")):
-            op = _ops.INFIX[self.take()[1]].name
-            left = apply(op, left, self.unary())
+            _, sym, pos = self.take()
+            left = self.node(_ops.INFIX[sym].name, [left, self.unary()], pos)
         return left
 
     def unary(self) -> Expr:
         if self.peek()[:2] == ("sym", "-"):
-            self.take()
+            pos = self.take()[2]
             if self.peek()[0] == "num":
                 return self.number(negative=True)
-            self.depth += 1
-            if self.depth > MAX_NESTING:
-                raise ParseError(f"expression nested deeper than {MAX_NESTING} levels", self.text,
-                                 self.peek()[2], "a shallower expression")
-            out = apply("neg", self.unary())
+            self.nest()
+            out = self.node("neg", [self.unary()], pos)
             self.depth -= 1
             return out
         return self.primary()
@@ -181,7 +199,7 @@ class _Parser:
         if len(args) != spec.arity:
             raise ParseError(f"{name} takes {spec.arity} argument(s), got {len(args)}", self.text,
                              end, f"{spec.arity} argument(s)")
-        return apply(name, *args)
+        return self.node(name, args, pos)
 
 
 def _suggest(name: str, candidates: list[str]) -> str:

@@ -1,0 +1,53 @@
+"""Helpers shared by the loaders: numpy -> :class:`Split`, deterministic (stratified) index splits."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lossforge.data import DataSplits, Split
+
+
+def as_split(x: np.ndarray, y: np.ndarray, regression: bool = False) -> Split:
+    """float32 inputs; int64 class targets, or float32 targets when ``regression``."""
+    y_dtype = np.float32 if regression else np.int64
+    return Split(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                 torch.from_numpy(np.ascontiguousarray(y, dtype=y_dtype)))
+
+
+def make_splits(name: str, num_classes: int | None, x: np.ndarray, y: np.ndarray,
+                idx: tuple[np.ndarray, np.ndarray, np.ndarray]) -> DataSplits:
+    regression = num_classes is None
+    train, val, test = (as_split(x[i], y[i], regression) for i in idx)
+    return DataSplits(train=train, val=val, test=test, num_classes=num_classes, name=name)
+
+
+def split_indices(n: int, fractions: tuple[float, float, float], seed: int,
+                  strata: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Disjoint train / val / test indices covering ``range(n)``, deterministic for ``seed``.
+
+    ``fractions`` are (train, val, test) and must sum to 1. With ``strata`` (class labels) every
+    class is split in the same proportions (stratified); the order inside each split is shuffled.
+    """
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) < 0:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)] if strata is None else [np.flatnonzero(strata == c)
+                                                   for c in np.unique(strata)]
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for g in groups:
+        g = rng.permutation(g)
+        n_val = int(round(fractions[1] * len(g)))
+        n_test = int(round(fractions[2] * len(g)))
+        n_train = len(g) - n_val - n_test
+        parts[0].append(g[:n_train])
+        parts[1].append(g[n_train:n_train + n_val])
+        parts[2].append(g[n_train + n_val:])
+    return tuple(rng.permutation(np.concatenate(p)) for p in parts)  # type: ignore[return-value]
+
+
+def standardize(train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Scale every array with the mean and standard deviation of ``train`` (per column)."""
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return tuple((a - mean) / std for a in (train, *others))

@@ -1,0 +1,238 @@
+"""Procedural shapes: a segmentation set (VOC-like statistics) and a 10-class image set.
+
+Both are drawn with the primitives of :mod:`lossforge.data.draw` on noisy textured backgrounds,
+fully vectorised (one numpy pass per object slot and class), deterministic for ``seed``; the train,
+val and test splits come from independent random streams, so changing one split's size leaves the
+others unchanged.
+
+``shapes_seg`` — semantic segmentation, ``SEG_CLASSES``: background (≈ 85% of pixels), disk,
+rectangle, triangle, thin ring (1–2 px), thin curve (1–2 px sine or Bézier), tiny dot (2–9 px).
+3–7 objects per image, drawn in random order (later ones occlude earlier ones). With probability
+``color_informativeness`` an object has its class colour plus noise, otherwise a random colour, so
+shape must be learned. Thin and tiny classes cover few pixels, so pixel accuracy, mIoU, mAcc and
+the boundary metrics disagree the way they do on VOC.
+
+``shapes_cls`` — classification, ``CLS_CLASSES``, one object per image at a random position, size
+and colour (no colour information about the class), with faint clutter and pixel noise: the
+offline stand-in for CIFAR-10.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lossforge.data import DataSplits
+from lossforge.data import draw
+from lossforge.data._common import as_split
+
+SEG_CLASSES = ("background", "disk", "rectangle", "triangle", "ring", "curve", "dot")
+CLS_CLASSES = ("disk", "square", "triangle", "ring", "cross", "line", "ellipse", "star",
+               "two_dots", "arc")
+
+#: Class colours of the segmentation set's foreground classes 1..6 (RGB in [0, 1]).
+SEG_PALETTE = np.array([[0.90, 0.15, 0.15], [0.15, 0.80, 0.20], [0.20, 0.30, 0.95],
+                        [0.95, 0.85, 0.10], [0.85, 0.20, 0.85], [0.10, 0.85, 0.90]], np.float32)
+
+
+def _streams(seed: int, tag: int) -> list[np.random.Generator]:
+    return [np.random.default_rng(s) for s in np.random.SeedSequence([tag, seed]).spawn(3)]
+
+
+def _background(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Textured backgrounds ``(n, 3, size, size)``: a greyish base colour and two gratings."""
+    base = rng.uniform(0.3, 0.7, (n, 1)) + rng.normal(0, 0.06, (n, 3))
+    img = np.broadcast_to(base[:, :, None, None], (n, 3, size, size)).astype(np.float32)
+    ax = np.arange(size, dtype=np.float32)
+    for _ in range(2):
+        freq = rng.uniform(0.03, 0.25, n) * 2 * np.pi
+        ang, phase = rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n)
+        amp = rng.uniform(0.02, 0.08, (n, 1)) * rng.uniform(0.6, 1.0, (n, 3))
+        fy, fx = (freq * np.sin(ang))[:, None, None], (freq * np.cos(ang))[:, None, None]
+        wave = np.sin(fy * ax[None, :, None] + fx * ax[None, None, :] + phase[:, None, None])
+        img = img + (amp[:, :, None, None] * wave[:, None]).astype(np.float32)
+    return img, base.astype(np.float32)
+
+
+def _contrast(colors: np.ndarray, bg: np.ndarray, min_dist: float) -> np.ndarray:
+    """Push colours that are too close to their image's background colour away from it."""
+    d = colors - bg
+    norm = np.linalg.norm(d, axis=1, keepdims=True)
+    rand_dir = np.where(bg > 0.5, -1.0, 1.0) / np.sqrt(3.0)  # fallback direction, away from bg
+    unit = np.where(norm > 1e-3, d / np.maximum(norm, 1e-3), rand_dir)
+    pushed = np.clip(bg + unit * min_dist, 0, 1)
+    return np.where(norm < min_dist, pushed, colors).astype(np.float32)
+
+
+def _finish(images: np.ndarray, rng: np.random.Generator, sigma: np.ndarray) -> np.ndarray:
+    noise = rng.normal(0, 1, images.shape).astype(np.float32) * sigma.reshape(-1, 1, 1, 1)
+    return np.clip(images + noise, 0.0, 1.0, out=images)
+
+
+# ---------------------------------------------------------------- segmentation
+
+def _seg_mask(kind: int, rng: np.random.Generator, b: int, size: int) -> np.ndarray:
+    s = size / 64.0
+    cy, cx = rng.uniform(-2, size + 1, (2, b))
+    if kind == 1:  # disk
+        return draw.disk(size, cy, cx, rng.uniform(3.5, 9.0, b) * s)
+    if kind == 2:  # rectangle
+        return draw.rectangle(size, cy, cx, rng.uniform(3, 10, b) * s, rng.uniform(2.5, 8, b) * s,
+                              rng.uniform(0, np.pi, b))
+    if kind == 3:  # irregular triangle
+        verts = draw.regular_vertices(cy, cx, rng.uniform(5, 12, b) * s, 3, rng.uniform(0, 7, b),
+                                      rng.uniform(-0.4, 0.4, (b, 3)))
+        return draw.polygon(size, verts)
+    if kind == 4:  # thin ring
+        return draw.ring(size, cy, cx, rng.uniform(4.5, 11, b) * s, rng.uniform(1.0, 2.0, b))
+    if kind == 5:  # thin curve: half sine waves, half quadratic Béziers
+        n = int(64 * s * 4) + 64
+        pts = draw.sine_points(cy, cx, rng.uniform(16, 40, b) * s, rng.uniform(1.5, 5, b) * s,
+                               rng.uniform(0.5, 2.0, b), rng.uniform(0, 2 * np.pi, b),
+                               rng.uniform(0, 2 * np.pi, b), n=n)
+        ends = np.stack([cy, cx], 1)[:, None, :] + rng.uniform(-14, 14, (b, 3, 2)) * s
+        bez = draw.bezier_points(ends[:, 0], ends[:, 1], ends[:, 2], n=n)
+        pts = np.where((rng.random(b) < 0.5)[:, None, None], pts, bez)
+        return draw.stroke(size, pts, rng.integers(1, 3, b))
+    if kind == 6:  # tiny dot
+        return draw.disk(size, cy, cx, rng.uniform(0.75, 1.5, b) * max(1.0, s))
+    raise ValueError(kind)
+
+
+def render_seg(n: int, size: int = 64, num_classes: int = 7, color_informativeness: float = 0.5,
+               rng: np.random.Generator | None = None):
+    """Draw ``n`` segmentation scenes.
+
+    Returns ``(images, labels, objects)``: float32 ``(n, 3, size, size)`` in [0, 1], int64
+    ``(n, size, size)``, and a dict of per-object arrays in drawing order — ``image`` (index),
+    ``label`` (class) and ``box`` (``x0, y0, x1, y1`` of the whole object before occlusion, x1/y1
+    exclusive; NaN when the object fell outside the image) — for detection use.
+    """
+    if not 2 <= num_classes <= len(SEG_CLASSES):
+        raise ValueError(f"num_classes must be in [2, {len(SEG_CLASSES)}], got {num_classes}")
+    if not 0.0 <= color_informativeness <= 1.0:
+        raise ValueError(f"color_informativeness must be in [0, 1], got {color_informativeness}")
+    rng = rng if rng is not None else np.random.default_rng()
+    images, bg = _background(rng, n, size)
+    labels = np.zeros((n, size, size), dtype=np.int64)
+    n_obj = rng.integers(3, 8, n)
+    kinds = rng.integers(1, num_classes, (n, int(n_obj.max(initial=0))))
+    objects: dict[str, list] = {"image": [], "label": [], "box": []}
+    for slot in range(kinds.shape[1]):
+        for kind in range(1, num_classes):
+            idx = np.flatnonzero((n_obj > slot) & (kinds[:, slot] == kind))
+            if idx.size == 0:
+                continue
+            masks = _seg_mask(kind, rng, idx.size, size)
+            informative = rng.random(idx.size) < color_informativeness
+            colors = np.where(informative[:, None],
+                              SEG_PALETTE[kind - 1] + rng.normal(0, 0.08, (idx.size, 3)),
+                              rng.uniform(0, 1, (idx.size, 3)))
+            colors = _contrast(np.clip(colors, 0, 1), bg[idx], 0.3)
+            draw.paint(images, idx, masks, colors)
+            labels[idx] = np.where(masks, kind, labels[idx])
+            objects["image"].append(idx)
+            objects["label"].append(np.full(idx.size, kind))
+            objects["box"].append(draw.boxes(masks))
+    _finish(images, rng, rng.uniform(0.02, 0.05, n))
+    objs = {k: (np.concatenate(v) if v else np.zeros((0, 4) if k == "box" else 0))
+            for k, v in objects.items()}
+    return images, labels, objs
+
+
+def shapes_seg(n_train: int = 512, n_val: int = 128, n_test: int = 256, size: int = 64,
+               num_classes: int = 7, seed: int = 0, color_informativeness: float = 0.5
+               ) -> DataSplits:
+    """Procedural semantic segmentation: images ``(N, 3, size, size)`` float32 in [0, 1], label
+    maps ``(N, size, size)`` int64 with classes ``SEG_CLASSES[:num_classes]`` (0 = background).
+
+    Defaults (512 / 128 / 256 images at 64×64) generate in well under a second.
+    """
+    splits = []
+    for n, rng in zip((n_train, n_val, n_test), _streams(seed, 1)):
+        x, y, _ = render_seg(n, size, num_classes, color_informativeness, rng)
+        splits.append(as_split(x, y))
+    return DataSplits(*splits, num_classes=num_classes, name="shapes_seg")
+
+
+# ---------------------------------------------------------------- classification
+
+def _cls_mask(kind: int, rng: np.random.Generator, b: int, size: int) -> np.ndarray:
+    s = size / 32.0
+    cy, cx = rng.uniform(0.3, 0.7, (2, b)) * (size - 1)
+    theta = rng.uniform(0, 2 * np.pi, b)
+    if kind == 0:  # disk
+        return draw.disk(size, cy, cx, rng.uniform(3.5, 8.5, b) * s)
+    if kind == 1:  # square
+        h = rng.uniform(3.5, 7.5, b) * s
+        return draw.rectangle(size, cy, cx, h, h, theta)
+    if kind == 2:  # triangle (roughly equilateral)
+        return draw.polygon(size, draw.regular_vertices(cy, cx, rng.uniform(5, 10, b) * s, 3, theta,
+                                                        rng.uniform(-0.25, 0.25, (b, 3))))
+    if kind == 3:  # ring
+        return draw.ring(size, cy, cx, rng.uniform(4.5, 9, b) * s, rng.uniform(1.2, 2.8, b) * s)
+    if kind == 4:  # cross: two perpendicular bars
+        arm, wid = rng.uniform(4.5, 9, b) * s, rng.uniform(0.8, 1.6, b) * s
+        return (draw.rectangle(size, cy, cx, arm, wid, theta)
+                | draw.rectangle(size, cy, cx, arm, wid, theta + np.pi / 2))
+    if kind == 5:  # line: one long bar
+        return draw.rectangle(size, cy, cx, rng.uniform(6, 13, b) * s,
+                              rng.uniform(0.6, 1.5, b) * s, theta)
+    if kind == 6:  # ellipse (clearly elongated)
+        ra = rng.uniform(5.5, 10, b) * s
+        return draw.ellipse(size, cy, cx, ra, ra / rng.uniform(1.8, 3.0, b), theta)
+    if kind == 7:  # six-pointed star: two overlapping triangles
+        r = rng.uniform(5.5, 10, b) * s
+        return (draw.polygon(size, draw.regular_vertices(cy, cx, r, 3, theta))
+                | draw.polygon(size, draw.regular_vertices(cy, cx, r, 3, theta + np.pi / 3)))
+    if kind == 8:  # two dots
+        sep, ang = rng.uniform(3, 7, b) * s, rng.uniform(0, np.pi, b)
+        r = rng.uniform(1.3, 2.3, b) * s
+        dy, dx = sep * np.sin(ang), sep * np.cos(ang)
+        return draw.disk(size, cy + dy, cx + dx, r) | draw.disk(size, cy - dy, cx - dx, r)
+    if kind == 9:  # open arc
+        return draw.arc(size, cy, cx, rng.uniform(5, 10, b) * s, rng.uniform(1.2, 2.8, b) * s,
+                        theta, rng.uniform(0.5, 1.2, b) * np.pi)
+    raise ValueError(kind)
+
+
+def render_cls(n: int, size: int = 32, rng: np.random.Generator | None = None):
+    """Draw ``n`` one-object images. Returns ``(images, labels, boxes)``: float32
+    ``(n, 3, size, size)`` in [0, 1], int64 ``(n,)`` balanced over the 10 classes, float32 ``(n, 4)``."""
+    rng = rng if rng is not None else np.random.default_rng()
+    k = len(CLS_CLASSES)
+    labels = rng.permutation(np.arange(n) % k).astype(np.int64)
+    images, bg = _background(rng, n, size)
+    # faint clutter: 0-3 low-contrast blobs per image, under the object
+    n_clutter = rng.integers(0, 4, n)
+    for slot in range(3):
+        idx = np.flatnonzero(n_clutter > slot)
+        if idx.size:
+            masks = draw.ellipse(size, *rng.uniform(0, size - 1, (2, idx.size)),
+                                 rng.uniform(1.0, 3.0, idx.size) * size / 32,
+                                 rng.uniform(0.7, 2.0, idx.size) * size / 32,
+                                 rng.uniform(0, np.pi, idx.size))
+            tint = bg[idx] + rng.choice([-1.0, 1.0], (idx.size, 1)) * rng.uniform(0.08, 0.2,
+                                                                                 (idx.size, 3))
+            draw.paint(images, idx, masks, np.clip(tint, 0, 1))
+    boxes = np.full((n, 4), np.nan, dtype=np.float32)
+    for kind in range(k):
+        idx = np.flatnonzero(labels == kind)
+        if idx.size == 0:
+            continue
+        masks = _cls_mask(kind, rng, idx.size, size)
+        colors = _contrast(rng.uniform(0, 1, (idx.size, 3)), bg[idx],
+                           rng.uniform(0.2, 0.45, (idx.size, 1)))
+        draw.paint(images, idx, masks, colors)
+        boxes[idx] = draw.boxes(masks)
+    _finish(images, rng, rng.uniform(0.03, 0.10, n))
+    return images, labels, boxes
+
+
+def shapes_cls(n_train: int = 5000, n_val: int = 1000, n_test: int = 2000, size: int = 32,
+               seed: int = 0) -> DataSplits:
+    """Procedural 10-class image classification (``CLS_CLASSES``): images ``(N, 3, size, size)``
+    float32 in [0, 1], int64 labels, classes balanced within each split."""
+    splits = []
+    for n, rng in zip((n_train, n_val, n_test), _streams(seed, 2)):
+        x, y, _ = render_cls(n, size, rng)
+        splits.append(as_split(x, y))
+    return DataSplits(*splits, num_classes=len(CLS_CLASSES), name="shapes_cls")

@@ -1,0 +1,1 @@
+"""The funnel of evaluation stages: checks → GEC → LRP → proxy training (DESIGN.md §5)."""

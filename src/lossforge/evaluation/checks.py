@@ -1,0 +1,138 @@
+"""Stage 1, ``checks``: cheap validity tests on probe inputs (AutoLoss-Zero, EvoMAL, NLFS).
+
+A candidate passes when (a) it reads both a prediction variable and the label ``y``; (b) its value
+and its gradient with respect to the prediction are finite on the probe; (c) the gradient is not
+identically zero and the value or gradient changes when the labels change. Optionally (NLFS, for
+classification spaces without batch aggregations) the 2-class integrity check with automatic
+orientation: the loss curve over ``p = [t, 1 - t]`` with label ``[0, 1]`` must not be flat, must not
+have its extremum near ``t = 0.5``, must change monotonic direction at most once; a loss that
+decreases as the prediction gets worse is negated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lossforge.evaluation.candidate import REJECTED_CHECKS, Candidate
+from lossforge.evaluation.probes import Probe
+from lossforge.evaluation.stage import StageStats, timed
+from lossforge.expr import Expr, apply
+from lossforge.expr.export import evaluate, loss_value
+
+PREDICTION_VARS = frozenset({"p", "z", "f", "i"})
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """``seed`` draws the probe predictions; ``integrity`` enables NLFS's check and orientation."""
+
+    seed: int = 1234
+    integrity: bool = False
+    integrity_points: int = 1000
+
+
+def structural_reason(expr: Expr) -> str:
+    """Why ``expr`` cannot be a loss by its structure alone ('' when it can)."""
+    v = expr.variables()
+    if not v & PREDICTION_VARS:
+        return "does not depend on the prediction"
+    if "y" not in v:
+        return "does not depend on the label y"
+    return ""
+
+
+def numeric_reason(expr: Expr, probe: Probe, pred: torch.Tensor, alt: Probe) -> str:
+    """Why ``expr`` fails on the probe ('' when it passes): finiteness and dependence."""
+    x = pred.clone().requires_grad_(True)
+    env, mask = probe.variables(x)
+    value = loss_value(expr, env, mask)
+    if not torch.isfinite(value):
+        return "non-finite value on the probe"
+    (grad,) = torch.autograd.grad(value, x, allow_unused=True)
+    if grad is None or not torch.isfinite(grad).all():
+        return "non-finite gradient on the probe"
+    if float(grad.abs().max()) <= 1e-12:
+        return "zero gradient with respect to the prediction"
+    with torch.no_grad():
+        env2, mask2 = alt.variables(pred)
+        other = loss_value(expr, env2, mask2)
+    if torch.isfinite(other) and abs(float(other - value)) <= 1e-9 * (1 + abs(float(value))):
+        x2 = pred.clone().requires_grad_(True)
+        env2, mask2 = alt.variables(x2)
+        (g2,) = torch.autograd.grad(loss_value(expr, env2, mask2), x2, allow_unused=True)
+        if g2 is None or torch.allclose(g2, grad):
+            return "does not depend on the label"
+    return ""
+
+
+def integrity(expr: Expr, points: int = 1000) -> tuple[str, bool]:
+    """NLFS's 2-class integrity check. Returns (reason, flip): reason '' when the curve passes,
+    ``flip`` when the loss must be negated to grow as the prediction gets worse."""
+    t = torch.linspace(0.0005, 0.9995, points, dtype=torch.float64).unsqueeze(1)
+    p = torch.cat([t, 1 - t], dim=1)
+    y = torch.tensor([[0.0, 1.0]], dtype=torch.float64).expand_as(p)
+    z = torch.log(p)
+    with torch.no_grad():
+        out = evaluate(expr, {"p": p, "y": y, "z": z})
+    curve = out.expand(points, -1).sum(dim=1) if out.dim() == 2 else out.expand(points)
+    if not torch.isfinite(curve).all():
+        return "non-finite on the integrity curve", False
+    span = float(curve.max() - curve.min())
+    if span <= 1e-6 * (1 + float(curve.abs().max())):
+        return "flat integrity curve", False
+    diffs = torch.diff(curve)
+    flat = diffs.abs() <= 1e-9 * (1 + curve.abs()[1:])
+    if int(flat.sum()) > 10:
+        return "more than 10 flat steps on the integrity curve", False
+    signs = torch.sign(diffs[~flat])
+    if int((signs[1:] != signs[:-1]).sum()) > 1:
+        return "changes monotonic direction more than once", False
+    for idx in (int(curve.argmin()), int(curve.argmax())):
+        if abs(float(t[idx]) - 0.5) < 0.05:
+            return "extremum near t = 0.5", False
+    # t grows = true-class probability 1 - t shrinks = worse prediction: the loss must grow
+    flip = float(curve[-1]) < float(curve[0])
+    return "", flip
+
+
+class Checks:
+    """Stage 1 on a list of candidates (the per-candidate reference path)."""
+
+    name = "checks"
+
+    def __init__(self, probe: Probe, config: ChecksConfig = ChecksConfig()):
+        self.probe, self.config = probe, config
+        gen = torch.Generator().manual_seed(config.seed)
+        self.pred = probe.random_pred(gen)
+        shifted = probe.target.roll(1, dims=0) if probe.kind == "classification" else -probe.target
+        if probe.kind == "classification" and probe.num_classes:
+            shifted = torch.where(probe.target == probe.ignore_index, probe.target,
+                                  (probe.target + 1) % probe.num_classes)
+        self.alt = Probe(probe.kind, shifted, probe.pred_shape, probe.num_classes, probe.ignore_index)
+        self.stats = StageStats(self.name)
+
+    def reason(self, expr: Expr) -> tuple[str, Expr]:
+        """('' or why it fails, the possibly re-oriented expression)."""
+        why = structural_reason(expr)
+        if why:
+            return why, expr
+        if self.config.integrity and self.probe.kind == "classification":
+            why, flip = integrity(expr, self.config.integrity_points)
+            if why:
+                return why, expr
+            if flip:
+                expr = apply("neg", expr)
+        return numeric_reason(expr, self.probe, self.pred, self.alt), expr
+
+    def __call__(self, candidates: list[Candidate]) -> None:
+        with timed(self.stats):
+            for c in candidates:
+                if c.done:
+                    continue
+                self.stats.n_in += 1
+                why, c.expr = self.reason(c.expr)
+                if why:
+                    c.reject(REJECTED_CHECKS, why)
+                else:
+                    self.stats.n_out += 1

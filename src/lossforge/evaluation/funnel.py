@@ -1,0 +1,124 @@
+"""The funnel: cheap ➜ expensive stages, stopping each candidate at the first that rejects it.
+
+``checks → gec → lrp → proxy`` (DESIGN.md §5). Every stage counts candidates in/out and seconds.
+GEC hits take the result of the loss they are equivalent to, whether that was evaluated in this
+batch or earlier (``known_results``, filled by the study from its store on resume).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+from lossforge.evaluation.candidate import GEC_HIT, Candidate
+from lossforge.evaluation.checks import Checks, ChecksConfig
+from lossforge.evaluation.gec import GECConfig, GradientEquivalence
+from lossforge.evaluation.lrp import LossRejection, LRPConfig, calibrate
+from lossforge.evaluation.probes import task_probe
+from lossforge.evaluation.proxy import ProxyStageConfig, ProxyTraining
+from lossforge.expr import Expr, parse
+from lossforge.tasks import Task
+
+log = logging.getLogger(__name__)
+
+#: Hand-made losses that must pass the LRP, by loss kind (used by ``calibrate``).
+BASELINES = {
+    "classification": ["-sum_c(y * log(p))", "-sum_c(y * square(1 - p) * log(p))",
+                       "sum_c(square(p - y))"],
+    "regression": ["mean_c(square(f - y))", "mean_c(abs(f - y))"],
+}
+
+
+@dataclass(frozen=True)
+class FunnelConfig:
+    """Which stages run and their settings. JSON-friendly via :meth:`to_dict`."""
+
+    checks: ChecksConfig = ChecksConfig()
+    gec: GECConfig = GECConfig()
+    lrp: LRPConfig = LRPConfig()
+    proxy: ProxyStageConfig = ProxyStageConfig()
+    use_gec: bool = True
+    use_lrp: bool = True
+    probe_samples: int = 8
+    batched: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FunnelConfig":
+        return cls(checks=ChecksConfig(**d.get("checks", {})), gec=GECConfig(**d.get("gec", {})),
+                   lrp=LRPConfig(**d.get("lrp", {})), proxy=ProxyStageConfig(**d.get("proxy", {})),
+                   **{k: v for k, v in d.items() if k not in ("checks", "gec", "lrp", "proxy")})
+
+
+@dataclass
+class Funnel:
+    """Runs candidates through the stages. ``known_results``: formula -> fitness (or ``None``) of
+    every loss evaluated so far, so that GEC hits can reuse them."""
+
+    task: Task
+    metric: str
+    config: FunnelConfig = FunnelConfig()
+    executor: object = None
+    known_results: dict[str, float | None] = field(default_factory=dict)
+
+    def __post_init__(self):
+        cfg = self.config
+        probe = task_probe(self.task, cfg.probe_samples, cfg.checks.seed, cfg.lrp.spatial_size)
+        lrp_probe = task_probe(self.task, cfg.lrp.samples, cfg.lrp.seed, cfg.lrp.spatial_size)
+        self.checks = Checks(probe, cfg.checks)
+        self.gec = GradientEquivalence(probe, cfg.gec)
+        self.lrp = LossRejection(lrp_probe, self.task.metric(self.metric), cfg.lrp)
+        self.proxy = ProxyTraining(self.task, self.metric, cfg.proxy, self.executor)
+        self._batched = None
+        if cfg.batched:
+            from lossforge.evaluation import batched
+
+            self._batched = batched
+        self.calibration: dict[str, float | None] = {}
+
+    @property
+    def stages(self):
+        return [s for s, on in ((self.checks, True), (self.gec, self.config.use_gec),
+                                (self.lrp, self.config.use_lrp), (self.proxy, True)) if on]
+
+    def calibrate(self) -> dict[str, float | None]:
+        """Check that the hand-made losses pass the LRP (adjusting the threshold if not)."""
+        if self.config.use_lrp:
+            baselines = [parse(f) for f in BASELINES[self.task.kind]]
+            self.calibration = calibrate(self.lrp, baselines)
+        return self.calibration
+
+    def run(self, exprs: list[Expr], on_result=None) -> list[Candidate]:
+        """Evaluate ``exprs``; returns one finished :class:`Candidate` each, in order.
+
+        ``on_result(index, candidate)`` is called the moment a candidate's result is final (GEC
+        hits last, once the loss they reuse is finished), so the caller can persist it at once.
+        """
+        cands = [Candidate(e) for e in exprs]
+        index = {id(c): i for i, c in enumerate(cands)}
+        screens = [s for s in self.stages if s is not self.proxy]
+        for stage in screens:
+            if self._batched is not None:
+                self._batched.run_stage(stage, cands)
+            else:
+                stage(cands)
+        notify = (lambda c: on_result(index[id(c)], c)) if on_result else (lambda c: None)
+        for c in cands:
+            if c.done and c.status != GEC_HIT:
+                self.known_results.setdefault(str(c.expr), c.fitness)
+                notify(c)
+
+        def trained(c: Candidate) -> None:
+            self.known_results.setdefault(str(c.expr), c.fitness)
+            notify(c)
+
+        self.proxy(cands, on_done=trained)
+        for c in cands:
+            if c.status == GEC_HIT:
+                c.fitness = self.known_results.get(c.same_as)
+                notify(c)
+        return cands
+
+    def stats(self) -> dict[str, dict]:
+        return {s.name: s.stats.to_dict() for s in (self.checks, self.gec, self.lrp, self.proxy)}
