@@ -144,6 +144,146 @@ def print_comparison(result) -> None:
     console.print(table)
 
 
+def _progress_printer(bar, job):
+    def update(state: dict) -> None:
+        fit = state["fitness"]
+        bar.update(job, completed=state["explored"], total=state["budget"],
+                   description=f"gen {state['generation']} · {state['status']}"
+                               + (f" · {fit:.4f}" if fit is not None else ""))
+    return update
+
+
+def _run_search(make_study, title: str, fmt: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, disable=fmt == "json") as bar:
+        job = bar.add_task(title, total=None)
+        study = make_study(_progress_printer(bar, job))
+    _print_study(study, top=10, fmt=fmt)
+    study.close()
+
+
+@app.command()
+@guarded
+def search(
+    task: str = typer.Option(..., "--task", help="Task name (see `lossforge tasks`)."),
+    study: str = typer.Option(..., "--study", help="Study file (SQLite); an existing one is continued."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Target metric (default: the task's)."),
+    strategy: str = typer.Option("autoloss-zero", "--strategy",
+                                 help="autoloss-zero | aging | glo | taylor | random"),
+    budget: int = typer.Option(100, "--budget", help="Candidates to explore (put through the funnel)."),
+    seed: int = typer.Option(0, "--seed"),
+    space: Optional[str] = typer.Option(None, "--space", help="Search space (default: the strategy's)."),
+    proxy_steps: Optional[int] = typer.Option(None, "--proxy-steps", help="Proxy training steps."),
+    lrp_steps: Optional[int] = typer.Option(None, "--lrp-steps", help="Loss-rejection protocol steps."),
+    no_lrp: bool = typer.Option(False, "--no-lrp", help="Disable the loss-rejection protocol."),
+    no_gec: bool = typer.Option(False, "--no-gec", help="Disable the gradient-equivalence check."),
+    population: Optional[int] = typer.Option(None, "--population", help="Strategy population size."),
+    format: str = typer.Option("table", "--format", help="table or json"),
+):
+    """Search for a loss function; every result is saved to the study file as it arrives."""
+    from dataclasses import replace
+
+    from lossforge.evaluation.funnel import FunnelConfig
+    from lossforge.study import LossSearch
+
+    if budget <= 0:
+        fail(f"--budget must be a positive number of candidates, got {budget}")
+    cfg = FunnelConfig()
+    if proxy_steps is not None:
+        cfg = replace(cfg, proxy=replace(cfg.proxy, steps=proxy_steps))
+    if lrp_steps is not None:
+        cfg = replace(cfg, lrp=replace(cfg.lrp, steps=lrp_steps))
+    cfg = replace(cfg, use_lrp=not no_lrp, use_gec=not no_gec)
+    options = {"population": population} if population else {}
+    _run_search(lambda progress: LossSearch(task=task, storage=study, metric=metric,
+                                            strategy=strategy, budget=budget, seed=seed,
+                                            space=space, funnel=cfg, strategy_options=options,
+                                            progress=progress).run(), "searching", format)
+
+
+@app.command()
+@guarded
+def resume(
+    study: str = typer.Argument(..., help="Study file to continue."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="A new (larger) budget."),
+    format: str = typer.Option("table", "--format", help="table or json"),
+):
+    """Continue a study with its stored settings (after a crash, or to a larger budget)."""
+    from lossforge.study import resume as resume_study
+
+    if budget is not None and budget <= 0:
+        fail(f"--budget must be a positive number of candidates, got {budget}")
+    _run_search(lambda progress: resume_study(study, progress=progress, budget=budget),
+                "resuming", format)
+
+
+@app.command()
+@guarded
+def show(
+    study: str = typer.Argument(..., help="Study file."),
+    top: int = typer.Option(10, "--top", help="Hall-of-fame entries to show."),
+    format: str = typer.Option("table", "--format", help="table or json"),
+):
+    """Show a study: settings, funnel counts, best loss and hall of fame."""
+    from lossforge.study import load_study
+
+    s = load_study(study)
+    _print_study(s, top=top, fmt=format)
+    s.close()
+
+
+def _print_study(study, top: int, fmt: str) -> None:
+    summary = study.summary(top=top)
+    if fmt == "json":
+        print(json.dumps(summary))
+        return
+    console.print(f"[bold]{summary['path']}[/]: task {summary['task']}, metric {summary['metric']}, "
+                  f"strategy {summary['strategy']} (space {summary['space']}), seed {summary['seed']}; "
+                  f"explored {summary['explored']}/{summary['budget']}")
+    funnel = Table(title="funnel")
+    for col in ("stage", "in", "out", "seconds"):
+        funnel.add_column(col, justify="right" if col != "stage" else "left")
+    for name, st in summary["stats"].items():
+        funnel.add_row(name, str(st["in"]), str(st["out"]), f"{st['seconds']:.1f}")
+    console.print(funnel)
+    hof = Table(title="hall of fame (Pareto: fitness vs size)")
+    for col in ("rank", "fitness", "size", "formula"):
+        hof.add_column(col, overflow="fold")
+    for i, h in enumerate(summary["hall_of_fame"], 1):
+        hof.add_row(str(i), f"{h['fitness']:.4f}", str(h["size"]), h["formula"])
+    console.print(hof)
+    if summary["best"]:
+        console.print(f"[bold green]best[/] ({summary['best']['fitness']:.4f}): {summary['best']['formula']}")
+
+
+@app.command()
+@guarded
+def export(
+    study: str = typer.Argument(..., help="Study file."),
+    output: str = typer.Option(..., "-o", "--output", help="Python file to write."),
+    rank: int = typer.Option(1, "--rank", help="Hall-of-fame rank to export (1 = best)."),
+    name: str = typer.Option("SearchedLoss", "--name", help="Class name in the module."),
+):
+    """Write a hall-of-fame loss as a standalone PyTorch module (imports only torch)."""
+    from pathlib import Path
+
+    from lossforge.expr import parse
+    from lossforge.study import load_study
+
+    s = load_study(study)
+    hof = s.hall_of_fame
+    s.close()
+    if not hof:
+        fail(f"{study} has no trained loss yet; run or resume the search first")
+    if not 1 <= rank <= len(hof):
+        fail(f"--rank must be between 1 and {len(hof)}")
+    entry = hof[rank - 1]
+    Path(output).write_text(parse(entry.formula, strict=False).to_source(name=name))
+    console.print(f"wrote {output}: {name} = {entry.formula} (fitness {entry.fitness:.4f})")
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 

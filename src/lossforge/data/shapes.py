@@ -39,17 +39,20 @@ def _streams(seed: int, tag: int) -> list[np.random.Generator]:
 
 def _background(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Textured backgrounds ``(n, 3, size, size)``: a greyish base colour and two gratings."""
-    base = rng.uniform(0.3, 0.7, (n, 1)) + rng.normal(0, 0.06, (n, 3))
-    img = np.broadcast_to(base[:, :, None, None], (n, 3, size, size)).astype(np.float32)
+    base = (rng.uniform(0.3, 0.7, (n, 1)) + rng.normal(0, 0.06, (n, 3))).astype(np.float32)
+    img = np.empty((n, 3, size, size), dtype=np.float32)
+    img[:] = base[:, :, None, None]
     ax = np.arange(size, dtype=np.float32)
     for _ in range(2):
         freq = rng.uniform(0.03, 0.25, n) * 2 * np.pi
         ang, phase = rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n)
-        amp = rng.uniform(0.02, 0.08, (n, 1)) * rng.uniform(0.6, 1.0, (n, 3))
-        fy, fx = (freq * np.sin(ang))[:, None, None], (freq * np.cos(ang))[:, None, None]
-        wave = np.sin(fy * ax[None, :, None] + fx * ax[None, None, :] + phase[:, None, None])
-        img = img + (amp[:, :, None, None] * wave[:, None]).astype(np.float32)
-    return img, base.astype(np.float32)
+        amp = (rng.uniform(0.02, 0.08, (n, 1)) * rng.uniform(0.6, 1.0, (n, 3))).astype(np.float32)
+        # sin(a + b) = sin a cos b + cos a sin b, with a along rows and b along columns
+        a = (freq * np.sin(ang))[:, None].astype(np.float32) * ax
+        b = (freq * np.cos(ang))[:, None].astype(np.float32) * ax + phase[:, None].astype(np.float32)
+        wave = np.sin(a)[:, :, None] * np.cos(b)[:, None, :] + np.cos(a)[:, :, None] * np.sin(b)[:, None, :]
+        img += amp[:, :, None, None] * wave[:, None]
+    return img, base
 
 
 def _contrast(colors: np.ndarray, bg: np.ndarray, min_dist: float) -> np.ndarray:
@@ -63,8 +66,10 @@ def _contrast(colors: np.ndarray, bg: np.ndarray, min_dist: float) -> np.ndarray
 
 
 def _finish(images: np.ndarray, rng: np.random.Generator, sigma: np.ndarray) -> np.ndarray:
-    noise = rng.normal(0, 1, images.shape).astype(np.float32) * sigma.reshape(-1, 1, 1, 1)
-    return np.clip(images + noise, 0.0, 1.0, out=images)
+    noise = rng.standard_normal(images.shape, dtype=np.float32)
+    noise *= sigma.astype(np.float32).reshape(-1, 1, 1, 1)
+    images += noise
+    return np.clip(images, 0.0, 1.0, out=images)
 
 
 # ---------------------------------------------------------------- segmentation
