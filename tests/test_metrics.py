@@ -35,10 +35,10 @@ def test_classification_hand_cases():
     assert M.f1(pred, target, pos_label=0) == pytest.approx(0.5)
     assert M.f1(pred, target, average="macro") == pytest.approx((2 / 3 + 0.5) / 2)
     assert M.f1(pred, target, average="micro") == pytest.approx(0.6)  # = accuracy
-    # three classes -> macro by default: class 2 is in neither array with num_classes=4 -> left out
-    # target 0,1,2,3? no: labels 0,1,3 only.  tp/fp/fn: c0 1/0/1, c1 1/1/0, c3 1/1/1
+    # more than two classes -> macro by default. Labels 0, 1, 3 only: with num_classes=4, class 2
+    # is in neither array and is left out. tp/fp/fn: c0 1/1/1, c1 1/1/1, c3 1/1/1
     pred3, target3 = [0, 1, 1, 3, 3, 0], [0, 0, 1, 3, 1, 3]
-    f_c0, f_c1, f_c3 = 2 / 3, 2 / 3, 2 / 4  # 2tp / (2tp + fp + fn)
+    f_c0, f_c1, f_c3 = 2 / 4, 2 / 4, 2 / 4  # 2tp / (2tp + fp + fn)
     assert M.f1(pred3, target3, num_classes=4) == pytest.approx((f_c0 + f_c1 + f_c3) / 3)
     # balanced accuracy: recall c0 = 1/2, c1 = 1/2, c3 = 1/2; class 2 absent -> excluded
     assert M.balanced_accuracy(pred3, target3, num_classes=4) == pytest.approx(0.5)
@@ -177,8 +177,9 @@ def test_square_shifted_by_one_pixel():
     # Every predicted contour pixel is 1 px from a GT contour pixel and vice versa -> BF1 = 1.
     assert M.bf1(pred, target, radius=1) == pytest.approx(1.0)
     assert M.bf1(pred, target, radius=3) == pytest.approx(1.0)
-    # the pixel metrics see the 5-px miss on each side: IoU(1) = 20 / 30
-    assert all_seg(pred, target, 2)["miou"] == pytest.approx((134 / 144 + 20 / 30) / 2)
+    # the pixel metrics see a 5-px miss on each side: IoU(1) = 20 / 30; background: 119 GT and
+    # 119 predicted pixels sharing 114 -> 114 / 124
+    assert all_seg(pred, target, 2)["miou"] == pytest.approx((114 / 124 + 20 / 30) / 2)
 
 
 def test_radius_effect_two_pixel_shift():

@@ -44,7 +44,7 @@ def load_loss(spec: str | Expr | nn.Module, task: Task) -> LoadedLoss:
     if spec.endswith(".py"):
         return LoadedLoss(Path(spec).stem, load_source_file(spec))
     try:
-        expr = parse(spec, variables=task.variables)
+        expr = parse(spec)
     except ParseError as err:
         raise ValueError(f"{spec!r} is not a zoo name ({', '.join(zoo.names())}), nor a .py file, "
                          f"and not a valid formula for task {task.name!r}: {err}") from None

@@ -141,7 +141,7 @@ def f1(pred, target, num_classes: int | None = None, average: str = "auto",
             raise ValueError(f"average='binary' needs at most 2 classes, got {c}; "
                              "use average='macro', 'weighted' or 'micro'")
         tp = np.count_nonzero((p == pos_label) & (t == pos_label))
-        denom = tp + np.count_nonzero(p == pos_label) + np.count_nonzero(t == pos_label)
+        denom = np.count_nonzero(p == pos_label) + np.count_nonzero(t == pos_label)
         return float(2 * tp / denom) if denom else 0.0
     cm = _bincount_cm(t, p, c)
     tp = np.diag(cm).astype(np.float64)

@@ -7,7 +7,7 @@ others unchanged.
 
 ``shapes_seg`` — semantic segmentation, ``SEG_CLASSES``: background (≈ 85% of pixels), disk,
 rectangle, triangle, thin ring (1–2 px), thin curve (1–2 px sine or Bézier), tiny dot (2–9 px).
-3–7 objects per image, drawn in random order (later ones occlude earlier ones). With probability
+4–9 objects per image, drawn in random order (later ones occlude earlier ones). With probability
 ``color_informativeness`` an object has its class colour plus noise, otherwise a random colour, so
 shape must be learned. Thin and tiny classes cover few pixels, so pixel accuracy, mIoU, mAcc and
 the boundary metrics disagree the way they do on VOC.
@@ -38,20 +38,22 @@ def _streams(seed: int, tag: int) -> list[np.random.Generator]:
 
 
 def _background(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Textured backgrounds ``(n, 3, size, size)``: a greyish base colour and two gratings."""
+    """Textured backgrounds ``(n, 3, size, size)``: a greyish base colour plus two gratings."""
     base = (rng.uniform(0.3, 0.7, (n, 1)) + rng.normal(0, 0.06, (n, 3))).astype(np.float32)
-    img = np.empty((n, 3, size, size), dtype=np.float32)
-    img[:] = base[:, :, None, None]
     ax = np.arange(size, dtype=np.float32)
+    texture = np.zeros((n, size, size), dtype=np.float32)
     for _ in range(2):
         freq = rng.uniform(0.03, 0.25, n) * 2 * np.pi
         ang, phase = rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n)
-        amp = (rng.uniform(0.02, 0.08, (n, 1)) * rng.uniform(0.6, 1.0, (n, 3))).astype(np.float32)
+        amp = rng.uniform(0.02, 0.08, n).astype(np.float32)[:, None]
         # sin(a + b) = sin a cos b + cos a sin b, with a along rows and b along columns
-        a = (freq * np.sin(ang))[:, None].astype(np.float32) * ax
-        b = (freq * np.cos(ang))[:, None].astype(np.float32) * ax + phase[:, None].astype(np.float32)
-        wave = np.sin(a)[:, :, None] * np.cos(b)[:, None, :] + np.cos(a)[:, :, None] * np.sin(b)[:, None, :]
-        img += amp[:, :, None, None] * wave[:, None]
+        a = (freq * np.sin(ang)).astype(np.float32)[:, None] * ax
+        b = (freq * np.cos(ang)).astype(np.float32)[:, None] * ax + phase.astype(np.float32)[:, None]
+        texture += (amp * np.sin(a))[:, :, None] * np.cos(b)[:, None, :]
+        texture += (amp * np.cos(a))[:, :, None] * np.sin(b)[:, None, :]
+    tint = rng.uniform(0.6, 1.0, (n, 3)).astype(np.float32)  # texture strength per channel
+    img = np.multiply(tint[:, :, None, None], texture[:, None])
+    img += base[:, :, None, None]
     return img, base
 
 
@@ -78,16 +80,16 @@ def _seg_mask(kind: int, rng: np.random.Generator, b: int, size: int) -> np.ndar
     s = size / 64.0
     cy, cx = rng.uniform(-2, size + 1, (2, b))
     if kind == 1:  # disk
-        return draw.disk(size, cy, cx, rng.uniform(3.5, 9.0, b) * s)
+        return draw.disk(size, cy, cx, rng.uniform(4.5, 11.0, b) * s)
     if kind == 2:  # rectangle
-        return draw.rectangle(size, cy, cx, rng.uniform(3, 10, b) * s, rng.uniform(2.5, 8, b) * s,
+        return draw.rectangle(size, cy, cx, rng.uniform(4, 11, b) * s, rng.uniform(3, 9, b) * s,
                               rng.uniform(0, np.pi, b))
     if kind == 3:  # irregular triangle
-        verts = draw.regular_vertices(cy, cx, rng.uniform(5, 12, b) * s, 3, rng.uniform(0, 7, b),
+        verts = draw.regular_vertices(cy, cx, rng.uniform(6, 14, b) * s, 3, rng.uniform(0, 7, b),
                                       rng.uniform(-0.4, 0.4, (b, 3)))
         return draw.polygon(size, verts)
     if kind == 4:  # thin ring
-        return draw.ring(size, cy, cx, rng.uniform(4.5, 11, b) * s, rng.uniform(1.0, 2.0, b))
+        return draw.ring(size, cy, cx, rng.uniform(5, 12, b) * s, rng.uniform(1.0, 2.0, b))
     if kind == 5:  # thin curve: half sine waves, half quadratic Béziers
         n = int(64 * s * 4) + 64
         pts = draw.sine_points(cy, cx, rng.uniform(16, 40, b) * s, rng.uniform(1.5, 5, b) * s,
@@ -118,7 +120,7 @@ def render_seg(n: int, size: int = 64, num_classes: int = 7, color_informativene
     rng = rng if rng is not None else np.random.default_rng()
     images, bg = _background(rng, n, size)
     labels = np.zeros((n, size, size), dtype=np.int64)
-    n_obj = rng.integers(3, 8, n)
+    n_obj = rng.integers(4, 10, n)
     kinds = rng.integers(1, num_classes, (n, int(n_obj.max(initial=0))))
     objects: dict[str, list] = {"image": [], "label": [], "box": []}
     for slot in range(kinds.shape[1]):

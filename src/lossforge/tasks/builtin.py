@@ -54,11 +54,15 @@ class Digits(_Cached):
 
 
 class BreastCancer(_Cached):
-    """scikit-learn's breast cancer set: binary, imbalanced (212 malignant / 357 benign); an MLP."""
+    """scikit-learn's breast cancer set: binary, imbalanced (212 malignant / 357 benign); an MLP.
+
+    Label 0 is malignant (scikit-learn's encoding); ``f1`` scores the detection of malignant cases.
+    """
 
     name = "breast-cancer"
     num_classes = 2
-    metrics = dict(_CLS_METRICS)
+    metrics = {**_CLS_METRICS,
+               "f1": Metric("f1", functools.partial(M.f1, average="binary", pos_label=0))}
     default_metric = "balanced_accuracy"
     proxy = ProxyConfig(steps=200, batch_size=32, optimizer="adam", lr=1e-3)
 
