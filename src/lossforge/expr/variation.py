@@ -310,6 +310,23 @@ def dag_to_expr(genome: dict[str, Any]) -> Expr:
     return out if orientation == 1 else apply("neg", out)
 
 
+def _reached_inputs(genome: dict[str, Any]) -> set[int]:
+    """Indices of the inputs the root depends on."""
+    n_in = len(genome["inputs"])
+    nodes = genome["nodes"]
+    seen, stack, found = set(), [n_in + len(nodes) - 1], set()
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        if i < n_in:
+            found.add(i)
+        else:
+            stack.extend(nodes[i - n_in]["in"])
+    return found
+
+
 def _random_node(space: SearchSpace, rng: np.random.Generator, index: int,
                  unary_prob: float) -> dict[str, Any]:
     if rng.random() < unary_prob:
@@ -336,6 +353,9 @@ def random_dag(space: SearchSpace, rng: np.random.Generator, max_tries: int = 20
             nodes.append(_random_node(space, rng, n_in + k, prob))
         genome = {"inputs": list(inputs), "nodes": nodes, "aggregation": agg,
                   "orientation": orientation}
+        reached = {inputs[i] for i in _reached_inputs(genome)}
+        if LABEL not in reached or not reached & set(space.prediction_variables):
+            continue  # cheap pre-check before building the expression
         if space.is_valid(dag_to_expr(genome)):
             return genome
     raise VariationError(f"no valid DAG of space {space.name!r} in {max_tries} tries")

@@ -1,0 +1,134 @@
+"""AutoLoss-Zero's evolution (``"autoloss-zero"``): regularised evolution of loss graphs.
+
+AutoLoss-Zero's search code was never released; this follows the paper and AutoML-Zero, which
+it builds on:
+
+1. **Initialisation** — random graphs of the space (ramped half-and-half, depth
+   ``init_min_depth``..``init_max_depth``, 2..6 by default), until ``population_size`` of them
+   have a fitness. Candidates the funnel rejects (fitness ``None``) are never inserted.
+2. **Cycles** — each child of an ``ask`` comes from a tournament: ``tournament_size``
+   distinct members drawn uniformly, the fittest is the parent; the child is the parent after
+   exactly one mutation (insert a node, delete a node, replace an op by one of the same arity,
+   replace a leaf; uniform). AutoML-Zero copies the parent unchanged with probability 0.1: we
+   always mutate, since an unchanged copy would only re-spend budget on a known loss.
+3. **Removal** — ``tell`` appends each evaluated child to the population and removes the
+   *oldest* member while the population is too large (regularised / aging evolution, as in
+   AutoML-Zero); ``remove="worst"`` removes the least fit instead.
+
+Defaults are sized for small budgets: population 20, tournament 5. AutoML-Zero used population
+100, tournament 10 (pass ``population_size=100, tournament_size=10``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from lossforge.expr import variation as V
+from lossforge.expr.expr import Expr
+from lossforge.expr.parse import parse
+from lossforge.expr.spaces import SearchSpace
+from lossforge.search.random import SeededStrategy, clean_fitness
+from lossforge.search.strategy import Fitness
+
+
+def _parse(text: str) -> Expr:
+    return parse(text, strict=False)
+
+
+class AutoLossZero(SeededStrategy):
+    """Regularised evolution with tournament selection and point mutations (AutoLoss-Zero).
+
+    Options (defaults): ``population_size=20``, ``tournament_size=5``, ``batch_size=10``
+    (children per ``ask`` once initialised), ``mutations=("insert", "delete", "replace",
+    "leaf")``, ``remove="oldest"`` (or ``"worst"``), ``init_min_depth=2``, ``init_max_depth=6``.
+    """
+
+    name = "autoloss-zero"
+    default_space = "autoloss-zero"
+    space_kinds = ("tree",)
+    defaults = {
+        "population_size": 20,
+        "tournament_size": 5,
+        "batch_size": 10,
+        "mutations": list(V.MUTATIONS),
+        "remove": "oldest",
+        "init_min_depth": 2,
+        "init_max_depth": 6,
+    }
+
+    def __init__(self, space: SearchSpace | str | None = None, seed: int = 0, **options):
+        super().__init__(space, seed, **options)
+        if self.config["remove"] not in ("oldest", "worst"):
+            raise ValueError(f"remove must be 'oldest' or 'worst', got {self.config['remove']!r}")
+        if int(self.config["population_size"]) < 1 or int(self.config["tournament_size"]) < 1:
+            raise ValueError("population_size and tournament_size must be >= 1")
+        #: evaluated members, oldest first: (expr, fitness)
+        self.population: list[tuple[Expr, float]] = []
+        self.n_asked = 0
+        self.n_told = 0
+
+    # ---- protocol --------------------------------------------------------------------------------
+    @property
+    def initialised(self) -> bool:
+        return len(self.population) >= int(self.config["population_size"])
+
+    def ask(self, n: int) -> list[Expr]:
+        c = self.config
+        out: list[Expr] = []
+        for _ in range(int(n)):
+            if not self.initialised:
+                out.append(V.random_expr(self.space, self.rng, min_depth=c["init_min_depth"],
+                                         max_depth=c["init_max_depth"]))
+            else:
+                parent = self._tournament()
+                out.append(V.mutate(parent, self.space, self.rng, kinds=tuple(c["mutations"])))
+        self.n_asked += len(out)
+        return out
+
+    def _tournament(self) -> Expr:
+        pop = self.population
+        k = min(int(self.config["tournament_size"]), len(pop))
+        idx = [int(i) for i in self.rng.choice(len(pop), size=k, replace=False)]
+        best = idx[0]
+        for i in idx[1:]:  # ties go to the first drawn
+            if pop[i][1] > pop[best][1]:
+                best = i
+        return pop[best][0]
+
+    def tell(self, results: list[tuple[Expr, Fitness]]) -> None:
+        size = int(self.config["population_size"])
+        for expr, fitness in results:
+            self.n_told += 1
+            f = clean_fitness(fitness)
+            if f is None:
+                continue  # rejected by the funnel: never enters the population
+            self.population.append((expr, f))
+            while len(self.population) > size:
+                if self.config["remove"] == "oldest":
+                    self.population.pop(0)
+                else:
+                    worst = min(range(len(self.population)),
+                                key=lambda i: (self.population[i][1], i))
+                    self.population.pop(worst)
+
+    @property
+    def best(self) -> tuple[Expr, float] | None:
+        """The fittest current member (``None`` before any evaluated candidate)."""
+        return max(self.population, key=lambda m: m[1]) if self.population else None
+
+    # ---- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **self.base_state(),
+            "population": [[str(e), f] for e, f in self.population],
+            "n_asked": self.n_asked,
+            "n_told": self.n_told,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_base_state(state)
+        self.population = [(_parse(t), float(f)) for t, f in state["population"]]
+        self.n_asked = int(state["n_asked"])
+        self.n_told = int(state["n_told"])
+
+
+__all__ = ["AutoLossZero"]
