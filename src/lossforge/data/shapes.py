@@ -167,37 +167,37 @@ def _cls_mask(kind: int, rng: np.random.Generator, b: int, size: int) -> np.ndar
     cy, cx = rng.uniform(0.3, 0.7, (2, b)) * (size - 1)
     theta = rng.uniform(0, 2 * np.pi, b)
     if kind == 0:  # disk
-        return draw.disk(size, cy, cx, rng.uniform(3.5, 8.5, b) * s)
+        return draw.disk(size, cy, cx, rng.uniform(4.5, 8.5, b) * s)
     if kind == 1:  # square
-        h = rng.uniform(3.5, 7.5, b) * s
+        h = rng.uniform(4.5, 7.5, b) * s
         return draw.rectangle(size, cy, cx, h, h, theta)
     if kind == 2:  # triangle (roughly equilateral)
-        return draw.polygon(size, draw.regular_vertices(cy, cx, rng.uniform(5, 10, b) * s, 3, theta,
-                                                        rng.uniform(-0.25, 0.25, (b, 3))))
+        return draw.polygon(size, draw.regular_vertices(cy, cx, rng.uniform(6.5, 10.5, b) * s, 3,
+                                                        theta, rng.uniform(-0.2, 0.2, (b, 3))))
     if kind == 3:  # ring
-        return draw.ring(size, cy, cx, rng.uniform(4.5, 9, b) * s, rng.uniform(1.2, 2.8, b) * s)
+        return draw.ring(size, cy, cx, rng.uniform(5.5, 9, b) * s, rng.uniform(1.5, 2.5, b) * s)
     if kind == 4:  # cross: two perpendicular bars
-        arm, wid = rng.uniform(4.5, 9, b) * s, rng.uniform(0.8, 1.6, b) * s
+        arm, wid = rng.uniform(5.5, 9, b) * s, rng.uniform(1.0, 1.6, b) * s
         return (draw.rectangle(size, cy, cx, arm, wid, theta)
                 | draw.rectangle(size, cy, cx, arm, wid, theta + np.pi / 2))
     if kind == 5:  # line: one long bar
-        return draw.rectangle(size, cy, cx, rng.uniform(6, 13, b) * s,
-                              rng.uniform(0.6, 1.5, b) * s, theta)
+        return draw.rectangle(size, cy, cx, rng.uniform(8, 13, b) * s,
+                              rng.uniform(0.8, 1.4, b) * s, theta)
     if kind == 6:  # ellipse (clearly elongated)
-        ra = rng.uniform(5.5, 10, b) * s
-        return draw.ellipse(size, cy, cx, ra, ra / rng.uniform(1.8, 3.0, b), theta)
+        ra = rng.uniform(6.5, 10, b) * s
+        return draw.ellipse(size, cy, cx, ra, ra / rng.uniform(2.0, 3.0, b), theta)
     if kind == 7:  # six-pointed star: two overlapping triangles
-        r = rng.uniform(5.5, 10, b) * s
+        r = rng.uniform(6.5, 10, b) * s
         return (draw.polygon(size, draw.regular_vertices(cy, cx, r, 3, theta))
                 | draw.polygon(size, draw.regular_vertices(cy, cx, r, 3, theta + np.pi / 3)))
     if kind == 8:  # two dots
-        sep, ang = rng.uniform(3, 7, b) * s, rng.uniform(0, np.pi, b)
-        r = rng.uniform(1.3, 2.3, b) * s
+        sep, ang = rng.uniform(4, 7, b) * s, rng.uniform(0, np.pi, b)
+        r = rng.uniform(1.6, 2.4, b) * s
         dy, dx = sep * np.sin(ang), sep * np.cos(ang)
         return draw.disk(size, cy + dy, cx + dx, r) | draw.disk(size, cy - dy, cx - dx, r)
     if kind == 9:  # open arc
-        return draw.arc(size, cy, cx, rng.uniform(5, 10, b) * s, rng.uniform(1.2, 2.8, b) * s,
-                        theta, rng.uniform(0.5, 1.2, b) * np.pi)
+        return draw.arc(size, cy, cx, rng.uniform(6, 10, b) * s, rng.uniform(1.5, 2.5, b) * s,
+                        theta, rng.uniform(0.6, 1.1, b) * np.pi)
     raise ValueError(kind)
 
 
@@ -208,16 +208,16 @@ def render_cls(n: int, size: int = 32, rng: np.random.Generator | None = None):
     k = len(CLS_CLASSES)
     labels = rng.permutation(np.arange(n) % k).astype(np.int64)
     images, bg = _background(rng, n, size)
-    # faint clutter: 0-3 low-contrast blobs per image, under the object
-    n_clutter = rng.integers(0, 4, n)
-    for slot in range(3):
+    # faint clutter: 0-2 low-contrast blobs per image, under the object
+    n_clutter = rng.integers(0, 3, n)
+    for slot in range(2):
         idx = np.flatnonzero(n_clutter > slot)
         if idx.size:
             masks = draw.ellipse(size, *rng.uniform(0, size - 1, (2, idx.size)),
                                  rng.uniform(1.0, 3.0, idx.size) * size / 32,
                                  rng.uniform(0.7, 2.0, idx.size) * size / 32,
                                  rng.uniform(0, np.pi, idx.size))
-            tint = bg[idx] + rng.choice([-1.0, 1.0], (idx.size, 1)) * rng.uniform(0.08, 0.2,
+            tint = bg[idx] + rng.choice([-1.0, 1.0], (idx.size, 1)) * rng.uniform(0.05, 0.15,
                                                                                  (idx.size, 3))
             draw.paint(images, idx, masks, np.clip(tint, 0, 1))
     boxes = np.full((n, 4), np.nan, dtype=np.float32)
@@ -227,10 +227,10 @@ def render_cls(n: int, size: int = 32, rng: np.random.Generator | None = None):
             continue
         masks = _cls_mask(kind, rng, idx.size, size)
         colors = _contrast(rng.uniform(0, 1, (idx.size, 3)), bg[idx],
-                           rng.uniform(0.2, 0.45, (idx.size, 1)))
+                           rng.uniform(0.3, 0.6, (idx.size, 1)))
         draw.paint(images, idx, masks, colors)
         boxes[idx] = draw.boxes(masks)
-    _finish(images, rng, rng.uniform(0.03, 0.10, n))
+    _finish(images, rng, rng.uniform(0.02, 0.06, n))
     return images, labels, boxes
 
 
