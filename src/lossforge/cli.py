@@ -180,6 +180,8 @@ def search(
     no_lrp: bool = typer.Option(False, "--no-lrp", help="Disable the loss-rejection protocol."),
     no_gec: bool = typer.Option(False, "--no-gec", help="Disable the gradient-equivalence check."),
     population: Optional[int] = typer.Option(None, "--population", help="Strategy population size."),
+    generation: Optional[int] = typer.Option(None, "--generation-size",
+                                             help="Candidates per generation (per ask)."),
     format: str = typer.Option("table", "--format", help="table or json"),
 ):
     """Search for a loss function; every result is saved to the study file as it arrives."""
@@ -196,7 +198,7 @@ def search(
     if lrp_steps is not None:
         cfg = replace(cfg, lrp=replace(cfg.lrp, steps=lrp_steps))
     cfg = replace(cfg, use_lrp=not no_lrp, use_gec=not no_gec)
-    options = {"population": population} if population else {}
+    options = {k: v for k, v in (("population_size", population), ("batch_size", generation)) if v}
     _run_search(lambda progress: LossSearch(task=task, storage=study, metric=metric,
                                             strategy=strategy, budget=budget, seed=seed,
                                             space=space, funnel=cfg, strategy_options=options,

@@ -9,13 +9,14 @@ same candidates, by determinism) and the slots already stored are not evaluated 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from lossforge.evaluation.candidate import (FAILED, GEC_HIT, INVALID, REJECTED_CHECKS,
                                             REJECTED_LRP, TRAINED, Candidate)
 from lossforge.evaluation.funnel import Funnel, FunnelConfig
+from lossforge.evaluation.lrp import LRPConfig
 from lossforge.expr import Expr, parse
 from lossforge.storage import Row, Store, StudyFileError
 from lossforge.tasks import Task
@@ -176,11 +177,10 @@ class LossSearch:
             return Store.create(path, self.settings())
         store = Store.open(path)
         old, new = store.settings, self.settings()
-        diff = [k for k in _FIXED if old.get(k) != new.get(k)]
+        diff = [d for k in _FIXED for d in _differences(k, old.get(k), new.get(k))]
         if diff:
             store.close()
-            detail = "; ".join(f"{k}: study has {old.get(k)!r}, requested {new.get(k)!r}"
-                               for k in diff)
+            detail = "; ".join(f"{k}: study has {a!r}, requested {b!r}" for k, a, b in diff)
             raise StudyFileError(f"{path} was created with other settings ({detail}); use "
                                  "`lossforge resume` to continue it, or choose a new study file")
         if old.get("budget") != self.budget:
@@ -209,14 +209,13 @@ class LossSearch:
         if ckpt is not None:
             generation = ckpt[0] + 1
             strategy.load_state_dict(ckpt[1]["strategy"])
-            if "lrp_threshold" in ckpt[1]:
-                from dataclasses import replace
-
-                funnel.lrp.config = replace(funnel.lrp.config, threshold=ckpt[1]["lrp_threshold"])
+        calibrated = store.meta("calibration")
+        if calibrated is None:
+            funnel.calibrate()
+            store.set_meta("calibration", {"scores": funnel.calibration,
+                                           "lrp": asdict(funnel.lrp.config)})
         else:
-            calibration = funnel.calibrate()
-            store.set_meta("calibration", {"scores": calibration,
-                                           "lrp_threshold": funnel.lrp.config.threshold})
+            funnel.lrp.config = LRPConfig(**calibrated["lrp"])
         for row in store.rows():  # what earlier runs learnt: GEC classes and results
             if row.fingerprint:
                 funnel.gec.known.setdefault(row.fingerprint, row.formula)
@@ -249,7 +248,6 @@ class LossSearch:
                    for k, funnel_stage in (("checks", funnel.checks), ("gec", funnel.gec),
                                            ("lrp", funnel.lrp), ("proxy", funnel.proxy))}
         store.save_checkpoint(generation, {"strategy": strategy.state_dict(),
-                                           "lrp_threshold": funnel.lrp.config.threshold,
                                            "stage_seconds": seconds, "time": time.time()})
 
     def _commit(self, store: Store, generation: int, slot: int, proposed: Expr, c: Candidate) -> None:
@@ -258,6 +256,13 @@ class LossSearch:
         if self.progress:
             self.progress({"explored": store.count(), "budget": self.budget, "generation": generation,
                            "status": c.status, "formula": str(c.expr), "fitness": c.fitness})
+
+
+def _differences(key: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:
+    """The leaves where two settings values differ, as (dotted key, a, b)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(f"{key}.{k}", a.get(k), b.get(k))]
+    return [] if a == b else [(key, a, b)]
 
 
 def resume(path: str | Path, executor: Any = None, progress=None, budget: int | None = None,

@@ -99,18 +99,33 @@ class LossRejection:
                     self.decide(c, self.score(c.expr))
 
 
-def calibrate(stage: LossRejection, baselines: list[Expr], margin: float = 0.8) -> dict[str, float]:
-    """Score the hand-made ``baselines``; if one fails, lower the threshold to ``margin`` times
-    the lowest baseline score (with a warning). Returns the scores by formula."""
-    scores = {str(b): stage.score(b) for b in baselines}
-    finite = [s for s in scores.values() if s is not None and np.isfinite(s)]
-    failing = [f for f, s in scores.items() if s is None or s < stage.config.threshold]
-    if failing and finite and min(finite) > 0:
-        new = margin * min(finite)
-        log.warning("LRP threshold %.3f rejects hand-made losses %s; lowering it to %.3f",
-                    stage.config.threshold, failing, new)
-        stage.config = replace(stage.config, threshold=new)
-    elif failing:
-        log.warning("LRP: hand-made losses %s do not improve the metric on the probe; the protocol "
-                    "cannot separate losses here (consider more steps or a larger lr)", failing)
+def calibrate(stage: LossRejection, baselines: list[Expr], margin: float = 0.8,
+              max_lr_raises: int = 3) -> dict[str, float | None]:
+    """Make sure the hand-made ``baselines`` pass the protocol before a search starts.
+
+    If a baseline fails: when the weakest still improves the metric by at least half the threshold,
+    the threshold is lowered to ``margin`` times its score; otherwise the probe is optimised too
+    little to tell, and the learning rate is raised ×10 (at most ``max_lr_raises`` times) before
+    trying again. Every adjustment is logged as a warning. Returns the final scores by formula.
+    """
+    for attempt in range(max_lr_raises + 1):
+        scores = {str(b): stage.score(b) for b in baselines}
+        finite = [s for s in scores.values() if s is not None and np.isfinite(s)]
+        threshold = stage.config.threshold
+        if finite and len(finite) == len(scores) and min(finite) >= threshold:
+            return scores
+        weakest = min(finite) if len(finite) == len(scores) else float("-inf")
+        if weakest > 0 and weakest >= 0.5 * threshold:
+            log.warning("LRP threshold %.3f rejects a hand-made loss (weakest score %.3f); "
+                        "lowering it to %.3f", threshold, weakest, margin * weakest)
+            stage.config = replace(stage.config, threshold=margin * weakest)
+            return scores
+        if attempt < max_lr_raises:
+            log.warning("LRP: hand-made losses barely improve the metric (scores %s) with lr %g; "
+                        "raising lr to %g", {k: None if v is None else round(v, 3)
+                                             for k, v in scores.items()},
+                        stage.config.lr, stage.config.lr * 10)
+            stage.config = replace(stage.config, lr=stage.config.lr * 10)
+    log.warning("LRP: hand-made losses still fail after calibration (scores %s); the protocol "
+                "cannot separate losses on this task — consider use_lrp=False", scores)
     return scores
