@@ -2,6 +2,7 @@
 strategy, and evidence that each evolutionary strategy beats random search at equal budget."""
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -251,6 +252,13 @@ def test_taylor_invariant_by_hand():
     c = taylor_coefficients(ce_like)
     assert c == {"c1": 0, "ch": 0, "chh": 0, "chy": 0, "cy": 1.0, "cyy": 0}
     assert invariant_margin(ce_like, 10) == 1.0 and invariant_holds(ce_like, 10)
+    # second-order Taylor expansion of cross-entropy around p = 0.5: y log p ~ y (2(p-.5) - 2(p-.5)^2)
+    # theta1 = 0.5, theta5 = 2, theta6 = -2: chy = -4, cy = -2 * 0.5 * (-2) + 2 = 4, the rest 0
+    ce_taylor = [0, 0.5, 0, 0, 0, 2.0, -2.0, 0]
+    c = taylor_coefficients(ce_taylor)
+    assert (c["chy"], c["cy"], c["c1"], c["ch"], c["chh"], c["cyy"]) == (-4, 4, 0, 0, 0, 0)
+    assert invariant_margin(ce_taylor, 10) == pytest.approx(4 - 4 / 10)  # 3.6: passes
+    assert invariant_margin([0, 0.5, 0, 0, 0, -2.0, 2.0, 0], 10) == pytest.approx(-3.6)
     # wrongly oriented: rewards lowering the true class's probability
     assert invariant_margin([0, 0, 0, 0, 0, -1.0, 0, 0], 10) == -1.0
     assert not invariant_holds([0, 0, 0, 0, 0, -1.0, 0, 0], 10)
@@ -297,25 +305,59 @@ def best_of(name, space, seed, budget, fitness, **opts):
     return best
 
 
-@pytest.mark.parametrize("name,space,target,budget,opts", [
-    ("autoloss-zero", "autoloss-zero", "-sum_c(y * slog(p))", 200, {}),
-    ("aging", "nlfs", "sum_c(-(y * log(p)))", 200, {"initial_size": 40}),
-    ("glo", "glo", "sqrt(y) * log(p) * -1", 200, {"population_size": 20, "gp_generations": 10}),
-    ("taylor", "taylor", "taylor", 160, {"popsize": 8, "num_classes": 5}),
+def _bag(expr):
+    return Counter(n.op if n.args else str(n) for n in expr.subexpressions())
+
+
+def structure_fitness(target):
+    """Similarity to a target tree: half Jaccard of the distinct subtrees (exact pieces), half
+    Jaccard of the bags of ops and leaves (the right ingredients). 1 only for the target; random
+    trees of the space rarely get far, hill-climbing does."""
+    subtrees, bag = set(target.nodes()), _bag(target)
+
+    def fitness(expr):
+        s, b = set(expr.nodes()), _bag(expr)
+        return (0.5 * len(s & subtrees) / len(s | subtrees)
+                + 0.5 * sum((b & bag).values()) / sum((b | bag).values()))
+
+    return fitness
+
+
+def constants_fitness(target):
+    """-log10 of the mean squared distance between constant vectors (same family: same layout)."""
+    t = np.array(target.constants())
+
+    def fitness(expr):
+        c = np.array(expr.constants())
+        return -math.log10(float(np.mean((c - t) ** 2)) + 1e-12)
+
+    return fitness
+
+
+TAYLOR_TARGET = [0.2, 0.3, -0.5, 0.4, 0.0, 1.5, -0.6, 0.3]
+
+
+@pytest.mark.parametrize("name,space,target,budget,opts,margin", [
+    ("autoloss-zero", "autoloss-zero", "-sum_c(y * slog(p)) + mean_bs(square(p + -y))", 150, {},
+     0.05),
+    ("aging", "nlfs", "sum_c(softplus(y - p) * log(p) + y)", 150, {"initial_size": 30}, 0.05),
+    ("glo", "glo", "tanh(p - y) * log(p) - square(y) * sqrt(p)", 150,
+     {"population_size": 15, "gp_generations": 10}, 0.05),
+    ("taylor", "taylor", None, 120, {"popsize": 8, "num_classes": 5}, 0.3),
 ])
-def test_evolution_beats_random_search(name, space, target, budget, opts):
-    if target == "taylor":
-        target_expr = taylorglo([0.2, 0.3, -0.5, 0.4, 0.0, 1.5, -0.6, 0.3])
-        assert invariant_holds([0.2, 0.3, -0.5, 0.4, 0.0, 1.5, -0.6, 0.3], 5)
+def test_evolution_beats_random_search(name, space, target, budget, opts, margin):
+    if target is None:
+        assert invariant_holds(TAYLOR_TARGET, 5)
+        fitness = constants_fitness(taylorglo(TAYLOR_TARGET))
+        seeds = (0, 1)
     else:
         target_expr = parse(target)
         assert spaces.get(space).is_valid(target_expr)
-    fitness = match_fitness(target_expr)
-    seeds = (0, 1)
+        fitness = structure_fitness(target_expr)
+        seeds = (0, 1, 2)
     evo = [best_of(name, space, s, budget, fitness, **opts) for s in seeds]
     rnd = [best_of("random", space, s, budget, fitness) for s in seeds]
-    assert np.mean(evo) > np.mean(rnd), (evo, rnd)
-    assert min(evo) > max(rnd) - 0.05, (evo, rnd)
+    assert np.mean(evo) > np.mean(rnd) + margin, (evo, rnd)
 
 
 def test_glo_cma_phase_improves_on_its_first_generation():

@@ -164,39 +164,39 @@ def shapes_seg(n_train: int = 512, n_val: int = 128, n_test: int = 256, size: in
 
 def _cls_mask(kind: int, rng: np.random.Generator, b: int, size: int) -> np.ndarray:
     s = size / 32.0
-    cy, cx = rng.uniform(0.3, 0.7, (2, b)) * (size - 1)
+    cy, cx = rng.uniform(0.35, 0.65, (2, b)) * (size - 1)
     theta = rng.uniform(0, 2 * np.pi, b)
     if kind == 0:  # disk
-        return draw.disk(size, cy, cx, rng.uniform(4.5, 8.5, b) * s)
+        return draw.disk(size, cy, cx, rng.uniform(6, 10, b) * s)
     if kind == 1:  # square
-        h = rng.uniform(4.5, 7.5, b) * s
+        h = rng.uniform(5.5, 9, b) * s
         return draw.rectangle(size, cy, cx, h, h, theta)
     if kind == 2:  # triangle (roughly equilateral)
-        return draw.polygon(size, draw.regular_vertices(cy, cx, rng.uniform(6.5, 10.5, b) * s, 3,
+        return draw.polygon(size, draw.regular_vertices(cy, cx, rng.uniform(8, 12.5, b) * s, 3,
                                                         theta, rng.uniform(-0.2, 0.2, (b, 3))))
     if kind == 3:  # ring
-        return draw.ring(size, cy, cx, rng.uniform(5.5, 9, b) * s, rng.uniform(1.5, 2.5, b) * s)
+        return draw.ring(size, cy, cx, rng.uniform(6.5, 10.5, b) * s, rng.uniform(1.8, 3, b) * s)
     if kind == 4:  # cross: two perpendicular bars
-        arm, wid = rng.uniform(5.5, 9, b) * s, rng.uniform(1.0, 1.6, b) * s
+        arm, wid = rng.uniform(7, 11, b) * s, rng.uniform(1.2, 2, b) * s
         return (draw.rectangle(size, cy, cx, arm, wid, theta)
                 | draw.rectangle(size, cy, cx, arm, wid, theta + np.pi / 2))
     if kind == 5:  # line: one long bar
-        return draw.rectangle(size, cy, cx, rng.uniform(8, 13, b) * s,
-                              rng.uniform(0.8, 1.4, b) * s, theta)
+        return draw.rectangle(size, cy, cx, rng.uniform(10, 14, b) * s,
+                              rng.uniform(1.0, 1.6, b) * s, theta)
     if kind == 6:  # ellipse (clearly elongated)
-        ra = rng.uniform(6.5, 10, b) * s
+        ra = rng.uniform(8, 12, b) * s
         return draw.ellipse(size, cy, cx, ra, ra / rng.uniform(2.0, 3.0, b), theta)
     if kind == 7:  # six-pointed star: two overlapping triangles
-        r = rng.uniform(6.5, 10, b) * s
+        r = rng.uniform(8, 12, b) * s
         return (draw.polygon(size, draw.regular_vertices(cy, cx, r, 3, theta))
                 | draw.polygon(size, draw.regular_vertices(cy, cx, r, 3, theta + np.pi / 3)))
     if kind == 8:  # two dots
-        sep, ang = rng.uniform(4, 7, b) * s, rng.uniform(0, np.pi, b)
-        r = rng.uniform(1.6, 2.4, b) * s
+        sep, ang = rng.uniform(5, 8, b) * s, rng.uniform(0, np.pi, b)
+        r = rng.uniform(2, 3, b) * s
         dy, dx = sep * np.sin(ang), sep * np.cos(ang)
         return draw.disk(size, cy + dy, cx + dx, r) | draw.disk(size, cy - dy, cx - dx, r)
     if kind == 9:  # open arc
-        return draw.arc(size, cy, cx, rng.uniform(6, 10, b) * s, rng.uniform(1.5, 2.5, b) * s,
+        return draw.arc(size, cy, cx, rng.uniform(7, 11, b) * s, rng.uniform(1.8, 3, b) * s,
                         theta, rng.uniform(0.6, 1.1, b) * np.pi)
     raise ValueError(kind)
 

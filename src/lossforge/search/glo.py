@@ -261,6 +261,11 @@ class GLO(SeededStrategy):
         self.log: list[dict] = []       # one line per completed generation
         self.n_asked = 0
         self.n_told = 0
+        self._exprs: dict[str, Expr] = {}  # this generation's expressions by text (not state)
+
+    def _expr(self, text: str) -> Expr:
+        e = self._exprs.get(text)
+        return e if e is not None else _parse(text)
 
     @property
     def batch_size(self) -> int:
@@ -271,7 +276,7 @@ class GLO(SeededStrategy):
     # ---- protocol --------------------------------------------------------------------------------
     def ask(self, n: int) -> list[Expr]:
         self._ensure_work()
-        out = [_parse(s["expr"]) for s in take_new(self.slots, int(n))]
+        out = [self._expr(s["expr"]) for s in take_new(self.slots, int(n))]
         self.n_asked += len(out)
         return out
 
@@ -311,24 +316,27 @@ class GLO(SeededStrategy):
                 if not self._next_tree():
                     self._new_cycle()
                     return self._open_generation()
-            X = self._replay.ask()
             form = _parse(self.cma["form"])
-            self.slots = [{"expr": str(form.with_constants([sig_round(v, int(c["digits"]))
-                                                           for v in x])),
-                           "fitness": None, "status": "new"} for x in X]
+            exprs = [form.with_constants([sig_round(v, int(c["digits"])) for v in x])
+                     for x in self._replay.ask()]
+            self._set_slots([(e, None, False) for e in exprs])
             return
         if not self.population:
-            self.slots = [{"expr": str(V.random_expr(self.space, self.rng,
-                                                     min_depth=c["init_min_depth"],
-                                                     max_depth=c["init_max_depth"])),
-                           "fitness": None, "status": "new"}
-                          for _ in range(int(c["population_size"]))]
+            self._set_slots([(V.random_expr(self.space, self.rng, min_depth=c["init_min_depth"],
+                                            max_depth=c["init_max_depth"]), None, False)
+                             for _ in range(int(c["population_size"]))])
             return
         if self.gp_generation >= int(c["gp_generations"]):
             if int(c["cma_generations"]) > 0 and self._start_cma():
                 return self._open_generation()
             self._new_cycle()
-        self.slots = self._breed()
+        self._set_slots(self._breed())
+
+    def _set_slots(self, items: list[tuple[Expr, float | None, bool]]) -> None:
+        """A new generation: ``(expr, fitness, known)``; known ones are not asked."""
+        self._exprs = {str(e): e for e, _f, _k in items}
+        self.slots = [{"expr": str(e), "fitness": f if known else None,
+                       "status": "done" if known else "new"} for e, f, known in items]
 
     def _close_generation(self) -> None:
         slots, self.slots = self.slots, []
@@ -345,7 +353,7 @@ class GLO(SeededStrategy):
             line["generation"] = self.cma["generation"] - 1
             line["tree"] = self.cma["source"]
         else:
-            self.population = [(_parse(s["expr"]), s["fitness"]) for s in slots]
+            self.population = [(self._expr(s["expr"]), s["fitness"]) for s in slots]
             self._archive([(s["expr"], s["fitness"]) for s in slots])
             line["generation"] = self.gp_generation
             self.gp_generation += 1
@@ -374,7 +382,7 @@ class GLO(SeededStrategy):
                 best = int(i)
         return pop[best]
 
-    def _breed(self) -> list[dict]:
+    def _breed(self) -> list[tuple[Expr, float | None, bool]]:
         c, pop, sp, rng = self.config, self.population, self.space, self.rng
         size = int(c["population_size"])
         order = sorted(range(len(pop)), key=lambda i: (-_rank_key(pop[i][1]), i))
@@ -391,11 +399,7 @@ class GLO(SeededStrategy):
             if rng.random() < float(c["mutation_prob"]):
                 off[i] = [V.subtree_mutation(o[0], sp, rng, int(c["max_subtree_depth"])), None,
                           False]
-        slots = [{"expr": str(e), "fitness": f, "status": "done"} for e, f in elites]
-        for e, f, known in off:
-            slots.append({"expr": str(e), "fitness": f if known else None,
-                          "status": "done" if known else "new"})
-        return slots
+        return [(e, f, True) for e, f in elites] + [(e, f, known) for e, f, known in off]
 
     @staticmethod
     def _child(child: Expr, a: list, b: list) -> list:

@@ -86,6 +86,7 @@ class TaylorGLO(SeededStrategy):
         self.log: list[dict] = []
         self.n_asked = 0
         self.n_told = 0
+        self._exprs: dict[str, Expr] = {}  # this generation's expressions by text (not state)
         self._replay = self._new_replay([0.0] * 8)
 
     def _new_replay(self, x0: list[float]) -> CMAReplay:
@@ -111,7 +112,8 @@ class TaylorGLO(SeededStrategy):
             self._open_generation()
         else:
             raise RuntimeError("TaylorGLO: every solution of 10,000 generations was rejected")
-        out = [parse(s["expr"], strict=False) for s in take_new(self.slots, int(n))]
+        out = [self._exprs.get(s["expr"]) or parse(s["expr"], strict=False)
+               for s in take_new(self.slots, int(n))]
         self.n_asked += len(out)
         return out
 
@@ -132,12 +134,14 @@ class TaylorGLO(SeededStrategy):
             self.run += 1
             self._replay = self._new_replay(self.best_[2] if self.best_ else [0.0] * 8)
         digits = int(self.config["digits"])
-        self.slots, self.last_rejected = [], []
+        self.slots, self.last_rejected, self._exprs = [], [], {}
         for x in self._replay.ask():
             theta = [sig_round(v, digits) for v in x]
             if self.is_valid_theta(theta):
-                self.slots.append({"expr": str(taylor_expr(theta, self.space)), "theta": theta,
-                                   "fitness": None, "status": "new"})
+                expr = taylor_expr(theta, self.space)
+                self._exprs[str(expr)] = expr
+                self.slots.append({"expr": str(expr), "theta": theta, "fitness": None,
+                                   "status": "new"})
             else:
                 margin = invariant_margin(theta, int(self.config["num_classes"]))
                 self.slots.append({"expr": None, "theta": theta, "fitness": None,
