@@ -19,7 +19,6 @@ EPS = ops.EPS
 SPECIAL = [0.0, 1e-7, -1e-7, EPS, -EPS, -EPS + 1e-9, -EPS - 1e-9, 2e-6, -2e-6, 1e-3, -1e-3,
            0.3, -0.3, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0, 3.7, -3.7, 30.0, -30.0, 1e3, -1e3]
 ELEMENTWISE = ops.names()  # every non-aggregation op
-BINARY = ops.names(arity=2)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -46,6 +46,14 @@ def test_space_variables_are_normalised_and_regression_works():
     assert not r.is_valid(parse("square(p - y)"))  # p is not a variable of the space
 
 
+def test_space_dict_roundtrip():
+    for name in spaces.names():
+        s = spaces.get(name, variables=("f", "y"))
+        d = json.loads(json.dumps(s.to_dict()))
+        assert spaces.SearchSpace.from_dict(d) == s
+        assert spaces.get(s) is s
+
+
 def test_unknown_space_suggests_a_name():
     with pytest.raises(KeyError, match="did you mean 'glo'"):
         spaces.get("gl0")

@@ -9,7 +9,7 @@ same candidates, by determinism) and the slots already stored are not evaluated 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -164,6 +164,9 @@ class LossSearch:
             raise ValueError(f"unknown strategy {self.strategy!r}{hint}; strategies: "
                              f"{', '.join(DEFAULT_SPACE)}")
         self.space = self.space or DEFAULT_SPACE[self.strategy]
+        if self.strategy == "aging" and self.task.kind == "classification":
+            # NLFS: 2-class integrity check with automatic orientation of every candidate
+            self.funnel = replace(self.funnel, checks=replace(self.funnel.checks, integrity=True))
 
     def settings(self) -> dict[str, Any]:
         return {"task": self.task.name, "metric": self.metric, "strategy": self.strategy,
@@ -193,7 +196,10 @@ class LossSearch:
 
         variables = sorted(self.task.variables - {"z"})
         space = spaces.get(self.space, variables=variables)
-        return search.get(self.strategy, space, seed=self.seed, **self.strategy_options)
+        options = dict(self.strategy_options)
+        if self.strategy == "taylor" and self.task.num_classes:
+            options.setdefault("num_classes", self.task.num_classes)
+        return search.get(self.strategy, space, seed=self.seed, **options)
 
     def _funnel_config(self) -> FunnelConfig:
         return self.funnel

@@ -8,10 +8,16 @@ from lossforge.data import DataSplits, Split
 
 
 def as_split(x: np.ndarray, y: np.ndarray, regression: bool = False) -> Split:
-    """float32 inputs; int64 class targets, or float32 targets when ``regression``."""
+    """float32 inputs; int64 class targets, or float32 targets when ``regression``.
+
+    The tensors own their memory (read-only cached arrays are copied, never shared).
+    """
     y_dtype = np.float32 if regression else np.int64
-    return Split(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                 torch.from_numpy(np.ascontiguousarray(y, dtype=y_dtype)))
+    arrays = []
+    for a, dtype in ((x, np.float32), (y, y_dtype)):
+        a = np.ascontiguousarray(a, dtype=dtype)
+        arrays.append(torch.from_numpy(a if a.flags.writeable else a.copy()))
+    return Split(*arrays)
 
 
 def make_splits(name: str, num_classes: int | None, x: np.ndarray, y: np.ndarray,
@@ -21,27 +27,37 @@ def make_splits(name: str, num_classes: int | None, x: np.ndarray, y: np.ndarray
     return DataSplits(train=train, val=val, test=test, num_classes=num_classes, name=name)
 
 
+def _quotas(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` over groups in proportion to ``sizes`` (largest remainder; exact sum)."""
+    exact = sizes * (total / max(int(sizes.sum()), 1))
+    q = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - q), kind="stable")
+    q[order[: total - int(q.sum())]] += 1
+    return q
+
+
 def split_indices(n: int, fractions: tuple[float, float, float], seed: int,
                   strata: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Disjoint train / val / test indices covering ``range(n)``, deterministic for ``seed``.
 
-    ``fractions`` are (train, val, test) and must sum to 1. With ``strata`` (class labels) every
-    class is split in the same proportions (stratified); the order inside each split is shuffled.
+    ``fractions`` are (train, val, test) and must sum to 1; the val and test splits get exactly
+    ``round(fraction * n)`` items. With ``strata`` (class labels) every class is split in the
+    same proportions (stratified). The order inside each split is shuffled.
     """
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) < 0:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
     rng = np.random.default_rng(seed)
     groups = [np.arange(n)] if strata is None else [np.flatnonzero(strata == c)
                                                    for c in np.unique(strata)]
+    sizes = np.array([len(g) for g in groups])
+    n_val = _quotas(sizes, int(round(fractions[1] * n)))
+    n_test = _quotas(sizes, int(round(fractions[2] * n)))
     parts: list[list[np.ndarray]] = [[], [], []]
-    for g in groups:
+    for g, nv, nt in zip(groups, n_val, n_test):
         g = rng.permutation(g)
-        n_val = int(round(fractions[1] * len(g)))
-        n_test = int(round(fractions[2] * len(g)))
-        n_train = len(g) - n_val - n_test
-        parts[0].append(g[:n_train])
-        parts[1].append(g[n_train:n_train + n_val])
-        parts[2].append(g[n_train + n_val:])
+        parts[1].append(g[:nv])
+        parts[2].append(g[nv:nv + nt])
+        parts[0].append(g[nv + nt:])
     return tuple(rng.permutation(np.concatenate(p)) for p in parts)  # type: ignore[return-value]
 
 

@@ -20,7 +20,7 @@ def digits(seed: int = 0) -> DataSplits:
     """scikit-learn's 8×8 digits: 1,797 images, 10 classes.
 
     Inputs ``(N, 1, 8, 8)`` float32 in [0, 1] (grey levels 0..16 divided by 16); stratified
-    60/20/20 split: 1,077 / 360 / 360 images.
+    60/20/20 split: 1,079 / 359 / 359 images.
     """
     from sklearn.datasets import load_digits
 

@@ -55,122 +55,265 @@ LABEL = "y"
 MEMORY_BUDGET = 192 * 2**20
 #: Upper bound on the candidates of one chunk (tiny probes).
 MAX_CHUNK = 1024
+#: Predictions with at most this many elements: every value is stored at the full shape.
+MATERIALIZE_NUMEL = 4096
 
 
-# ---- per-op forward (value, saved) and backward (vector-Jacobian product) -----------------------
-# Forward functions compute exactly what ``kernels.k_<op>`` computes (same torch calls in the
-# same order); backward functions follow PyTorch's derivative formulas for those calls, so that
-# gradients agree with autograd on the reference path (up to the order of accumulation).
+# ---- per-op forward and backward ---------------------------------------------------------------
+# A forward ``fw(args, out)`` writes exactly what ``kernels.k_<op>(*args)`` computes (same torch
+# calls in the same order) into ``out`` and returns what its backward needs. A backward
+# ``bw(g, args, out, saved, dest, direct)`` writes each argument's vector-Jacobian product into
+# ``dest[k]`` (``None``: not needed), following PyTorch's derivative formula for the kernel's calls,
+# so that gradients agree with autograd on the reference path up to the order of accumulation.
+# ``direct[k]``: ``dest[k]`` has the full shape of the product (no broadcast reduction needed).
 
-def _kernel_fw(name):
+def _put(dest, v) -> None:
+    """``dest <- v`` reduced (summed) over the dimensions where ``dest`` was broadcast."""
+    if v.shape == dest.shape:
+        dest.copy_(v)
+    else:
+        dims = [d for d in range(v.dim()) if dest.shape[d] == 1 and v.shape[d] != 1]
+        torch.sum(v, dims, keepdim=True, out=dest)
+
+
+def _emit(dest, direct, fn, *xs) -> None:
+    if direct:
+        fn(*xs, out=dest)
+    else:
+        _put(dest, fn(*xs))
+
+
+def _fw_kernel(name):
     fn = getattr(K, "k_" + name)
 
-    def fw(*args):
-        return fn(*args), None
+    def fw(a, o):
+        o.copy_(fn(*a))
 
     return fw
 
 
-def _fw_log(x):
-    den = torch.abs(x) + EPS
-    return torch.log(den), (den,)
+def _fw_add(a, o):
+    torch.add(a[0], a[1], out=o)
 
 
-def _fw_slog(x):
-    s = torch.sign(x)
-    den = torch.abs(x) + EPS
-    return s * torch.log(den), (s, den)
+def _fw_sub(a, o):
+    torch.sub(a[0], a[1], out=o)
 
 
-def _fw_log10(x):
-    den = torch.abs(x) + EPS
-    return torch.log10(den), (den,)
+def _fw_mul(a, o):
+    torch.mul(a[0], a[1], out=o)
 
 
-def _fw_ssqrt(x):
-    s = torch.sign(x)
-    r = torch.sqrt(torch.abs(x) + EPS)
-    return s * r, (s, r)
+def _fw_div(a, o):
+    t = a[1] + EPS
+    torch.div(a[0], t, out=o)
+    return t
 
 
-def _fw_div(a, b):
-    t = b + EPS
-    return a / t, (t,)
+def _fw_max(a, o):
+    torch.maximum(a[0], a[1], out=o)
 
 
-_FW = {
-    "log": _fw_log, "slog": _fw_slog, "log10": _fw_log10, "ssqrt": _fw_ssqrt, "div": _fw_div,
-}
-
-# backward: bw(g, args, out, saved) -> tuple of gradients (None: exactly zero)
-_BW = {
-    "add": lambda g, a, o, s: (g, g),
-    "sub": lambda g, a, o, s: (g, -g),
-    "mul": lambda g, a, o, s: (g * a[1], g * a[0]),
-    "div": lambda g, a, o, s: (g / s[0], -g * (o / s[0])),
-    "max": lambda g, a, o, s: (torch.where(a[0] == a[1], g / 2, g).masked_fill_(a[0] < a[1], 0),
-                               torch.where(a[0] == a[1], g / 2, g).masked_fill_(a[0] > a[1], 0)),
-    "min": lambda g, a, o, s: (torch.where(a[0] == a[1], g / 2, g).masked_fill_(a[0] > a[1], 0),
-                               torch.where(a[0] == a[1], g / 2, g).masked_fill_(a[0] < a[1], 0)),
-    "neg": lambda g, a, o, s: (-g,),
-    "abs": lambda g, a, o, s: (g * torch.sign(a[0]),),
-    "sign": lambda g, a, o, s: (None,),
-    "square": lambda g, a, o, s: (_twice(g * a[0]),),
-    "sqrt": lambda g, a, o, s: ((g / (2 * o)) * torch.sign(a[0]),),
-    "ssqrt": lambda g, a, o, s: (((g * s[0]) / (2 * s[1])) * s[0],),
-    "inv": lambda g, a, o, s: (-g * (o * o),),
-    "log": lambda g, a, o, s: ((g / s[0]) * torch.sign(a[0]),),
-    "slog": lambda g, a, o, s: (((g * s[0]) / s[1]) * s[0],),
-    "log10": lambda g, a, o, s: ((g / (s[0] * _LN10)) * torch.sign(a[0]),),
-    "exp": lambda g, a, o, s: (g * o,),
-    "tanh": lambda g, a, o, s: (g * (1 - o * o),),
-    "sigmoid": lambda g, a, o, s: (g * (1 - o) * o,),
-    "relu": lambda g, a, o, s: (torch.where(o <= 0, 0.0, g),),
-}
-
-#: ops whose backward returns the incoming gradient itself (a view of the gradient store)
-_PASS_THROUGH = frozenset({"add", "sub"})
+def _fw_min(a, o):
+    torch.minimum(a[0], a[1], out=o)
 
 
-def _twice(t):
-    return t + t
+def _fw_neg(a, o):
+    torch.neg(a[0], out=o)
+
+
+def _fw_abs(a, o):
+    torch.abs(a[0], out=o)
+
+
+def _fw_sign(a, o):
+    torch.sign(a[0], out=o)
+
+
+def _fw_square(a, o):
+    torch.mul(a[0], a[0], out=o)
+
+
+def _fw_sqrt(a, o):
+    torch.sqrt(torch.abs(a[0]) + EPS, out=o)
+
+
+def _fw_ssqrt(a, o):
+    s = torch.sign(a[0])
+    r = torch.sqrt(torch.abs(a[0]) + EPS)
+    torch.mul(s, r, out=o)
+    return s, r
+
+
+def _fw_inv(a, o):
+    # k_inv is ``1.0 / (x + EPS)``, which torch computes as ``reciprocal(x + EPS) * 1.0``
+    torch.reciprocal(a[0] + EPS, out=o)
+
+
+def _fw_log(a, o):
+    den = torch.abs(a[0]) + EPS
+    torch.log(den, out=o)
+    return den
+
+
+def _fw_slog(a, o):
+    s = torch.sign(a[0])
+    den = torch.abs(a[0]) + EPS
+    torch.mul(s, torch.log(den), out=o)
+    return s, den
+
+
+def _fw_log10(a, o):
+    den = torch.abs(a[0]) + EPS
+    torch.log10(den, out=o)
+    return den
+
+
+def _unary_out(fn):
+    def fw(a, o):
+        fn(a[0], out=o)
+
+    return fw
+
+
+def _bw_add(g, a, o, s, d, direct):
+    for k in (0, 1):
+        if d[k] is not None:
+            _put(d[k], g)
+
+
+def _bw_sub(g, a, o, s, d, direct):
+    if d[0] is not None:
+        _put(d[0], g)
+    if d[1] is not None:
+        _emit(d[1], direct[1], torch.neg, g)
+
+
+def _bw_mul(g, a, o, s, d, direct):
+    if d[0] is not None:
+        _emit(d[0], direct[0], torch.mul, g, a[1])
+    if d[1] is not None:
+        _emit(d[1], direct[1], torch.mul, g, a[0])
+
+
+def _bw_div(g, a, o, t, d, direct):
+    if d[0] is not None:
+        _emit(d[0], direct[0], torch.div, g, t)
+    if d[1] is not None:
+        _put(d[1], -g * (o / t))
+
+
+def _bw_max(g, a, o, s, d, direct):
+    eq = a[0] == a[1]
+    if d[0] is not None:
+        _put(d[0], torch.where(eq, g / 2, g).masked_fill_(a[0] < a[1], 0))
+    if d[1] is not None:
+        _put(d[1], torch.where(eq, g / 2, g).masked_fill_(a[0] > a[1], 0))
+
+
+def _bw_min(g, a, o, s, d, direct):
+    eq = a[0] == a[1]
+    if d[0] is not None:
+        _put(d[0], torch.where(eq, g / 2, g).masked_fill_(a[0] > a[1], 0))
+    if d[1] is not None:
+        _put(d[1], torch.where(eq, g / 2, g).masked_fill_(a[0] < a[1], 0))
+
+
+def _bw_neg(g, a, o, s, d, direct):
+    _emit(d[0], direct[0], torch.neg, g)
+
+
+def _bw_abs(g, a, o, s, d, direct):
+    _emit(d[0], direct[0], torch.mul, g, torch.sign(a[0]))
+
+
+def _bw_square(g, a, o, s, d, direct):
+    t = g * a[0]                       # x * x: both operands receive g * x
+    _emit(d[0], direct[0], torch.add, t, t)
+
+
+def _bw_sqrt(g, a, o, s, d, direct):
+    _emit(d[0], direct[0], torch.mul, g / (2 * o), torch.sign(a[0]))
+
+
+def _bw_ssqrt(g, a, o, sr, d, direct):
+    s, r = sr
+    _emit(d[0], direct[0], torch.mul, (g * s) / (2 * r), s)
+
+
+def _bw_inv(g, a, o, s, d, direct):
+    _emit(d[0], direct[0], torch.mul, -g, o * o)
+
+
+def _bw_log(g, a, o, den, d, direct):
+    _emit(d[0], direct[0], torch.mul, g / den, torch.sign(a[0]))
+
+
+def _bw_slog(g, a, o, sd, d, direct):
+    s, den = sd
+    _emit(d[0], direct[0], torch.mul, (g * s) / den, s)
+
+
+def _bw_log10(g, a, o, den, d, direct):
+    _emit(d[0], direct[0], torch.mul, g / (den * _LN10), torch.sign(a[0]))
+
+
+def _bw_exp(g, a, o, s, d, direct):
+    _emit(d[0], direct[0], torch.mul, g, o)
+
+
+def _bw_tanh(g, a, o, s, d, direct):
+    _emit(d[0], direct[0], torch.mul, g, 1 - o * o)
+
+
+def _bw_sigmoid(g, a, o, s, d, direct):
+    _emit(d[0], direct[0], torch.mul, g * (1 - o), o)
+
+
+def _bw_relu(g, a, o, s, d, direct):
+    _put(d[0], torch.where(o <= 0, 0.0, g))
 
 
 def _generic_bw(fn):
     """Vector-Jacobian product through autograd on the group (ops without a hand-written one)."""
 
-    def bw(g, args, out, saved, needs):
+    def bw(g, args, out, saved, dest, direct):
+        needs = [x is not None for x in dest]
         with torch.enable_grad():
             xs = [a.detach().requires_grad_(n) for a, n in zip(args, needs)]
             y = fn(*xs)
-            wrt = [x for x, n in zip(xs, needs) if n]
             if not y.requires_grad:
-                return tuple(None for _ in args)
-            grads = iter(torch.autograd.grad(y, wrt, g, allow_unused=True))
-        return tuple(next(grads) if n else None for n in needs)
+                grads = [torch.zeros_like(x) for x in xs]
+            else:
+                wrt = [x for x, n in zip(xs, needs) if n]
+                it = iter(torch.autograd.grad(y, wrt, g, allow_unused=True))
+                grads = [next(it) if n else None for n in needs]
+        for dst, gr, x in zip(dest, grads, xs):
+            if dst is not None:
+                _put(dst, torch.zeros_like(x) if gr is None else gr)
 
     return bw
 
 
-def _op_functions(name: str):
-    spec = _ops.OPS[name]
-    fw = _FW.get(name) or _kernel_fw(name)
-    hand = _BW.get(name)
-    if hand is not None:
-        def bw(g, args, out, saved, needs, _h=hand):
-            return _h(g, args, out, saved)
-    else:
-        bw = _generic_bw(spec.torch_fn)
-    return fw, bw
-
-
-_OPFN: dict[str, tuple] = {}
+_FW = {"add": _fw_add, "sub": _fw_sub, "mul": _fw_mul, "div": _fw_div, "max": _fw_max,
+       "min": _fw_min, "neg": _fw_neg, "abs": _fw_abs, "sign": _fw_sign, "square": _fw_square,
+       "sqrt": _fw_sqrt, "ssqrt": _fw_ssqrt, "inv": _fw_inv, "log": _fw_log, "slog": _fw_slog,
+       "log10": _fw_log10, "exp": _unary_out(torch.exp), "tanh": _unary_out(torch.tanh),
+       "sigmoid": _unary_out(torch.sigmoid), "sin": _unary_out(torch.sin),
+       "cos": _unary_out(torch.cos), "sinh": _unary_out(torch.sinh),
+       "asinh": _unary_out(torch.asinh), "atan": _unary_out(torch.atan),
+       "erf": _unary_out(torch.erf), "erfc": _unary_out(torch.erfc)}
+_BW = {"add": _bw_add, "sub": _bw_sub, "mul": _bw_mul, "div": _bw_div, "max": _bw_max,
+       "min": _bw_min, "neg": _bw_neg, "abs": _bw_abs, "square": _bw_square, "sqrt": _bw_sqrt,
+       "ssqrt": _bw_ssqrt, "inv": _bw_inv, "log": _bw_log, "slog": _bw_slog, "log10": _bw_log10,
+       "exp": _bw_exp, "tanh": _bw_tanh, "sigmoid": _bw_sigmoid, "relu": _bw_relu}
+#: ops whose derivative is exactly zero everywhere (no gradient flows through them)
+_ZERO_GRAD = frozenset({"sign"})
 
 
 def _opfn(name: str):
-    if name not in _OPFN:
-        _OPFN[name] = _op_functions(name)
-    return _OPFN[name]
+    spec = _ops.OPS[name]
+    return _FW.get(name) or _fw_kernel(name), _BW.get(name) or _generic_bw(spec.torch_fn)
 
 
 # ---- shapes ----------------------------------------------------------------------------------
@@ -184,44 +327,62 @@ def _reduced(shape: tuple[int, ...], dims: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(1 if d in dims else n for d, n in enumerate(shape))
 
 
+def _rep(key: tuple[int, ...], true: tuple[int, ...]):
+    """Index of the representative copy of a value of shape ``true`` stored broadcast to ``key``
+    (with a leading population dimension); ``None`` when the two shapes are equal."""
+    if key == true:
+        return None
+    return (slice(None),) + tuple(slice(0, 1) if t == 1 and k != 1 else slice(None)
+                                  for k, t in zip(key, true))
+
+
+def _copy_dims(key, true) -> list[int]:
+    """Dimensions (population dim first) along which ``key`` holds copies of a ``true`` value."""
+    return [d + 1 for d, (k, t) in enumerate(zip(key, true)) if t == 1 and k != 1]
+
+
 # ---- the compiled population ---------------------------------------------------------------------
-@dataclass
-class _Group:
-    """Instances of one op at one level whose arguments live in the same stores."""
-
-    op: str
-    agg: bool
-    arg_keys: tuple[int, ...]
-    arg_idx: list               # per argument: LongTensor of rows, or a slice
-    needs: tuple[bool, ...]     # per argument: does any instance need its gradient?
-    out_key: int
-    lo: int
-    hi: int
-    fw: object = None
-    bw: object = None
-    # aggregations
-    dims: tuple[int, ...] = ()  # reduced dims of the stacked tensor
-    mask: torch.Tensor | None = None
-    count: torch.Tensor | None = None
-    divisor: int = 1
-    arg_shape: tuple[int, ...] = ()
-
-
 class UnsupportedExpr(ValueError):
     """The expression cannot be vectorised (it goes through the reference path)."""
+
+
+class _Group:
+    """Instances of one op at one level with arguments in the same stores."""
+
+    __slots__ = ("op", "agg", "n", "args", "out_key", "lo", "hi", "glo", "ghi", "dest", "direct",
+                 "fw", "bw", "dims", "mask", "count", "divisor", "ts_in", "ts_out", "rep_in",
+                 "rep_out", "copy_out", "key_in", "key_out")
+
+    def __init__(self, op: str, n: int):
+        self.op, self.n = op, n
+        self.agg = _ops.OPS[op].aggregation
+        self.mask = self.count = None
+        self.divisor = 1
+
+
+class _Level:
+    __slots__ = ("gathers", "groups", "pulls")
+
+    def __init__(self):
+        self.gathers = []   # (pos, key, index: LongTensor | slice)
+        self.groups = []
+        self.pulls = []     # (key, row_lo, table (n, D) LongTensor, D)
 
 
 class Program:
     """A population of expressions compiled for one probe shape.
 
-    ``Program(exprs, probe, device)`` compiles (and binds to ``probe``: label-dependent values,
-    masks); :meth:`bind` re-binds to another probe of the same shape (e.g. alternative labels).
-    :meth:`run` evaluates every loss value ``(P,)`` and the gradients ``(P, *pred_shape)`` with
-    respect to each candidate's own prediction. Raises :class:`UnsupportedExpr` if an expression
+    ``Program(exprs, probe, device)`` compiles and binds to ``probe`` (label-dependent values,
+    masks); :meth:`bind` re-binds to another probe of the same kind and shape (other labels).
+    :meth:`run` gives every loss value ``(P,)`` and the gradients ``(P, *pred_shape)`` with respect
+    to each candidate's own prediction ``X[i]``. ``materialize``: store every value at the full
+    prediction shape (fewest groups: best for small probes); default when the prediction has at
+    most :data:`MATERIALIZE_NUMEL` elements. Raises :class:`UnsupportedExpr` for an expression that
     reads no prediction variable or a variable the probe does not provide.
     """
 
-    def __init__(self, exprs: list[Expr], probe: Probe, device=None, dtype=torch.float32):
+    def __init__(self, exprs: list[Expr], probe: Probe, device=None, dtype=torch.float32,
+                 materialize: bool | None = None):
         self.exprs = list(exprs)
         self.P = len(self.exprs)
         self.kind = probe.kind
@@ -229,167 +390,241 @@ class Program:
         self.nd = len(self.shape)
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else probe.target.device
-        env, _ = probe.variables(torch.zeros(self.shape, dtype=dtype, device=probe.target.device))
-        self.provided = tuple(env)
-        self.pred_vars = tuple(v for v in env if v != LABEL)
+        if materialize is None:
+            materialize = math.prod(self.shape) <= MATERIALIZE_NUMEL
+        self.materialize = materialize
+        self.provided, self.pred_vars = _variables(probe.kind)
         self._compile()
         self.bind(probe)
 
     # ---- compile -----------------------------------------------------------------------------
-    def _norm_key(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return shape if len(shape) == self.nd else (1,) * self.nd
+    def _key(self, ts: tuple[int, ...]) -> tuple[int, ...]:
+        if self.materialize or len(ts) != self.nd:
+            return self.shape if self.materialize else (1,) * self.nd
+        return ts
 
     def _compile(self) -> None:
-        R, nd = self.shape, self.nd
+        R, nd, P, dev = self.shape, self.nd, self.P, self.device
         pred = set(self.pred_vars)
-        provided = set(self.provided)
-        shape: dict[int, tuple] = {}
+        ts: dict[int, tuple] = {}       # true shape of every node ('()' for constant sub-trees)
         level: dict[int, int] = {}
-        is_pop: dict[int, bool] = {}
-        alias: dict[int, Expr] = {}     # identity aggregations -> their argument
+        pop: dict[int, bool] = {}       # reads the prediction
+        alias: dict[int, Expr] = {}     # identity aggregations (mean_s without spatial dims)
         for e in self.exprs:
-            missing = e.variables() - provided
-            if missing:
-                raise UnsupportedExpr(f"{e} reads {sorted(missing)}, not provided by the probe")
-            if not e.variables() & pred:
-                raise UnsupportedExpr(f"{e} does not read a prediction variable")
+            _check(e, self.kind)
             for n in e.nodes():
                 k = id(n)
-                if k in shape:
+                if k in ts:
                     continue
-                is_pop[k] = bool(n.variables() & pred)
+                pop[k] = bool(n.variables() & pred)
                 if n.is_var:
-                    shape[k], level[k] = R, 0
-                elif n.is_const:
-                    shape[k], level[k] = (), 0
+                    ts[k], level[k] = R, 0
+                    continue
+                if n.is_const:
+                    ts[k], level[k] = (), 0
+                    continue
+                shapes = [ts[id(a)] for a in n.args]
+                if _ops.OPS[n.op].aggregation:
+                    dims = _agg_dims(n.op, nd)
+                    ts[k] = _reduced(shapes[0] if len(shapes[0]) == nd else R, dims)
+                    if not dims and pop[k]:
+                        alias[k] = alias.get(id(n.args[0]), n.args[0])
                 else:
-                    spec = _ops.OPS[n.op]
-                    shapes = [shape[id(a)] for a in n.args]
-                    if spec.aggregation:
-                        s = shapes[0] if len(shapes[0]) == nd else R
-                        dims = _agg_dims(n.op, nd)
-                        shape[k] = _reduced(s, dims)
-                        if not dims and is_pop[k]:
-                            alias[k] = alias.get(id(n.args[0]), n.args[0])
-                    else:
-                        shape[k] = tuple(torch.broadcast_shapes(*shapes))
-                    level[k] = (1 + max(level[id(a)] for a in n.args)) if is_pop[k] else 0
-                    if k in alias:
-                        level[k] = level[id(alias[k])]
-        self._node_shape = shape
+                    ts[k] = tuple(torch.broadcast_shapes(*shapes))
+                if k in alias:
+                    level[k] = level[id(alias[k])]
+                else:
+                    level[k] = 1 + max(level[id(a)] for a in n.args) if pop[k] else 0
 
-        def resolve(n: Expr) -> Expr:
+        def res(n: Expr) -> Expr:
             return alias.get(id(n), n)
 
         keys: dict[tuple, int] = {}
 
-        def key_of(s) -> int:
-            s = self._norm_key(s)
-            if s not in keys:
-                keys[s] = len(keys)
-            return keys[s]
+        def kid(shape) -> int:
+            kk = self._key(shape)
+            if kk not in keys:
+                keys[kk] = len(keys)
+            return keys[kk]
 
-        rows: list[int] = []
+        nrows: list[int] = []
+        nedges: list[int] = []
 
-        def alloc(key: int, n: int) -> int:
-            while len(rows) <= key:
-                rows.append(0)
-            lo = rows[key]
-            rows[key] += n
+        def alloc(counter: list[int], key: int, n: int) -> int:
+            while len(counter) <= key:
+                counter.append(0)
+            lo = counter[key]
+            counter[key] += n
             return lo
 
-        kR = key_of(R)
-        # groups of instances, keyed by (level, op, argument stores)
+        kR = kid(R)
+        # instances, grouped by (level, op, argument stores, output store, true input shape)
         gmap: dict[tuple, list] = {}
         shared: dict[int, Expr] = {}
         used_vars: set[str] = set()
         for i, e in enumerate(self.exprs):
             for n in e.nodes():
                 k = id(n)
-                if not is_pop[k] or k in alias:
+                if not pop[k] or k in alias:
                     continue
                 if n.is_var:
                     used_vars.add(n.value)
                     continue
-                args = [resolve(a) for a in n.args]
+                args = [res(a) for a in n.args]
                 for a in args:
-                    if not is_pop[id(a)]:
+                    if not pop[id(a)]:
                         shared.setdefault(id(a), a)
-                gk = (level[k], n.op, tuple(key_of(shape[id(a)]) for a in args),
-                      key_of(shape[k]))
+                agg_in = ts[id(args[0])] if _ops.OPS[n.op].aggregation else None
+                gk = (level[k], n.op, tuple(kid(ts[id(a)]) for a in args), kid(ts[k]), agg_in)
                 gmap.setdefault(gk, []).append((i, n, args))
-        # rows: shared values first, then the prediction variables, then the groups
-        self._shared_rows: dict[int, tuple[int, int]] = {}
-        self._shared_nodes: list[Expr] = []
+        # value rows: shared values, prediction variables, then the groups level by level
+        shared_row: dict[int, int] = {}
+        self._shared = []
         for k, n in shared.items():
-            kk = key_of(shape[k])
-            self._shared_rows[k] = (kk, alloc(kk, 1))
-            self._shared_nodes.append(n)
-        self.var_base = {v: alloc(kR, self.P) for v in self.pred_vars if v in used_vars}
+            kk = kid(ts[k])
+            shared_row[k] = alloc(nrows, kk, 1)
+            self._shared.append((n, kk, shared_row[k]))
+        self.var_base = {v: alloc(nrows, kR, P) for v in self.pred_vars if v in used_vars}
         inst_row: dict[tuple[int, int], int] = {}
-        order = sorted(gmap, key=lambda t: (t[0], t[1], t[2], t[3]))
-        groups: list[_Group] = []
+
+        def row(a: Expr, i: int) -> int:
+            if not pop[id(a)]:
+                return shared_row[id(a)]
+            if a.is_var:
+                return self.var_base[a.value] + i
+            return inst_row[(i, id(a))]
+
+        # gradient edges: row 0 of every edge store is a zero row (padding of the pull tables)
+        edges_to: dict[tuple[int, int], list[int]] = {}   # (key, value row) -> edge rows
+        var_edges: dict[str, list[list[int]]] = {v: [[] for _ in range(P)] for v in self.var_base}
+
+        def add_edge(a: Expr, i: int, key: int, e_row: int) -> None:
+            if not pop[id(a)]:
+                return
+            if a.is_var:
+                var_edges[a.value][i].append(e_row)
+            else:
+                edges_to.setdefault((key, inst_row[(i, id(a))]), []).append(e_row)
+
+        # roots: constant gradient rows written at bind time
+        root_cls: dict[tuple, list] = {}
+        for i, e in enumerate(self.exprs):
+            r = res(e)
+            root_cls.setdefault((kid(ts[id(r)]), ts[id(r)]), []).append(i)
+        for kk in range(len(keys)):
+            alloc(nedges, kk, 1)
+        order = sorted(gmap, key=lambda t: (t[0], t[1], t[2], t[3], str(t[4])))
+        levels: dict[int, _Level] = {}
+        groups_in_order = []
         for gk in order:
-            lvl, op, akeys, okey = gk
+            lvl, op, akeys, okey, agg_in = gk
             members = gmap[gk]
-            lo = alloc(okey, len(members))
+            g = _Group(op, len(members))
+            g.out_key = okey
+            g.lo = alloc(nrows, okey, g.n)
+            g.hi = g.lo + g.n
             for j, (i, n, _) in enumerate(members):
-                inst_row[(i, id(n))] = lo + j
-            spec = _ops.OPS[op]
-            arg_rows = [[] for _ in akeys]
-            needs = [False] * len(akeys)
-            for i, n, args in members:
-                for a_pos, a in enumerate(args):
-                    arg_rows[a_pos].append(self._row(a, i, is_pop, inst_row))
-                    needs[a_pos] |= is_pop[id(a)]
-            g = _Group(op=op, agg=spec.aggregation, arg_keys=akeys,
-                       arg_idx=[self._index(r) for r in arg_rows], needs=tuple(needs),
-                       out_key=okey, lo=lo, hi=lo + len(members))
-            if spec.aggregation:
-                a0 = members[0][2][0]
-                g.arg_shape = self._norm_key(shape[id(a0)])
+                inst_row[(i, id(n))] = g.lo + j
+            levels.setdefault(lvl, _Level()).groups.append(g)
+            groups_in_order.append((g, akeys, members))
+            key_out = self._keys_shape(keys, okey)
+            g.key_out = key_out
+            if g.agg:
+                g.ts_in = agg_in
+                g.ts_out = _reduced(agg_in, _agg_dims(op, nd))
+                g.key_in = self._keys_shape(keys, akeys[0])
+                g.rep_in = _rep(g.key_in, g.ts_in)
+                g.rep_out = _rep(key_out, g.ts_out)
+                g.copy_out = _copy_dims(key_out, g.ts_out)
                 g.dims = tuple(d + 1 for d in _agg_dims(op, nd))
             else:
                 g.fw, g.bw = _opfn(op)
-            groups.append(g)
-        self.groups = groups
-        # roots, grouped by store
-        roots: dict[int, tuple[list, list]] = {}
-        for i, e in enumerate(self.exprs):
-            r = resolve(e)
-            kk = key_of(shape[id(r)])
-            roots.setdefault(kk, ([], []))
-            roots[kk][0].append(i)
-            roots[kk][1].append(self._row(r, i, is_pop, inst_row))
-        self._roots = [(kk, torch.tensor(c, device=self.device), self._index(r))
-                       for kk, (c, r) in roots.items()]
+        # gathers of the arguments, per level and argument position/store; edges of the gradients
+        for lvl in sorted(levels):
+            L = levels[lvl]
+            per: dict[tuple[int, int], list[int]] = {}
+            for g, akeys, members in [t for t in groups_in_order if t[0] in L.groups]:
+                g.args = []
+                g.dest, g.direct = [], []
+                zero = g.op in _ZERO_GRAD
+                for pos, akey in enumerate(akeys):
+                    rows_ = per.setdefault((pos, akey), [])
+                    a_lo = len(rows_)
+                    rows_.extend(row(args[pos], i) for i, _, args in members)
+                    g.args.append((pos, akey, a_lo, a_lo + g.n))
+                    need = not zero and any(pop[id(args[pos])] for _, _, args in members)
+                    if need:
+                        e_lo = alloc(nedges, akey, g.n)
+                        for j, (i, _, args) in enumerate(members):
+                            add_edge(args[pos], i, akey, e_lo + j)
+                        g.dest.append((akey, e_lo, e_lo + g.n))
+                    else:
+                        g.dest.append(None)
+                    g.direct.append(self._keys_shape(keys, akey) == g.key_out)
+            L.gathers = [(pos, akey, self._index(rows_)) for (pos, akey), rows_ in per.items()]
+        # root edges (constant weights)
+        self._roots = []
+        for (kk, tshape), cands in root_cls.items():
+            e_lo = alloc(nedges, kk, len(cands))
+            rrows = []
+            for j, i in enumerate(cands):
+                r = res(self.exprs[i])
+                rrows.append(row(r, i))
+                add_edge(r, i, kk, e_lo + j)
+            self._roots.append([kk, tshape, torch.tensor(cands, device=dev), self._index(rrows),
+                                e_lo, len(cands)])
+        self.root_order = torch.cat([r[2] for r in self._roots])
+        # pull tables: for each level and output store, the edges into each value row
+        for lvl, L in levels.items():
+            by_key: dict[int, list[_Group]] = {}
+            for g in L.groups:
+                by_key.setdefault(g.out_key, []).append(g)
+            for kk, gs in by_key.items():
+                lo = min(g.lo for g in gs)
+                hi = max(g.hi for g in gs)
+                for g in gs:
+                    g.glo, g.ghi = g.lo - lo, g.hi - lo
+                table = [edges_to.get((kk, r), []) for r in range(lo, hi)]
+                L.pulls.append((kk, lo, *self._table(table)))
+        self._var_pulls = [(v, base, *self._table(var_edges[v])) for v, base in self.var_base.items()]
+        self.levels = [levels[k] for k in sorted(levels)]
         self.keys = [None] * len(keys)
         for s, kk in keys.items():
             self.keys[kk] = s
-        while len(rows) < len(keys):
-            rows.append(0)
-        self.rows = rows
+        while len(nrows) < len(keys):
+            nrows.append(0)
         self.kR = kR
-        self.S = [torch.zeros((n, *s), dtype=self.dtype, device=self.device)
-                  for n, s in zip(rows, self.keys)]
-        self.G = [torch.zeros_like(t) for t in self.S]
-        self.n_instances = sum(g.hi - g.lo for g in groups)
+        self.S = [torch.zeros((n, *s), dtype=self.dtype, device=dev)
+                  for n, s in zip(nrows, self.keys)]
+        self.E = [torch.zeros((n, *s), dtype=self.dtype, device=dev)
+                  for n, s in zip(nedges, self.keys)]
+        self.n_instances = sum(g.n for L in self.levels for g in L.groups)
+        self.n_groups = sum(len(L.groups) for L in self.levels)
 
-    def _row(self, a: Expr, i: int, is_pop, inst_row) -> int:
-        if not is_pop[id(a)]:
-            return self._shared_rows[id(a)][1]
-        if a.is_var:
-            return self.var_base[a.value] + i
-        return inst_row[(i, id(a))]
+    @staticmethod
+    def _keys_shape(keys: dict, kk: int) -> tuple[int, ...]:
+        for s, v in keys.items():
+            if v == kk:
+                return s
+        raise KeyError(kk)
 
     def _index(self, rows: list[int]):
-        if rows == list(range(rows[0], rows[0] + len(rows))):
+        if rows and rows == list(range(rows[0], rows[0] + len(rows))):
             return slice(rows[0], rows[0] + len(rows))
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
+    def _table(self, lists: list[list[int]]):
+        """Pad the edge lists to a ``(n, D)`` table (pad: edge row 0, the zero row)."""
+        D = max(1, max((len(x) for x in lists), default=1))
+        t = torch.zeros((len(lists), D), dtype=torch.long)
+        for r, x in enumerate(lists):
+            if x:
+                t[r, :len(x)] = torch.tensor(x)
+        return (t[:, 0].contiguous() if D == 1 else t.reshape(-1)).to(self.device), D
+
     # ---- bind to a probe ---------------------------------------------------------------------
     def bind(self, probe: Probe) -> None:
-        """Compute the label-dependent values, masks and counts for ``probe`` (same shape)."""
+        """Compute the label-dependent values, masks, counts and root weights for ``probe``."""
         if tuple(probe.pred_shape) != self.shape or probe.kind != self.kind:
             raise ValueError("bind() needs a probe of the compiled kind and shape")
         probe = probe.to(self.device)
@@ -421,122 +656,171 @@ class Program:
             return out
 
         with torch.no_grad():
-            for n in self._shared_nodes:
-                kk, row = self._shared_rows[id(n)]
+            for n, kk, r in self._shared:
                 v = value(n)
-                self.S[kk][row].copy_(v.reshape(self.keys[kk]))
-        for g in self.groups:
-            if not g.agg:
-                continue
-            dims = tuple(d - 1 for d in g.dims)
-            if mask is None or g.op in ("sum_c", "mean_c"):
-                g.mask = g.count = None
-                g.divisor = math.prod(g.arg_shape[d] for d in dims)
-            else:
-                m = K._fit_mask(mask, torch.empty(g.arg_shape, device=self.device))
-                g.mask = m.unsqueeze(0)
-                g.count = m.to(self.dtype).sum(dim=dims, keepdim=True).clamp_min(1.0).unsqueeze(0)
-        self._root_w = []
-        for kk, cands, ridx in self._roots:
-            s = self.keys[kk]
+                self.S[kk][r].copy_(v.reshape((1,) * self.nd) if v.dim() == 0 else v)
+            for L in self.levels:
+                for g in L.groups:
+                    if not g.agg:
+                        continue
+                    dims = tuple(d - 1 for d in g.dims)
+                    if mask is None or g.op in ("sum_c", "mean_c"):
+                        g.mask = g.count = None
+                        g.divisor = math.prod(g.ts_in[d] for d in dims)
+                    else:
+                        m = K._fit_mask(mask, torch.empty(g.ts_in, device=self.device))
+                        g.mask = m.unsqueeze(0)
+                        g.count = m.to(self.dtype).sum(dim=dims, keepdim=True).clamp_min(1.0) \
+                            .unsqueeze(0)
             one = torch.ones((), dtype=self.dtype, device=self.device)
-            if mask is None:
-                w = one.expand(s) / math.prod(s)
-                self._root_w.append((None, None, w.unsqueeze(0)))
-            else:
-                m = K._fit_mask(mask, torch.empty(s, device=self.device))
-                cnt = m.sum().clamp_min(1)
-                w = torch.where(m, one / cnt, 0.0)
-                self._root_w.append((m.unsqueeze(0), cnt, w.unsqueeze(0)))
+            for r in self._roots:
+                kk, tshape, cands, ridx, e_lo, n = r[:6]
+                if mask is None:
+                    w = one.expand(tshape) / math.prod(tshape)
+                    m = cnt = None
+                else:
+                    m = K._fit_mask(mask, torch.empty(tshape, device=self.device))
+                    cnt = m.sum().clamp_min(1)
+                    w = torch.where(m, one / cnt, 0.0)
+                    m = m.unsqueeze(0)
+                dest = self.E[kk][e_lo:e_lo + n]
+                dest.zero_()
+                rep = _rep(self.keys[kk], tshape)
+                (dest if rep is None else dest[rep]).copy_(w.unsqueeze(0).expand(n, *tshape))
+                del r[6:]
+                r.extend([m, cnt, _rep(self.keys[kk], tshape)])
 
     # ---- evaluation ----------------------------------------------------------------------------
     def run(self, X: torch.Tensor, grad: bool = True):
         """Loss values ``(P,)`` and (``grad=True``) gradients ``(P, *pred_shape)`` at the
-        predictions ``X (P, *pred_shape)`` (candidate ``i`` reads ``X[i]``)."""
+        predictions ``X (P, *pred_shape)``; candidate ``i`` reads ``X[i]``."""
         with torch.no_grad():
-            return self._run(X, grad)
+            v, dX = self._step(X, grad)
+            out = torch.empty_like(v)
+            out[self.root_order] = v
+            return out, dX
 
-    def _run(self, X, grad):
-        S, G = self.S, self.G
+    def _step(self, X, grad):
+        """(values in root order, gradients in candidate order)."""
+        S, E = self.S, self.E
         SR = S[self.kR]
+        P = self.P
         soft = None
         for v, base in self.var_base.items():
             if v == "p":
                 soft = torch.softmax(X, dim=2)
-                SR[base:base + self.P].copy_(soft)
+                SR[base:base + P] = soft
             else:
-                SR[base:base + self.P].copy_(X)
+                SR[base:base + P] = X
         saved = []
-        for g in self.groups:
-            args = [S[k][i] if isinstance(i, slice) else S[k].index_select(0, i)
-                    for k, i in zip(g.arg_keys, g.arg_idx)]
-            if g.agg:
-                out, sv = self._agg_fw(g, args[0])
-            else:
-                out, sv = g.fw(*args)
-            S[g.out_key][g.lo:g.hi] = out
-            saved.append((args, out, sv))
-        values = torch.empty(self.P, dtype=self.dtype, device=self.device)
-        for (kk, cands, ridx), (m, cnt, w) in zip(self._roots, self._root_w):
-            x = S[kk][ridx] if isinstance(ridx, slice) else S[kk].index_select(0, ridx)
+        for L in self.levels:
+            A = {}
+            for pos, kk, idx in L.gathers:
+                A[(pos, kk)] = S[kk][idx] if type(idx) is slice else S[kk].index_select(0, idx)
+            for g in L.groups:
+                args = [A[(pos, kk)][lo:hi] for pos, kk, lo, hi in g.args]
+                out = S[g.out_key][g.lo:g.hi]
+                if g.agg:
+                    sv = self._agg_fw(g, args[0], out)
+                else:
+                    sv = g.fw(args, out)
+                saved.append((args, out, sv))
+        vals = []
+        for kk, tshape, cands, ridx, e_lo, n, m, cnt, rep in self._roots:
+            x = S[kk][ridx] if type(ridx) is slice else S[kk].index_select(0, ridx)
+            if rep is not None:
+                x = x[rep]
             dims = tuple(range(1, x.dim()))
             if m is None:
-                v = x.mean(dim=dims)
+                vals.append(x.mean(dim=dims))
             else:
-                v = torch.where(m, x, 0.0).sum(dim=dims) / cnt
-            values.index_copy_(0, cands, v)
+                vals.append(torch.where(m, x, 0.0).sum(dim=dims) / cnt)
+        values = vals[0] if len(vals) == 1 else torch.cat(vals)
         if not grad:
             return values, None
-        for t in G:
-            t.zero_()
-        for (kk, cands, ridx), (m, cnt, w) in zip(self._roots, self._root_w):
-            if isinstance(ridx, slice):
-                G[kk][ridx] += w
-            else:
-                G[kk].index_add_(0, ridx, w.expand(len(cands), *w.shape[1:]))
-        for g, (args, out, sv) in zip(reversed(self.groups), reversed(saved)):
-            go = G[g.out_key][g.lo:g.hi]
-            if g.agg:
-                grads = (self._agg_bw(g, go, args[0]),)
-            else:
-                grads = g.bw(go, args, out, sv, g.needs)
-                if g.op in _PASS_THROUGH:
-                    grads = tuple(gr.clone() if gr is go else gr for gr in grads)
-            for k, i, need, a, gr in zip(g.arg_keys, g.arg_idx, g.needs, args, grads):
-                if not need or gr is None:
-                    continue
-                if gr.shape != a.shape:
-                    gr = gr.sum_to_size(a.shape)
-                if isinstance(i, slice):
-                    G[k][i] += gr
+        k = len(saved)
+        for L in reversed(self.levels):
+            gl = {}
+            for kk, lo, table, D in L.pulls:
+                gl[kk] = self._pull(E[kk], table, D)
+            k -= len(L.groups)
+            for j, g in enumerate(L.groups):
+                args, out, sv = saved[k + j]
+                go = gl[g.out_key][g.glo:g.ghi]
+                dest = [None if d is None else E[d[0]][d[1]:d[2]] for d in g.dest]
+                if g.agg:
+                    self._agg_bw(g, go, dest[0])
                 else:
-                    G[k].index_add_(0, i, gr)
+                    g.bw(go, args, out, sv, dest, g.direct)
         dX = None
-        for v, base in self.var_base.items():
-            gv = G[self.kR][base:base + self.P]
+        for v, base, table, D in self._var_pulls:
+            gv = self._pull(E[self.kR], table, D)
             if v == "p":
                 gv = torch._softmax_backward_data(gv, soft, 2, X.dtype)
-            dX = gv.clone() if dX is None else dX + gv
-        if dX is None:
-            dX = torch.zeros_like(X)
+            dX = gv if dX is None else dX + gv
         return values, dX
 
     @staticmethod
-    def _agg_fw(g: _Group, x):
-        if g.op == "sum_c":
-            return x.sum(dim=2, keepdim=True), None
-        if g.mask is None:
-            return x.mean(dim=g.dims, keepdim=True), None
-        total = torch.where(g.mask, x, 0.0).sum(dim=g.dims, keepdim=True)
-        return total / g.count, None
+    def _pull(E, table, D):
+        if D == 1:
+            return E.index_select(0, table)
+        g = E.index_select(0, table)
+        return g.view(-1, D, *g.shape[1:]).sum(1)
 
     @staticmethod
-    def _agg_bw(g: _Group, go, x):
+    def _agg_fw(g: _Group, a, out):
+        x = a if g.rep_in is None else a[g.rep_in]
         if g.op == "sum_c":
-            return go.expand(x.shape).clone()
-        if g.mask is None:
-            return (go / g.divisor).expand(x.shape)
-        return torch.where(g.mask, go / g.count, 0.0)
+            r = x.sum(dim=2, keepdim=True)
+        elif g.mask is None:
+            r = x.mean(dim=g.dims, keepdim=True)
+        else:
+            r = torch.where(g.mask, x, 0.0).sum(dim=g.dims, keepdim=True) / g.count
+        out.copy_(r)
+
+    @staticmethod
+    def _agg_bw(g: _Group, go, dest):
+        if dest is None:
+            return
+        if g.copy_out:
+            go = go.sum(dim=g.copy_out, keepdim=True)
+        if g.op == "sum_c":
+            gx = go
+        elif g.mask is None:
+            gx = go / g.divisor
+        else:
+            gx = torch.where(g.mask, go / g.count, 0.0)
+        if g.rep_in is None:
+            dest.copy_(gx)
+        else:
+            dest.zero_()
+            dest[g.rep_in].copy_(gx)
+
+
+def _variables(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(variables a probe of ``kind`` provides, the prediction variables among them)."""
+    if kind == "classification":
+        return ("p", "y", "z"), ("p", "z")
+    return ("f", "y"), ("f",)
+
+
+def _check(e: Expr, kind: str) -> None:
+    provided, pred = _variables(kind)
+    v = e.variables()
+    if v - set(provided):
+        raise UnsupportedExpr(f"{e} reads {sorted(v - set(provided))}, which the probe does "
+                              "not provide")
+    if not v & set(pred):
+        raise UnsupportedExpr(f"{e} does not read a prediction variable")
+
+
+def supported(e: Expr, probe: Probe) -> bool:
+    """Can :class:`Program` evaluate ``e`` on ``probe``?"""
+    try:
+        _check(e, probe.kind)
+        return True
+    except UnsupportedExpr:
+        return False
 
 
 # ---- chunking ------------------------------------------------------------------------------------
@@ -575,39 +859,11 @@ def _unique(exprs: list[Expr]) -> tuple[list[Expr], list[int]]:
 
 def _compile_all(exprs, probe, device, chunk):
     """Yield (indices into exprs, Program) per chunk; unsupported expressions are left out."""
-    size = chunk or chunk_size(exprs, probe)
-    for lo, hi in _chunks(len(exprs), size):
-        part = list(range(lo, hi))
-        ok = []
-        for j in part:
-            try:
-                Program._check(exprs[j], probe)
-                ok.append(j)
-            except UnsupportedExpr:
-                pass
-        if ok:
-            yield ok, Program([exprs[j] for j in ok], probe, device)
-
-
-def _check(e: Expr, probe: Probe) -> None:
-    provided = {"p", "y", "z"} if probe.kind == "classification" else {"f", "y"}
-    v = e.variables()
-    if v - provided:
-        raise UnsupportedExpr(f"{e} reads {sorted(v - provided)}")
-    if not v & (provided - {LABEL}):
-        raise UnsupportedExpr(f"{e} does not read a prediction variable")
-
-
-Program._check = staticmethod(_check)
-
-
-def supported(e: Expr, probe: Probe) -> bool:
-    """Can :class:`Program` evaluate ``e`` on ``probe``?"""
-    try:
-        _check(e, probe)
-        return True
-    except UnsupportedExpr:
-        return False
+    ok = [j for j, e in enumerate(exprs) if supported(e, probe)]
+    size = chunk or chunk_size([exprs[j] for j in ok], probe)
+    for lo, hi in _chunks(len(ok), size):
+        idx = ok[lo:hi]
+        yield idx, Program([exprs[j] for j in idx], probe, device)
 
 
 def _device_of(stage, device):

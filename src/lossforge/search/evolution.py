@@ -15,6 +15,9 @@ it builds on:
    *oldest* member while the population is too large (regularised / aging evolution, as in
    AutoML-Zero); ``remove="worst"`` removes the least fit instead.
 
+``tell`` accepts any evaluated expression of the space, not only proposed ones: telling known
+losses (e.g. from the zoo) seeds the population with them.
+
 Defaults are sized for small budgets: population 20, tournament 5. AutoML-Zero used population
 100, tournament 10 (pass ``population_size=100, tournament_size=10``).
 """
