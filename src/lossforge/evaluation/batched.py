@@ -32,6 +32,7 @@ the probe does not provide) go through the reference path, which keeps its exact
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -351,7 +352,8 @@ class _Group:
 
     __slots__ = ("op", "agg", "n", "args", "out_key", "lo", "hi", "glo", "ghi", "dest", "direct",
                  "fw", "bw", "dims", "mask", "count", "divisor", "ts_in", "ts_out", "rep_in",
-                 "rep_out", "copy_out", "key_in", "key_out")
+                 "rep_out", "copy_out", "key_in", "key_out", "argv", "outv", "gv", "destv",
+                 "zero")
 
     def __init__(self, op: str, n: int):
         self.op, self.n = op, n
@@ -361,7 +363,7 @@ class _Group:
 
 
 class _Level:
-    __slots__ = ("gathers", "groups", "pulls")
+    __slots__ = ("gathers", "gather_rows", "groups", "pulls", "pull_ops")
 
     def __init__(self):
         self.gathers = []   # (pos, key, index: LongTensor | slice)
@@ -561,7 +563,7 @@ class Program:
                     else:
                         g.dest.append(None)
                     g.direct.append(self._keys_shape(keys, akey) == g.key_out)
-            L.gathers = [(pos, akey, self._index(rows_)) for (pos, akey), rows_ in per.items()]
+            L.gather_rows = [(pos, akey, self._index(r)) for (pos, akey), r in per.items()]
         # root edges (constant weights)
         self._roots = []
         for (kk, tshape), cands in root_cls.items():
@@ -571,9 +573,9 @@ class Program:
                 r = res(self.exprs[i])
                 rrows.append(row(r, i))
                 add_edge(r, i, kk, e_lo + j)
-            self._roots.append([kk, tshape, torch.tensor(cands, device=dev), self._index(rrows),
-                                e_lo, len(cands)])
-        self.root_order = torch.cat([r[2] for r in self._roots])
+            self._roots.append(_Roots(kk, tshape, torch.tensor(cands, device=dev),
+                                      self._index(rrows), e_lo, len(cands)))
+        self.root_order = torch.cat([r.cands for r in self._roots])
         # pull tables: for each level and output store, the edges into each value row
         for lvl, L in levels.items():
             by_key: dict[int, list[_Group]] = {}
@@ -600,6 +602,53 @@ class Program:
                   for n, s in zip(nedges, self.keys)]
         self.n_instances = sum(g.n for L in self.levels for g in L.groups)
         self.n_groups = sum(len(L.groups) for L in self.levels)
+        self._views()
+
+    def _views(self) -> None:
+        """Buffers of the per-step gathers and every view the step reads or writes, made once."""
+        S, E, dt, dev = self.S, self.E, self.dtype, self.device
+        zero = torch.zeros((), dtype=dt, device=dev)
+        self._zero = zero
+        self._var_views = [(v, S[self.kR][b:b + self.P]) for v, b in self.var_base.items()]
+        for L in self.levels:
+            bufs = {}
+            L.gathers = []
+            for pos, kk, idx in L.gather_rows:
+                if type(idx) is slice:
+                    bufs[(pos, kk)] = S[kk][idx]
+                else:
+                    buf = torch.empty((len(idx), *self.keys[kk]), dtype=dt, device=dev)
+                    bufs[(pos, kk)] = buf
+                    L.gathers.append((S[kk], idx, buf))
+            pulled = {}
+            L.pull_ops = []
+            for kk, lo, table, D in L.pulls:
+                n = table.numel() // D
+                buf = torch.empty((n, *self.keys[kk]), dtype=dt, device=dev)
+                pulled[kk] = buf
+                L.pull_ops.append((E[kk], table, D, buf))
+            for g in L.groups:
+                g.argv = [bufs[(pos, kk)][lo:hi] for pos, kk, lo, hi in g.args]
+                g.outv = S[g.out_key][g.lo:g.hi]
+                g.gv = pulled[g.out_key][g.glo:g.ghi]
+                g.destv = [None if d is None else E[d[0]][d[1]:d[2]] for d in g.dest]
+                g.zero = zero
+                if g.agg:
+                    g.fw = functools.partial(_agg_fw, g)
+                    g.bw = functools.partial(_agg_bw, g)
+        self._var_pull_ops = []
+        for v, base, table, D in self._var_pulls:
+            buf = torch.empty((self.P, *self.shape), dtype=dt, device=dev)
+            self._var_pull_ops.append((v, E[self.kR], table, D, buf))
+        for r in self._roots:
+            if type(r.idx) is slice:
+                r.src, r.buf = None, S[r.key][r.idx]
+            else:
+                r.src = S[r.key]
+                r.buf = torch.empty((r.n, *self.keys[r.key]), dtype=dt, device=dev)
+            r.rep = _rep(self.keys[r.key], r.tshape)
+            r.x = r.buf if r.rep is None else r.buf[r.rep]
+            r.dims = tuple(range(1, self.nd + 1))
 
     @staticmethod
     def _keys_shape(keys: dict, kk: int) -> tuple[int, ...]:
@@ -674,21 +723,17 @@ class Program:
                             .unsqueeze(0)
             one = torch.ones((), dtype=self.dtype, device=self.device)
             for r in self._roots:
-                kk, tshape, cands, ridx, e_lo, n = r[:6]
                 if mask is None:
-                    w = one.expand(tshape) / math.prod(tshape)
-                    m = cnt = None
+                    w = one.expand(r.tshape) / math.prod(r.tshape)
+                    r.mask = r.count = None
                 else:
-                    m = K._fit_mask(mask, torch.empty(tshape, device=self.device))
-                    cnt = m.sum().clamp_min(1)
-                    w = torch.where(m, one / cnt, 0.0)
-                    m = m.unsqueeze(0)
-                dest = self.E[kk][e_lo:e_lo + n]
+                    m = K._fit_mask(mask, torch.empty(r.tshape, device=self.device))
+                    r.count = m.sum().clamp_min(1)
+                    w = torch.where(m, one / r.count, 0.0)
+                    r.mask = m.unsqueeze(0)
+                dest = self.E[r.key][r.e_lo:r.e_lo + r.n]
                 dest.zero_()
-                rep = _rep(self.keys[kk], tshape)
-                (dest if rep is None else dest[rep]).copy_(w.unsqueeze(0).expand(n, *tshape))
-                del r[6:]
-                r.extend([m, cnt, _rep(self.keys[kk], tshape)])
+                (dest if r.rep is None else dest[r.rep]).copy_(w.unsqueeze(0).expand(r.n, *r.tshape))
 
     # ---- evaluation ----------------------------------------------------------------------------
     def run(self, X: torch.Tensor, grad: bool = True):
@@ -702,99 +747,97 @@ class Program:
 
     def _step(self, X, grad):
         """(values in root order, gradients in candidate order)."""
-        S, E = self.S, self.E
-        SR = S[self.kR]
-        P = self.P
         soft = None
-        for v, base in self.var_base.items():
+        for v, view in self._var_views:
             if v == "p":
                 soft = torch.softmax(X, dim=2)
-                SR[base:base + P] = soft
+                view.copy_(soft)
             else:
-                SR[base:base + P] = X
+                view.copy_(X)
+        index_select = torch.index_select
         saved = []
         for L in self.levels:
-            A = {}
-            for pos, kk, idx in L.gathers:
-                A[(pos, kk)] = S[kk][idx] if type(idx) is slice else S[kk].index_select(0, idx)
+            for src, idx, buf in L.gathers:
+                index_select(src, 0, idx, out=buf)
             for g in L.groups:
-                args = [A[(pos, kk)][lo:hi] for pos, kk, lo, hi in g.args]
-                out = S[g.out_key][g.lo:g.hi]
-                if g.agg:
-                    sv = self._agg_fw(g, args[0], out)
-                else:
-                    sv = g.fw(args, out)
-                saved.append((args, out, sv))
+                saved.append(g.fw(g.argv, g.outv))
         vals = []
-        for kk, tshape, cands, ridx, e_lo, n, m, cnt, rep in self._roots:
-            x = S[kk][ridx] if type(ridx) is slice else S[kk].index_select(0, ridx)
-            if rep is not None:
-                x = x[rep]
-            dims = tuple(range(1, x.dim()))
-            if m is None:
-                vals.append(x.mean(dim=dims))
+        for r in self._roots:
+            if r.src is not None:
+                index_select(r.src, 0, r.idx, out=r.buf)
+            if r.mask is None:
+                vals.append(r.x.mean(dim=r.dims))
             else:
-                vals.append(torch.where(m, x, 0.0).sum(dim=dims) / cnt)
+                vals.append(torch.where(r.mask, r.x, self._zero).sum(dim=r.dims) / r.count)
         values = vals[0] if len(vals) == 1 else torch.cat(vals)
         if not grad:
             return values, None
         k = len(saved)
         for L in reversed(self.levels):
-            gl = {}
-            for kk, lo, table, D in L.pulls:
-                gl[kk] = self._pull(E[kk], table, D)
+            for E, table, D, buf in L.pull_ops:
+                _pull(E, table, D, buf)
             k -= len(L.groups)
-            for j, g in enumerate(L.groups):
-                args, out, sv = saved[k + j]
-                go = gl[g.out_key][g.glo:g.ghi]
-                dest = [None if d is None else E[d[0]][d[1]:d[2]] for d in g.dest]
-                if g.agg:
-                    self._agg_bw(g, go, dest[0])
-                else:
-                    g.bw(go, args, out, sv, dest, g.direct)
+            for g, sv in zip(L.groups, saved[k:k + len(L.groups)]):
+                g.bw(g.gv, g.argv, g.outv, sv, g.destv, g.direct)
         dX = None
-        for v, base, table, D in self._var_pulls:
-            gv = self._pull(E[self.kR], table, D)
+        for v, E, table, D, buf in self._var_pull_ops:
+            gv = _pull(E, table, D, buf)
             if v == "p":
                 gv = torch._softmax_backward_data(gv, soft, 2, X.dtype)
             dX = gv if dX is None else dX + gv
+        if dX is None:
+            dX = torch.zeros_like(X)
+        elif dX is buf:
+            dX = dX.clone()
         return values, dX
 
-    @staticmethod
-    def _pull(E, table, D):
-        if D == 1:
-            return E.index_select(0, table)
-        g = E.index_select(0, table)
-        return g.view(-1, D, *g.shape[1:]).sum(1)
 
-    @staticmethod
-    def _agg_fw(g: _Group, a, out):
-        x = a if g.rep_in is None else a[g.rep_in]
-        if g.op == "sum_c":
-            r = x.sum(dim=2, keepdim=True)
-        elif g.mask is None:
-            r = x.mean(dim=g.dims, keepdim=True)
-        else:
-            r = torch.where(g.mask, x, 0.0).sum(dim=g.dims, keepdim=True) / g.count
-        out.copy_(r)
+class _Roots:
+    """Candidates whose roots share a store and a true shape."""
 
-    @staticmethod
-    def _agg_bw(g: _Group, go, dest):
-        if dest is None:
-            return
-        if g.copy_out:
-            go = go.sum(dim=g.copy_out, keepdim=True)
-        if g.op == "sum_c":
-            gx = go
-        elif g.mask is None:
-            gx = go / g.divisor
-        else:
-            gx = torch.where(g.mask, go / g.count, 0.0)
-        if g.rep_in is None:
-            dest.copy_(gx)
-        else:
-            dest.zero_()
-            dest[g.rep_in].copy_(gx)
+    def __init__(self, key, tshape, cands, idx, e_lo, n):
+        self.key, self.tshape, self.cands, self.idx, self.e_lo, self.n = \
+            key, tshape, cands, idx, e_lo, n
+        self.mask = self.count = self.src = self.buf = self.x = self.rep = None
+        self.dims = ()
+
+
+def _pull(E, table, D, buf):
+    """``buf[r] = sum of the edge rows table[r, :]`` (the gradient of value row ``r``)."""
+    if D == 1:
+        return torch.index_select(E, 0, table, out=buf)
+    g = torch.index_select(E, 0, table)
+    return torch.sum(g.view(buf.shape[0], D, *buf.shape[1:]), 1, out=buf)
+
+
+def _agg_fw(g: _Group, a, out):
+    x = a[0] if g.rep_in is None else a[0][g.rep_in]
+    if g.op == "sum_c":
+        r = x.sum(dim=2, keepdim=True)
+    elif g.mask is None:
+        r = x.mean(dim=g.dims, keepdim=True)
+    else:
+        r = torch.where(g.mask, x, g.zero).sum(dim=g.dims, keepdim=True) / g.count
+    out.copy_(r)
+
+
+def _agg_bw(g: _Group, go, a, out, saved, dest, direct):
+    dest = dest[0]
+    if dest is None:
+        return
+    if g.copy_out:
+        go = go.sum(dim=g.copy_out, keepdim=True)
+    if g.op == "sum_c":
+        gx = go
+    elif g.mask is None:
+        gx = go / g.divisor
+    else:
+        gx = torch.where(g.mask, go / g.count, g.zero)
+    if g.rep_in is None:
+        dest.copy_(gx)
+    else:
+        dest.zero_()
+        dest[g.rep_in].copy_(gx)
 
 
 def _variables(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
