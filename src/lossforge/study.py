@@ -58,9 +58,10 @@ class Study:
 
     @property
     def best(self) -> Row | None:
-        """The trained candidate with the highest fitness (earliest on ties); ``None`` if none."""
+        """The trained candidate with the highest fitness (on ties the smaller expression, then the
+        earlier one — the hall of fame's first entry); ``None`` if none."""
         rows = self.trained()
-        return max(rows, key=lambda r: (r.fitness, -r.id)) if rows else None
+        return max(rows, key=lambda r: (r.fitness, -r.size, -r.id)) if rows else None
 
     @property
     def hall_of_fame(self) -> list[HallOfFameEntry]:
@@ -135,7 +136,8 @@ class LossSearch:
 
     ``budget``: candidates to explore (put through the funnel, GEC hits included).
     ``executor``: a ``concurrent.futures``-style executor for proxy trainings (default in-process).
-    ``progress(study_state)`` is called after every committed result when given.
+    ``progress(study_state)`` is called after every committed result when given (a dict: explored,
+    budget, generation, slot, status, formula, fitness, size, reason; a slot may be reported twice).
     """
 
     task: Task | str
@@ -261,7 +263,8 @@ class LossSearch:
                   c.fingerprint, c.same_as, c.to_record())
         if self.progress:
             self.progress({"explored": store.count(), "budget": self.budget, "generation": generation,
-                           "status": c.status, "formula": str(c.expr), "fitness": c.fitness})
+                           "status": c.status, "formula": str(c.expr), "fitness": c.fitness,
+                           "size": c.expr.size(), "reason": c.reason, "slot": slot})
 
 
 def _differences(key: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:

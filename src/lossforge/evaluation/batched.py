@@ -46,7 +46,8 @@ from lossforge.expr import kernels as K
 from lossforge.expr import ops as _ops
 from lossforge.expr.expr import Expr
 
-__all__ = ["Program", "run_stage", "checks_reasons", "fingerprints", "lrp_scores", "chunk_size"]
+__all__ = ["Program", "UnsupportedExpr", "run_stage", "checks_reasons", "fingerprints", "lrp_scores",
+           "optimise", "chunk_size", "supported"]
 
 EPS = K.EPS
 _LN10 = 2.3025850929940456
@@ -337,6 +338,14 @@ def _rep(key: tuple[int, ...], true: tuple[int, ...]):
                                   for k, t in zip(key, true))
 
 
+def _broadcast(shapes) -> tuple[int, ...]:
+    """Broadcast shape of ``shapes`` (each ``()`` or of one common length, sizes 1 or n)."""
+    full = [s for s in shapes if s]
+    if not full:
+        return ()
+    return tuple(max(d) for d in zip(*full))
+
+
 def _copy_dims(key, true) -> list[int]:
     """Dimensions (population dim first) along which ``key`` holds copies of a ``true`` value."""
     return [d + 1 for d, (k, t) in enumerate(zip(key, true)) if t == 1 and k != 1]
@@ -353,7 +362,7 @@ class _Group:
     __slots__ = ("op", "agg", "n", "args", "out_key", "lo", "hi", "glo", "ghi", "dest", "direct",
                  "fw", "bw", "dims", "mask", "count", "divisor", "ts_in", "ts_out", "rep_in",
                  "rep_out", "copy_out", "key_in", "key_out", "argv", "outv", "gv", "destv",
-                 "zero")
+                 "zero", "xin", "dest_rep")
 
     def __init__(self, op: str, n: int):
         self.op, self.n = op, n
@@ -432,7 +441,7 @@ class Program:
                     if not dims and pop[k]:
                         alias[k] = alias.get(id(n.args[0]), n.args[0])
                 else:
-                    ts[k] = tuple(torch.broadcast_shapes(*shapes))
+                    ts[k] = _broadcast(shapes)
                 if k in alias:
                     level[k] = level[id(alias[k])]
                 else:
@@ -517,7 +526,7 @@ class Program:
             alloc(nedges, kk, 1)
         order = sorted(gmap, key=lambda t: (t[0], t[1], t[2], t[3], str(t[4])))
         levels: dict[int, _Level] = {}
-        groups_in_order = []
+        groups_in_order: dict[int, list] = {}
         for gk in order:
             lvl, op, akeys, okey, agg_in = gk
             members = gmap[gk]
@@ -528,7 +537,7 @@ class Program:
             for j, (i, n, _) in enumerate(members):
                 inst_row[(i, id(n))] = g.lo + j
             levels.setdefault(lvl, _Level()).groups.append(g)
-            groups_in_order.append((g, akeys, members))
+            groups_in_order.setdefault(lvl, []).append((g, akeys, members))
             key_out = self._keys_shape(keys, okey)
             g.key_out = key_out
             if g.agg:
@@ -545,7 +554,7 @@ class Program:
         for lvl in sorted(levels):
             L = levels[lvl]
             per: dict[tuple[int, int], list[int]] = {}
-            for g, akeys, members in [t for t in groups_in_order if t[0] in L.groups]:
+            for g, akeys, members in groups_in_order[lvl]:
                 g.args = []
                 g.dest, g.direct = [], []
                 zero = g.op in _ZERO_GRAD
@@ -636,6 +645,11 @@ class Program:
                 if g.agg:
                     g.fw = functools.partial(_agg_fw, g)
                     g.bw = functools.partial(_agg_bw, g)
+                    g.xin = g.argv[0] if g.rep_in is None else g.argv[0][g.rep_in]
+                    d = g.destv[0]
+                    if d is not None:
+                        d.zero_()
+                    g.dest_rep = d if (d is None or g.rep_in is None) else d[g.rep_in]
         self._var_pull_ops = []
         for v, base, table, D in self._var_pulls:
             buf = torch.empty((self.P, *self.shape), dtype=dt, device=dev)
@@ -665,11 +679,11 @@ class Program:
     def _table(self, lists: list[list[int]]):
         """Pad the edge lists to a ``(n, D)`` table (pad: edge row 0, the zero row)."""
         D = max(1, max((len(x) for x in lists), default=1))
-        t = torch.zeros((len(lists), D), dtype=torch.long)
-        for r, x in enumerate(lists):
-            if x:
-                t[r, :len(x)] = torch.tensor(x)
-        return (t[:, 0].contiguous() if D == 1 else t.reshape(-1)).to(self.device), D
+        if D == 1:
+            flat = [x[0] if x else 0 for x in lists]
+        else:
+            flat = [r for x in lists for r in (x + [0] * (D - len(x)))]
+        return torch.tensor(flat, dtype=torch.long, device=self.device), D
 
     # ---- bind to a probe ---------------------------------------------------------------------
     def bind(self, probe: Probe) -> None:
@@ -765,10 +779,11 @@ class Program:
         for r in self._roots:
             if r.src is not None:
                 index_select(r.src, 0, r.idx, out=r.buf)
+            # one flat reduction per candidate, as the reference's ``x.mean()`` / ``x.sum()``
             if r.mask is None:
-                vals.append(r.x.mean(dim=r.dims))
+                vals.append(r.x.reshape(r.n, -1).mean(1))
             else:
-                vals.append(torch.where(r.mask, r.x, self._zero).sum(dim=r.dims) / r.count)
+                vals.append(torch.where(r.mask, r.x, self._zero).reshape(r.n, -1).sum(1) / r.count)
         values = vals[0] if len(vals) == 1 else torch.cat(vals)
         if not grad:
             return values, None
@@ -811,7 +826,7 @@ def _pull(E, table, D, buf):
 
 
 def _agg_fw(g: _Group, a, out):
-    x = a[0] if g.rep_in is None else a[0][g.rep_in]
+    x = g.xin
     if g.op == "sum_c":
         r = x.sum(dim=2, keepdim=True)
     elif g.mask is None:
@@ -822,22 +837,20 @@ def _agg_fw(g: _Group, a, out):
 
 
 def _agg_bw(g: _Group, go, a, out, saved, dest, direct):
-    dest = dest[0]
+    # ``go`` holds the gradients of every stored copy of the (reduced) result: their sum is the
+    # gradient of the result; the input's gradient goes to its representative copy only (the
+    # other copies of an edge slot stay zero).
+    dest = g.dest_rep
     if dest is None:
         return
     if g.copy_out:
         go = go.sum(dim=g.copy_out, keepdim=True)
     if g.op == "sum_c":
-        gx = go
+        dest.copy_(go)
     elif g.mask is None:
-        gx = go / g.divisor
+        dest.copy_(go / g.divisor)
     else:
-        gx = torch.where(g.mask, go / g.count, g.zero)
-    if g.rep_in is None:
-        dest.copy_(gx)
-    else:
-        dest.zero_()
-        dest[g.rep_in].copy_(gx)
+        torch.where(g.mask, go / g.count, g.zero, out=dest)
 
 
 def _variables(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -872,20 +885,20 @@ def _instances(e: Expr, pred: frozenset) -> int:
 
 
 def chunk_size(exprs: list[Expr], probe: Probe, budget: int = MEMORY_BUDGET) -> int:
-    """Candidates per chunk so that values, gradients and saved intermediates of one chunk stay
-    within ``budget`` bytes (estimated: about 5 tensors of each instance's size)."""
+    """Candidates per chunk so that one chunk's buffers stay within ``budget`` bytes.
+
+    Estimate: each prediction-dependent node of a candidate (and its prediction variables) costs
+    about 8 tensors of the prediction's size (value, gathered arguments, gradient edges, pulled
+    gradients, saved intermediates).
+    """
     if not exprs:
         return 1
     pred = frozenset({"p", "z", "f"})
     numel = math.prod(probe.pred_shape)
-    rows = sum(_instances(e, pred) + 2 for e in exprs) / len(exprs)
-    per = max(1.0, rows * numel * 4 * 5)
+    rows = max(_instances(e, pred) + 2 for e in exprs[:4096])
+    mean_rows = sum(_instances(e, pred) + 2 for e in exprs[:4096]) / min(len(exprs), 4096)
+    per = max(1.0, (mean_rows + 0.1 * rows) * numel * 4 * 8)
     return int(max(1, min(MAX_CHUNK, budget // per)))
-
-
-def _chunks(n: int, size: int):
-    for lo in range(0, n, size):
-        yield lo, min(n, lo + size)
 
 
 def _unique(exprs: list[Expr]) -> tuple[list[Expr], list[int]]:
@@ -900,71 +913,72 @@ def _unique(exprs: list[Expr]) -> tuple[list[Expr], list[int]]:
     return uniq, where
 
 
-def _compile_all(exprs, probe, device, chunk):
-    """Yield (indices into exprs, Program) per chunk; unsupported expressions are left out."""
+def _programs(exprs: list[Expr], probe: Probe, device, chunk: int | None):
+    """Yield (indices into ``exprs``, Program) per chunk; unsupported expressions are left out
+    (their result stays ``None`` for the caller to compute with the reference)."""
     ok = [j for j, e in enumerate(exprs) if supported(e, probe)]
     size = chunk or chunk_size([exprs[j] for j in ok], probe)
-    for lo, hi in _chunks(len(ok), size):
-        idx = ok[lo:hi]
+    for lo in range(0, len(ok), size):
+        idx = ok[lo:lo + size]
         yield idx, Program([exprs[j] for j in idx], probe, device)
 
 
-def _device_of(stage, device):
-    if device is not None:
-        return torch.device(device)
-    dev = getattr(stage, "device", None)
-    if dev is not None:
-        return torch.device(dev)
-    return stage.probe.target.device
+def _resolve_device(stage, device) -> torch.device:
+    if device is None:
+        device = getattr(stage, "device", None)
+    if device is None:
+        return stage.probe.target.device
+    return torch.device(device)
+
+
+def _stacked(pred: torch.Tensor, n: int, device, dtype) -> torch.Tensor:
+    return pred.to(device=device, dtype=dtype).unsqueeze(0).expand(n, *pred.shape).contiguous()
 
 
 # ---- stage 1: checks -------------------------------------------------------------------------------
 def checks_reasons(exprs: list[Expr], probe: Probe, pred: torch.Tensor, alt: Probe,
                    device=None, chunk: int | None = None) -> list[str | None]:
-    """:func:`~lossforge.evaluation.checks.numeric_reason` for every expression (``None`` where the
-    expression is not supported here and must go through the reference)."""
-    out: list[str | None] = [None] * len(exprs)
+    """:func:`~lossforge.evaluation.checks.numeric_reason` of every expression, vectorised
+    (``None`` for an expression the program does not support: use the reference for it)."""
     uniq, where = _unique(exprs)
     res: list[str | None] = [None] * len(uniq)
     dev = torch.device(device) if device is not None else probe.target.device
-    for idx, prog in _compile_all(uniq, probe.to(dev), dev, chunk):
-        n = len(idx)
-        X = pred.to(dev, prog.dtype).unsqueeze(0).expand(n, *pred.shape).contiguous()
-        v1, g1 = prog.run(X)
-        prog.bind(alt.to(dev))
-        v2, g2 = prog.run(X)
-        fin_v = torch.isfinite(v1)
-        fin_g = torch.isfinite(g1).flatten(1).all(1)
-        gmax = g1.abs().flatten(1).amax(1) if g1.numel() else torch.zeros(n)
-        # dependence on the label: values (and, if equal, gradients) with other labels
-        diff = (v2 - v1).abs().double()
-        same_v = torch.isfinite(v2) & (diff <= 1e-9 * (1 + v1.abs().double()))
-        close = ((g2 - g1).abs() <= 1e-8 + 1e-5 * g1.abs()).flatten(1).all(1)
-        rows = torch.stack([fin_v, fin_g, gmax.double() <= 1e-12, same_v, close]).cpu().tolist()
-        for j, (fv, fg, zero, sv, cl) in zip(idx, zip(*rows)):
-            if not fv:
-                why = "non-finite value on the probe"
-            elif not fg:
-                why = "non-finite gradient on the probe"
-            elif zero:
-                why = "zero gradient with respect to the prediction"
-            elif sv and cl:
-                why = "does not depend on the label"
-            else:
-                why = ""
-            res[j] = why
-    for k, w in enumerate(where):
-        out[k] = res[w]
-    return out
+    with torch.no_grad():
+        for idx, prog in _programs(uniq, probe, dev, chunk):
+            X = _stacked(pred, len(idx), dev, prog.dtype)
+            v1, g1 = prog.run(X)
+            prog.bind(alt)
+            v2, g2 = prog.run(X)
+            flat1, flat2 = g1.flatten(1), g2.flatten(1)
+            fin_v = torch.isfinite(v1)
+            fin_g = torch.isfinite(flat1).all(1)
+            zero = flat1.abs().amax(1).double() <= 1e-12 if flat1.shape[1] else fin_v
+            # label dependence: the value with other labels, and if equal the gradient
+            same_v = torch.isfinite(v2) & ((v2 - v1).abs().double()
+                                           <= 1e-9 * (1 + v1.abs().double()))
+            close = ((flat2 - flat1).abs() <= 1e-8 + 1e-5 * flat1.abs()).all(1)
+            flags = torch.stack([fin_v, fin_g, zero, same_v & close]).cpu().tolist()
+            for j, (fv, fg, zg, nodep) in zip(idx, zip(*flags)):
+                if not fv:
+                    res[j] = "non-finite value on the probe"
+                elif not fg:
+                    res[j] = "non-finite gradient on the probe"
+                elif zg:
+                    res[j] = "zero gradient with respect to the prediction"
+                elif nodep:
+                    res[j] = "does not depend on the label"
+                else:
+                    res[j] = ""
+    return [res[w] for w in where]
 
 
 def _run_checks(stage, candidates: list[Candidate], device, chunk) -> None:
     from lossforge.evaluation.checks import integrity, numeric_reason, structural_reason
 
     with timed(stage.stats):
-        todo: list[Candidate] = []
         pending = [c for c in candidates if not c.done]
-        reasons: dict[int, str] = {}
+        reasons: dict[int, str | None] = {}
+        numeric: list[Candidate] = []
         for c in pending:
             stage.stats.n_in += 1
             why = structural_reason(c.expr)
@@ -975,15 +989,13 @@ def _run_checks(stage, candidates: list[Candidate], device, chunk) -> None:
             if why:
                 reasons[id(c)] = why
             else:
-                todo.append(c)
-        batch = [c for c in todo if supported(c.expr, stage.probe)]
-        found = checks_reasons([c.expr for c in batch], stage.probe, stage.pred, stage.alt,
+                numeric.append(c)
+        found = checks_reasons([c.expr for c in numeric], stage.probe, stage.pred, stage.alt,
                                device, chunk)
-        for c, why in zip(batch, found):
+        for c, why in zip(numeric, found):
+            if why is None:  # not vectorisable: the reference decides (and raises what it raises)
+                why = numeric_reason(c.expr, stage.probe, stage.pred, stage.alt)
             reasons[id(c)] = why
-        for c in todo:
-            if id(c) not in reasons or reasons[id(c)] is None:
-                reasons[id(c)] = numeric_reason(c.expr, stage.probe, stage.pred, stage.alt)
         for c in pending:
             why = reasons[id(c)]
             if why:
@@ -995,20 +1007,19 @@ def _run_checks(stage, candidates: list[Candidate], device, chunk) -> None:
 # ---- stage 2: GEC ------------------------------------------------------------------------------------
 def fingerprints(exprs: list[Expr], probe: Probe, pred: torch.Tensor, device=None,
                  chunk: int | None = None) -> list[tuple[bool, str | None]]:
-    """``(done, fingerprint)`` per expression; ``done`` is False for expressions the program does
-    not support (the caller computes those with the reference)."""
+    """``(done, fingerprint)`` per expression, vectorised; ``done`` is False for an expression the
+    program does not support (compute it with the reference)."""
     from lossforge.evaluation.gec import format_fingerprint
 
     uniq, where = _unique(exprs)
     res: list[tuple[bool, str | None]] = [(False, None)] * len(uniq)
     dev = torch.device(device) if device is not None else probe.target.device
-    for idx, prog in _compile_all(uniq, probe.to(dev), dev, chunk):
-        n = len(idx)
-        X = pred.to(dev, prog.dtype).unsqueeze(0).expand(n, *pred.shape).contiguous()
-        _, g = prog.run(X)
-        norms = g.flatten(2).norm(dim=2).cpu()
-        for j, row in zip(idx, norms):
-            res[j] = (True, format_fingerprint(row))
+    with torch.no_grad():
+        for idx, prog in _programs(uniq, probe, dev, chunk):
+            _, g = prog.run(_stacked(pred, len(idx), dev, prog.dtype))
+            norms = g.flatten(2).norm(dim=2).cpu()
+            for j, row in zip(idx, norms):
+                res[j] = (True, format_fingerprint(row))
     return [res[w] for w in where]
 
 
@@ -1022,63 +1033,77 @@ def _run_gec(stage, candidates: list[Candidate], device, chunk) -> None:
 
 
 # ---- stage 3: LRP ------------------------------------------------------------------------------------
-def _optimise(prog: Program, init: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the protocol's optimiser on every candidate of ``prog``; returns (final predictions,
-    alive) where ``alive[i]`` is False once candidate ``i``'s loss value was non-finite."""
+def optimise(prog: Program, init: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The protocol's optimisation for every candidate of ``prog`` at once, from the common
+    initial predictions ``init``. Returns (final predictions ``(P, *shape)``, ``alive (P,)``):
+    ``alive[i]`` is False once candidate ``i``'s loss value was non-finite at some step (its
+    predictions are then meaningless; the other candidates are unaffected).
+
+    ``config.optimizer``: ``"sgd"`` (momentum, no dampening/Nesterov/weight decay, as
+    ``torch.optim.SGD``) or ``"adam"`` (``torch.optim.Adam`` defaults), applied with the same
+    tensor operations as torch's single-tensor implementations.
+    """
     P = prog.P
-    X = init.unsqueeze(0).expand(P, *init.shape).contiguous()
-    alive = torch.ones(P, dtype=torch.bool, device=X.device)
-    lr, momentum = config.lr, config.momentum
-    if config.optimizer == "sgd":
-        buf = None
-        for _ in range(config.steps):
-            values, g = prog.run(X)
-            alive &= torch.isfinite(values)
-            if momentum != 0:
-                if buf is None:
-                    buf = g.clone()
-                else:
-                    buf.mul_(momentum).add_(g)
-                g = buf
-            X.add_(g, alpha=-lr)
-    elif config.optimizer == "adam":
-        beta1, beta2, eps = 0.9, 0.999, 1e-8
-        m = torch.zeros_like(X)
-        v = torch.zeros_like(X)
-        for step in range(1, config.steps + 1):
-            values, g = prog.run(X)
-            alive &= torch.isfinite(values)
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            bc1 = 1 - beta1 ** step
-            bc2 = 1 - beta2 ** step
-            denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
-            X.addcdiv_(m, denom, value=-(lr / bc1))
-    else:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}")
-    return X, alive
+    with torch.no_grad():
+        X = _stacked(init, P, prog.device, prog.dtype)
+        alive = torch.ones(P, dtype=torch.bool, device=prog.device)   # in root order
+        lr, momentum = config.lr, config.momentum
+        step = prog._step
+        if config.optimizer == "sgd":
+            buf = None
+            for _ in range(config.steps):
+                values, g = step(X, True)
+                alive.logical_and_(torch.isfinite(values))
+                if momentum != 0:
+                    if buf is None:
+                        buf = g.clone()
+                    else:
+                        buf.mul_(momentum).add_(g)
+                    g = buf
+                X.add_(g, alpha=-lr)
+        elif config.optimizer == "adam":
+            beta1, beta2, eps = 0.9, 0.999, 1e-8
+            m = torch.zeros_like(X)
+            v = torch.zeros_like(X)
+            for t in range(1, config.steps + 1):
+                values, g = step(X, True)
+                alive.logical_and_(torch.isfinite(values))
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                bias1 = 1 - beta1 ** t
+                bias2 = 1 - beta2 ** t
+                denom = (v.sqrt() / math.sqrt(bias2)).add_(eps)
+                X.addcdiv_(m, denom, value=-(lr / bias1))
+        else:
+            raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
+        out = torch.empty_like(alive)
+        out[prog.root_order] = alive
+    return X, out
 
 
 def lrp_scores(exprs: list[Expr], probe: Probe, metric, config, init: torch.Tensor,
                device=None, chunk: int | None = None) -> list[tuple[bool, float | None]]:
-    """``(done, score)`` per expression, as :func:`~lossforge.evaluation.lrp.lrp_score`;
-    ``done`` is False for expressions the program does not support."""
+    """``(done, score)`` per expression as :func:`~lossforge.evaluation.lrp.lrp_score`, vectorised;
+    ``done`` is False for an expression the program does not support (use the reference)."""
     from lossforge.evaluation.lrp import metric_value
 
     uniq, where = _unique(exprs)
     res: list[tuple[bool, float | None]] = [(False, None)] * len(uniq)
     dev = torch.device(device) if device is not None else probe.target.device
+    target = probe.target.cpu().numpy()
     base = None
-    for idx, prog in _compile_all(uniq, probe.to(dev), dev, chunk):
-        X, alive = _optimise(prog, init.to(dev, prog.dtype), config)
+    for idx, prog in _programs(uniq, probe, dev, chunk):
+        X, alive = optimise(prog, init, config)
         ok = (alive & torch.isfinite(X).flatten(1).all(1)).cpu().tolist()
+        # the metric of each candidate's predictions (as lrp.metric_value: argmax of the logits)
+        labels = (X.argmax(dim=2) if probe.kind == "classification" else X).cpu().numpy()
         if base is None:
             base = metric_value(metric, probe, init)
-        for j, good, x in zip(idx, ok, X):
-            if not good:
-                res[j] = (True, None)
+        for j, good, lab in zip(idx, ok, labels):
+            if good:
+                res[j] = (True, metric.sign * (float(metric.fn(lab, target)) - base))
             else:
-                res[j] = (True, metric.sign * (metric_value(metric, probe, x) - base))
+                res[j] = (True, None)
     return [res[w] for w in where]
 
 
@@ -1097,19 +1122,21 @@ def run_stage(stage, candidates: list[Candidate], device=None, chunk: int | None
 
     ``stage``: a :class:`~lossforge.evaluation.checks.Checks`,
     :class:`~lossforge.evaluation.gec.GradientEquivalence` or
-    :class:`~lossforge.evaluation.lrp.LossRejection`; any other stage runs as ``stage(candidates)``.
-    ``device``: where to compute (default: the stage's ``device`` attribute if set, else the
-    device of its probe); ``chunk``: candidates per vectorised pass (default: by memory budget).
+    :class:`~lossforge.evaluation.lrp.LossRejection` (any other stage runs as
+    ``stage(candidates)``). Same decisions, candidate fields and ``stage.stats`` as the reference
+    path. ``device``: where to compute (default: the stage's ``device`` attribute when it has one,
+    else the device of its probe), e.g. ``"cuda"``; ``chunk``: candidates per vectorised pass
+    (default: sized by :data:`MEMORY_BUDGET`).
     """
     from lossforge.evaluation.checks import Checks
     from lossforge.evaluation.gec import GradientEquivalence
     from lossforge.evaluation.lrp import LossRejection
 
     if isinstance(stage, Checks):
-        _run_checks(stage, candidates, _device_of(stage, device), chunk)
+        _run_checks(stage, candidates, _resolve_device(stage, device), chunk)
     elif isinstance(stage, GradientEquivalence):
-        _run_gec(stage, candidates, _device_of(stage, device), chunk)
+        _run_gec(stage, candidates, _resolve_device(stage, device), chunk)
     elif isinstance(stage, LossRejection):
-        _run_lrp(stage, candidates, _device_of(stage, device), chunk)
+        _run_lrp(stage, candidates, _resolve_device(stage, device), chunk)
     else:
         stage(candidates)

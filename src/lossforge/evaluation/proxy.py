@@ -56,6 +56,8 @@ class ProxyTraining:
                      self.config.device) for c in todo]
             if self.executor is None:
                 results = ((c, _safe_job(a)) for c, a in zip(todo, args))
+            elif getattr(self.executor, "serial", False):  # runs at submit: one job at a time
+                results = ((c, _result(self.executor.submit(_safe_job, a))) for c, a in zip(todo, args))
             else:
                 futures = {self.executor.submit(_safe_job, a): c for a, c in zip(args, todo)}
                 results = ((futures[f], _result(f)) for f in as_completed(futures))
@@ -74,6 +76,8 @@ def _result(future) -> dict:
     """A future's job result; a crashed worker or a lost task becomes status ``failed``."""
     try:
         return future.result()
+    except TimeoutError as err:  # the executor's per-candidate time limit
+        return {"status": FAILED, "fitness": None, "reason": f"timeout: {err}"}
     except Exception as err:  # the executor's failure modes vary (BrokenProcessPool, KilledWorker…)
         return {"status": FAILED, "fitness": None, "reason": f"{type(err).__name__}: {err}"}
 

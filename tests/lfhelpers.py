@@ -1,0 +1,115 @@
+"""Test helpers that worker processes must be able to import (pickled by reference): tiny tasks,
+and an executor wrapper whose jobs kill their worker process for chosen candidates.
+
+Importing this module registers the tasks ``tiny-blobs`` and ``slow-blobs``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Executor
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lossforge import tasks
+from lossforge.data import DataSplits, Split
+from lossforge.evaluation.funnel import FunnelConfig
+from lossforge.evaluation.lrp import LRPConfig
+from lossforge.evaluation.proxy import ProxyStageConfig
+from lossforge.tasks import Metric, ProxyConfig, Task
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+class TinyBlobs(Task):
+    """Three Gaussian blobs, a linear model: a proxy training takes milliseconds."""
+
+    name = "tiny-blobs"
+    num_classes = 3
+    metrics = {"accuracy": Metric("accuracy", lambda p, t: float((p == t).mean()))}
+    default_metric = "accuracy"
+    proxy = ProxyConfig(steps=25, batch_size=32, lr=0.05)
+
+    def data(self) -> DataSplits:
+        g = torch.Generator().manual_seed(0)
+        centres = torch.tensor([[0.0, 2.0], [2.0, -1.5], [-2.0, -1.5]])
+
+        def split(n):
+            y = torch.randint(0, 3, (n,), generator=g)
+            return Split(centres[y] + torch.randn(n, 2, generator=g), y)
+
+        return DataSplits(split(200), split(100), split(100), 3, "blobs")
+
+    def make_model(self) -> nn.Module:
+        return nn.Linear(2, 3)
+
+
+class _Sleepy(nn.Module):
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return x
+
+
+class SlowBlobs(TinyBlobs):
+    """Every forward pass sleeps 20 ms: a 25-step training takes over half a second."""
+
+    name = "slow-blobs"
+
+    def make_model(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(2, 3), _Sleepy(0.02))
+
+
+tasks.register(TinyBlobs.name, TinyBlobs)
+tasks.register(SlowBlobs.name, SlowBlobs)
+
+#: A fast funnel for the tiny tasks (short LRP and proxy trainings).
+FAST = FunnelConfig(lrp=LRPConfig(steps=60, lr=0.1, threshold=0.3), proxy=ProxyStageConfig(steps=25))
+#: The same settings as command-line options.
+FAST_CLI = ["--lrp-steps", "60", "--proxy-steps", "25"]
+
+
+def crash_job(marker: str | None, fn, args):
+    """Kill this worker process (``os._exit``) — every time, or only while ``marker`` is absent."""
+    if marker is None:
+        os._exit(1)
+    if not os.path.exists(marker):
+        Path(marker).write_text("crashed once")
+        os._exit(1)
+    return fn(args)
+
+
+class CrashingExecutor(Executor):
+    """Wraps an executor; the proxy jobs of chosen submissions kill their worker.
+
+    ``always``: indices (in submission order) whose job kills its worker every time;
+    ``once``: indices whose job kills its worker on the first attempt only (``marker`` file).
+    ``formulas`` records what was submitted, in order.
+    """
+
+    def __init__(self, inner, always=(), once=(), marker: str | None = None):
+        self.inner, self.always, self.once, self.marker = inner, set(always), set(once), marker
+        self.formulas: list[str] = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        i = len(self.formulas)
+        self.formulas.append(args[0][1])
+        if i in self.always:
+            return self.inner.submit(crash_job, None, fn, args[0])
+        if i in self.once:
+            return self.inner.submit(crash_job, self.marker, fn, args[0])
+        return self.inner.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self.inner.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def rows_key(study):
+    """What must match between two runs of the same search (row order and ids aside)."""
+    return sorted((r.generation, r.slot, r.proposed, r.formula, r.status, r.fitness, r.fingerprint,
+                   r.same_as) for r in study.candidates)

@@ -1,0 +1,302 @@
+"""Population-vectorised screening (``evaluation.batched``) against the per-candidate reference.
+
+The stages' ``__call__`` is the reference; ``batched.run_stage`` must take the same decisions, set
+the same candidate fields and count the same stats. Values and gradients are compared directly on
+random and deliberately nasty expressions (overflow, poles, constant sub-trees, aggregations over
+segmentation probes with ignored pixels).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lossforge import metrics as M
+from lossforge.evaluation import batched
+from lossforge.evaluation.candidate import PENDING, Candidate
+from lossforge.evaluation.checks import Checks, ChecksConfig
+from lossforge.evaluation.gec import GradientEquivalence
+from lossforge.evaluation.lrp import LossRejection, LRPConfig, lrp_score
+from lossforge.evaluation.probes import Probe, synthetic_probe
+from lossforge.expr import apply, ops, parse, spaces, var, variation
+from lossforge.expr.export import loss_value
+from lossforge.tasks import Metric
+
+NASTY = [
+    "exp(exp(exp(p * 40))) * y",            # overflows on the way
+    "y * exp(inv(p - p))",                  # inv(0) = 1e6, exp overflows
+    "inv(p + -0.000001) * y",               # the unguarded pole of inv at -EPS (not hit here)
+    "y * inv(p * 0 + -0.000001)",           # exactly on the pole: inf
+    "sum_c(2) * p * y + exp(3) * mean_bs(1)",   # constant-only sub-trees
+    "p * y * 0",                            # zero gradient
+    "p + mean_c(y)",                        # label only through a constant-per-sample term
+    "square(p - y)",
+    "-sum_c(y * log(p))",
+    "mean_s(y * p) / (mean_s(y + p) + 0.001)",
+    "mean_bs(p * y) * inv(mean_bs(p + y))",
+    "mean_b(p * y) + mean_s(sum_c(p)) * y",
+    "sign(p - 0.1) * y",
+    "max(p, y) - min(p * 2, y)",
+    "aq(p, y) + sqrt(p * y) + log10(p + y)",
+    "slog(p - y) * ssqrt(p * y)",
+    "tanh(z) * y + sigmoid(z) * softplus(z - y)",
+    "i0e(p) * y + i1(p * y) + dtanh(p) * erf(y - p)",
+    "relu(p - 0.1) * y + negrelu(z) * y",
+    "y * y",                                # no prediction: rejected by structure
+]
+
+
+def _accuracy():
+    return Metric("accuracy", M.accuracy)
+
+
+def _miou(num_classes):
+    return Metric("miou", lambda p, t: M.miou(p, t, num_classes))
+
+
+def _exprs(n, seed=0, space="autoloss-zero"):
+    sp = spaces.get(space, variables=["p", "y"])
+    rng = np.random.default_rng(seed)
+    return [variation.random_expr(sp, rng) for _ in range(n)]
+
+
+def _seg_probe(samples=2, classes=4, size=6, seed=3):
+    probe = synthetic_probe("classification", samples, classes, seed=seed, spatial=(size, size))
+    probe.target[0, :2, :] = 255          # ignored pixels
+    probe.target[-1, :, :1] = 255
+    return probe
+
+
+def _pair(exprs):
+    return [Candidate(e) for e in exprs], [Candidate(e) for e in exprs]
+
+
+def _fields(c):
+    return (c.status, c.reason, c.fingerprint, str(c.expr), c.same_as)
+
+
+# ---- values and gradients ---------------------------------------------------------------------
+def _reference(expr, probe, pred):
+    x = pred.clone().requires_grad_(True)
+    env, mask = probe.variables(x)
+    value = loss_value(expr, env, mask)
+    (grad,) = torch.autograd.grad(value, x, allow_unused=True)
+    return value.detach(), grad
+
+
+def _op_exprs():
+    """Every non-aggregation op on prediction-dependent arguments (and one constant one)."""
+    out = []
+    for name in ops.names(arity=1):
+        out.append(parse(f"{name}(p * 3 - y) * (y + 0.5)"))
+        out.append(parse(f"{name}(z) + y"))
+    for name in ops.names(arity=2):
+        out.append(parse(f"{name}(p * 2 - y, z) * y"))
+        out.append(parse(f"{name}(y, p) + {name}(p, p)"))
+        out.append(parse(f"{name}(0.5, p) * y"))
+    for name in ops.AGGREGATIONS:
+        out.append(parse(f"{name}(p * y) * {name}(exp(z)) + y"))
+        out.append(parse(f"{name}(sum_c(p) * y) + {name}(mean_bs(p)) * y"))
+    return out
+
+
+@pytest.mark.parametrize("materialize", [True, False])
+@pytest.mark.parametrize("seg", [False, True])
+def test_values_and_gradients_match_autograd(materialize, seg):
+    exprs = list(dict.fromkeys(_op_exprs() + _exprs(40, seed=1)))
+    probe = _seg_probe() if seg else synthetic_probe("classification", 4, 5, seed=2)
+    pred = torch.randn(probe.pred_shape, generator=torch.Generator().manual_seed(5))
+    prog = batched.Program(exprs, probe, materialize=materialize)
+    values, grads = prog.run(pred.unsqueeze(0).expand(len(exprs), *pred.shape).contiguous())
+    for i, e in enumerate(exprs):
+        v, g = _reference(e, probe, pred)
+        assert torch.allclose(values[i], v, rtol=1e-5, atol=1e-6, equal_nan=True), str(e)
+        scale = 1e-4 * (1 + float(g.abs().max()))
+        assert torch.allclose(grads[i], g, rtol=1e-4, atol=scale, equal_nan=True), str(e)
+
+
+def test_regression_probe():
+    probe = synthetic_probe("regression", 6, None, seed=4)
+    exprs = [parse(t) for t in ["square(f - y)", "abs(f - y) + mean_b(f) * y",
+                                "log(1 + square(f - y))", "mean_c(f * y) - sum_c(y * exp(f))"]]
+    pred = torch.randn(probe.pred_shape, generator=torch.Generator().manual_seed(1))
+    prog = batched.Program(exprs, probe)
+    values, grads = prog.run(pred.unsqueeze(0).expand(len(exprs), *pred.shape).contiguous())
+    for i, e in enumerate(exprs):
+        v, g = _reference(e, probe, pred)
+        assert torch.allclose(values[i], v, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(grads[i], g, rtol=1e-4, atol=1e-6)
+
+
+def test_unsupported_expressions():
+    probe = synthetic_probe("classification", 3, 4, seed=0)
+    assert not batched.supported(parse("y * y"), probe)
+    assert not batched.supported(parse("f * y"), probe)
+    assert batched.supported(parse("z * y"), probe)
+    with pytest.raises(batched.UnsupportedExpr):
+        batched.Program([parse("y * 2")], probe)
+
+
+# ---- stages ----------------------------------------------------------------------------------
+def _population(seg=False):
+    exprs = [parse(t) for t in NASTY] + _exprs(45, seed=7)
+    return exprs + exprs[:3]  # duplicates
+
+
+@pytest.mark.parametrize("seg", [False, True])
+@pytest.mark.parametrize("integrity", [False, True])
+def test_checks_stage_matches_reference(seg, integrity):
+    probe = _seg_probe() if seg else synthetic_probe("classification", 6, 5, seed=1)
+    cfg = ChecksConfig(integrity=integrity, integrity_points=200)
+    ref_stage, bat_stage = Checks(probe, cfg), Checks(probe, cfg)
+    ref, bat = _pair(_population(seg))
+    done = Candidate(parse("p * y"), status="rejected-lrp")
+    ref_stage(ref + [done])
+    batched.run_stage(bat_stage, bat + [done])
+    assert [_fields(c) for c in ref] == [_fields(c) for c in bat]
+    assert (ref_stage.stats.n_in, ref_stage.stats.n_out) == (bat_stage.stats.n_in,
+                                                               bat_stage.stats.n_out)
+    assert bat_stage.stats.seconds > 0
+    assert 0 < ref_stage.stats.n_out < ref_stage.stats.n_in
+
+
+def test_checks_reference_errors_are_kept():
+    probe = synthetic_probe("classification", 3, 4, seed=0)
+    with pytest.raises(ValueError):
+        Checks(probe)([Candidate(parse("f * y"))])
+    with pytest.raises(ValueError):
+        batched.run_stage(Checks(probe), [Candidate(parse("f * y"))])
+
+
+@pytest.mark.parametrize("seg", [False, True])
+def test_gec_stage_matches_reference(seg):
+    probe = _seg_probe() if seg else synthetic_probe("classification", 8, 5, seed=1)
+    exprs = [e for e in _population(seg) if "p" in e.variables() or "z" in e.variables()]
+    exprs += [parse("2 * square(p - y)"), parse("square(p - y) * 2"), parse("square(y - p)")]
+    ref_stage, bat_stage = GradientEquivalence(probe), GradientEquivalence(probe)
+    ref, bat = _pair(exprs)
+    ref_stage(ref)
+    batched.run_stage(bat_stage, bat, chunk=16)
+    same = sum(_fields(a) == _fields(b) for a, b in zip(ref, bat))
+    assert same >= len(ref) - 1   # a 2-digit rounding boundary may differ, nothing else
+    assert ref_stage.stats.n_in == bat_stage.stats.n_in
+    assert abs(ref_stage.stats.n_out - bat_stage.stats.n_out) <= 1
+    assert sum(c.status == "gec-hit" for c in bat) >= 3
+
+
+def _lrp_pair(probe, metric, cfg, exprs, chunk=None):
+    ref_stage, bat_stage = LossRejection(probe, metric, cfg), LossRejection(probe, metric, cfg)
+    ref, bat = _pair(exprs)
+    ref_stage(ref)
+    batched.run_stage(bat_stage, bat, chunk=chunk)
+    return ref_stage, bat_stage, ref, bat
+
+
+def _agree(ref, bat, tol=1e-4):
+    decisions = sum(a.status == b.status for a, b in zip(ref, bat)) / len(ref)
+    close = 0
+    for a, b in zip(ref, bat):
+        if a.lrp_score is None or b.lrp_score is None:
+            close += a.lrp_score is b.lrp_score
+        else:
+            close += abs(a.lrp_score - b.lrp_score) <= tol
+    return decisions, close / len(ref)
+
+
+def test_lrp_classification_matches_reference():
+    probe = synthetic_probe("classification", 5, 10, seed=11)
+    cfg = LRPConfig(steps=60, lr=0.05, threshold=0.2)
+    exprs = [e for e in _population() if "y" in e.variables()]
+    ref_stage, bat_stage, ref, bat = _lrp_pair(probe, _accuracy(), cfg, exprs, chunk=20)
+    decisions, close = _agree(ref, bat)
+    assert decisions >= 0.97 and close >= 0.95
+    assert ref_stage.stats.n_in == bat_stage.stats.n_in == len(exprs)
+    assert abs(ref_stage.stats.n_out - bat_stage.stats.n_out) <= 1
+    assert any(c.lrp_score is None for c in bat)            # some blew up ...
+    assert sum(c.status == PENDING for c in bat) >= 3       # ... and some passed
+
+
+def test_lrp_segmentation_with_ignored_pixels():
+    probe = _seg_probe(samples=2, classes=4, size=8)
+    cfg = LRPConfig(steps=40, lr=0.1, threshold=0.05)
+    exprs = [e for e in _population(seg=True) if "y" in e.variables()]
+    _, _, ref, bat = _lrp_pair(probe, _miou(4), cfg, exprs)
+    decisions, close = _agree(ref, bat)
+    assert decisions >= 0.97 and close >= 0.95
+
+
+def test_lrp_adam_and_no_momentum():
+    probe = synthetic_probe("classification", 4, 6, seed=2)
+    exprs = [parse(t) for t in ["-sum_c(y * log(p))", "square(p - y)", "exp(p * 30) * y",
+                                "mean_bs(p * y) * inv(mean_bs(p + y)) * -1"]]
+    metric = _accuracy()
+    for cfg in (LRPConfig(steps=40, lr=0.05, optimizer="adam"),
+                LRPConfig(steps=40, lr=0.5, momentum=0.0)):
+        stage = LossRejection(probe, metric, cfg)
+        got = batched.lrp_scores(exprs, probe, metric, cfg, stage.init)
+        for e, (ok, score) in zip(exprs, got):
+            want = lrp_score(e, probe, metric, cfg, stage.init)
+            assert ok
+            assert (score is None) == (want is None)
+            if want is not None:
+                assert score == pytest.approx(want, abs=1e-6)
+
+
+def test_non_finite_candidate_does_not_poison_the_others():
+    probe = synthetic_probe("classification", 5, 10, seed=3)
+    cfg = LRPConfig(steps=50, lr=0.05)
+    metric = _accuracy()
+    init = LossRejection(probe, metric, cfg).init
+    good = [parse("-sum_c(y * log(p))"), parse("square(p - y)"), parse("mean_c(abs(p - y))")]
+    # blows up at step 0 (pole of inv), later (exp overflow), or produces NaN gradients only
+    bad = [parse("y * inv(p * 0 + -0.000001)"), parse("exp(exp(p * y * 3) * 20) * y"),
+           parse("y * sqrt(p - p) * 0 + p * y")]
+    alone = batched.lrp_scores(good, probe, metric, cfg, init)
+    mixed = batched.lrp_scores(bad[:1] + good[:2] + bad[1:] + good[2:], probe, metric, cfg, init)
+    assert mixed[0] == (True, None)
+    assert [mixed[1], mixed[2], mixed[5]] == alone
+    for e, (ok, score) in zip(bad[:2], [mixed[0], mixed[3]]):
+        assert lrp_score(e, probe, metric, cfg, init) is None and score is None
+
+
+def test_chunking_and_duplicates_do_not_change_results():
+    probe = synthetic_probe("classification", 5, 10, seed=4)
+    cfg = LRPConfig(steps=20, lr=0.05)
+    metric = _accuracy()
+    exprs = _exprs(30, seed=9)
+    exprs = exprs + exprs[::3]
+    init = LossRejection(probe, metric, cfg).init
+    whole = batched.lrp_scores(exprs, probe, metric, cfg, init)
+    parts = batched.lrp_scores(exprs, probe, metric, cfg, init, chunk=7)
+    assert whole == parts
+    assert batched.chunk_size(exprs, probe) >= 1
+    big = Probe("classification", torch.zeros(64, 64, 64, dtype=torch.long), (64, 19, 64, 64), 19)
+    assert batched.chunk_size(exprs, big) < batched.chunk_size(exprs, probe)
+
+
+def test_other_stages_run_unchanged():
+    seen = []
+
+    class Stage:
+        def __call__(self, cands):
+            seen.extend(cands)
+
+    cands = [Candidate(var("p") * var("y")) if False else Candidate(apply("mul", var("p"), var("y")))]
+    batched.run_stage(Stage(), cands)
+    assert seen == cands
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    probe = synthetic_probe("classification", 5, 10, seed=1)
+    cfg = LRPConfig(steps=30, lr=0.05)
+    metric = _accuracy()
+    exprs = _exprs(40, seed=2)
+    init = LossRejection(probe, metric, cfg).init
+    cpu = batched.lrp_scores(exprs, probe, metric, cfg, init)
+    gpu = batched.lrp_scores(exprs, probe, metric, cfg, init, device="cuda")
+    agree = sum((a[1] is None) == (b[1] is None) and (a[1] is None or math.isclose(
+        a[1], b[1], abs_tol=1e-3)) for a, b in zip(cpu, gpu))
+    assert agree >= 0.95 * len(exprs)
