@@ -145,7 +145,7 @@ class ShapesSeg(_Cached):
     name = "shapes-seg"
     num_classes = 7
     default_metric = "miou"
-    proxy = ProxyConfig(steps=150, batch_size=16, optimizer="adam", lr=3e-3, eval_batch_size=64)
+    proxy = ProxyConfig(steps=120, batch_size=8, optimizer="adam", lr=3e-3, eval_batch_size=64)
     metrics = {
         name: Metric(name, fn)
         for name, fn in [("miou", M.miou), ("fwiou", M.fwiou), ("gacc", M.gacc),
@@ -163,7 +163,7 @@ class ShapesSeg(_Cached):
                             num_classes=self.num_classes, seed=self.seed)
 
     def make_model(self) -> nn.Module:
-        return models.TinyUNet(self.num_classes, width=12)
+        return models.TinyUNet(self.num_classes, width=8)
 
     def compute_metrics(self, pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
         meter = M.SegmentationMeter(self.num_classes, ignore_index=self.ignore_index)
