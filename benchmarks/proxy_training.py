@@ -41,10 +41,8 @@ def plain_loop(task, steps: int, seed: int, criterion=F.cross_entropy) -> float:
 
 
 def ours(task, steps: int, seed: int) -> float:
-    """Seconds of ``train``'s training loop alone (its ``wall_time`` minus nothing: no eval split)."""
-    start = time.perf_counter()
-    train(task, "ce", steps=steps, seed=seed, splits=())
-    return time.perf_counter() - start
+    """Seconds of ``train``'s training loop (its ``wall_time``; no split is scored)."""
+    return train(task, "ce", steps=steps, seed=seed, splits=()).wall_time
 
 
 def main() -> None:
