@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from typing import List, Optional
 
@@ -11,8 +12,32 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+class _OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (unknown command or option, bad value) as one line, not a boxed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        # click's exception base, whether typer vendors click or depends on it
+        click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click_error as err:
+            message = " ".join(err.format_message().split())
+            if message:  # (no message: the help was shown for a bare command)
+                ctx = getattr(err, "ctx", None)
+                where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+                err_console.print(f"[bold red]error:[/] {message}{where}", highlight=False,
+                                  soft_wrap=True)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            err_console.print("[bold red]aborted[/]")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="lossforge: discover loss functions automatically.")
+                  cls=_OneLineErrors, help="lossforge: discover loss functions automatically.")
 console = Console()
 err_console = Console(stderr=True)
 _state = {"debug": False}
@@ -25,7 +50,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 def fail(message: str) -> None:
     """Print a one-line error and exit with code 1."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -37,9 +62,9 @@ def guarded(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except typer.Exit:
+        except (typer.Exit, BrokenPipeError):
             raise
-        except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+        except (ValueError, KeyError, OSError, RuntimeError) as err:
             if _state["debug"]:
                 raise
             msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
@@ -96,6 +121,8 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="Split to score: val or test."),
     device: str = typer.Option("cpu", "--device"),
     format: str = typer.Option("table", "--format", help="table or json"),
+    study: Optional[str] = typer.Option(None, "--study",
+                                        help="Also save the comparison in this study file (for `report`)."),
 ):
     """Train each loss K times on a task; mean ± std of every metric, Δ and Welch p vs cross-entropy."""
     from lossforge import tasks as T
@@ -111,6 +138,10 @@ def evaluate(
     t = T.get(task)
     for spec in loss:  # fail fast on a bad loss before any training
         load_loss(spec, t)
+    if study is not None:  # and on a bad study file
+        from lossforge.storage import Store
+
+        Store.open(study).close()
     from rich.progress import Progress
 
     with Progress(console=err_console, transient=True, disable=format == "json") as bar:
@@ -118,6 +149,12 @@ def evaluate(
         result = run_eval(t, loss, seeds=seeds, steps=steps, device=device, split=split,
                           progress=lambda d, n, name: bar.update(job, completed=d, total=n,
                                                                  description=f"training {name}"))
+    if study is not None:
+        from lossforge.storage import Store
+
+        store = Store.open(study)
+        store.set_meta("evaluation", result.to_dict())
+        store.close()
     if format == "json":
         print(json.dumps(result.to_dict()))
         return
@@ -144,24 +181,27 @@ def print_comparison(result) -> None:
     console.print(table)
 
 
-def _progress_printer(bar, job):
-    def update(state: dict) -> None:
-        fit = state["fitness"]
-        bar.update(job, completed=state["explored"], total=state["budget"],
-                   description=f"gen {state['generation']} · {state['status']}"
-                               + (f" · {fit:.4f}" if fit is not None else ""))
-    return update
+def _run_search(make_study, title: str, fmt: str, path: str, budget: Optional[int],
+                workers: Optional[int], dask: Optional[str], timeout: Optional[float]):
+    """Run ``make_study(progress, executor)`` with the live view (off for json) and the executor."""
+    from lossforge.execution import make_executor
+    from lossforge.live import LiveView, SearchView
 
-
-def _run_search(make_study, title: str, fmt: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err_console, disable=fmt == "json") as bar:
-        job = bar.add_task(title, total=None)
-        study = make_study(_progress_printer(bar, job))
+    executor = make_executor(workers=workers, dask=dask, timeout=timeout)
+    try:
+        view = SearchView(title, study=path, budget=budget, executor=repr(executor))
+        with LiveView(err_console, view, enabled=fmt != "json") as live:
+            study = make_study(live.update, executor)
+    finally:
+        executor.shutdown()
     _print_study(study, top=10, fmt=fmt)
     study.close()
+
+
+_WORKERS = typer.Option(None, "--workers", help="Train candidates in N local processes.")
+_DASK = typer.Option(None, "--dask", help="Train on a Dask cluster: scheduler ADDRESS (tcp://host:8786), "
+                                          "or local:N for N local worker processes.")
+_TIMEOUT = typer.Option(None, "--timeout", help="Seconds one candidate may train; longer: failed.")
 
 
 @app.command()
@@ -183,6 +223,9 @@ def search(
     generation: Optional[int] = typer.Option(None, "--generation-size",
                                              help="Candidates per generation (per ask)."),
     format: str = typer.Option("table", "--format", help="table or json"),
+    workers: Optional[int] = _WORKERS,
+    dask: Optional[str] = _DASK,
+    timeout: Optional[float] = _TIMEOUT,
 ):
     """Search for a loss function; every result is saved to the study file as it arrives."""
     from dataclasses import replace
@@ -199,10 +242,21 @@ def search(
         cfg = replace(cfg, lrp=replace(cfg.lrp, steps=lrp_steps))
     cfg = replace(cfg, use_lrp=not no_lrp, use_gec=not no_gec)
     options = {k: v for k, v in (("population_size", population), ("batch_size", generation)) if v}
-    _run_search(lambda progress: LossSearch(task=task, storage=study, metric=metric,
-                                            strategy=strategy, budget=budget, seed=seed,
-                                            space=space, funnel=cfg, strategy_options=options,
-                                            progress=progress).run(), "searching", format)
+    # settings are checked (task, metric, strategy, study file) before any worker starts
+    run = LossSearch(task=task, storage=study, metric=metric, strategy=strategy, budget=budget,
+                     seed=seed, space=space, funnel=cfg, strategy_options=options)
+    try:
+        run._make_strategy()  # unknown strategy options fail here
+    except TypeError as err:
+        fail(str(err))
+    if os.path.exists(study):  # and a study file made with other settings
+        run._open_store().close()
+
+    def make(progress, executor):
+        run.progress, run.executor = progress, executor
+        return run.run()
+
+    _run_search(make, "searching", format, study, budget, workers, dask, timeout)
 
 
 @app.command()
@@ -211,14 +265,20 @@ def resume(
     study: str = typer.Argument(..., help="Study file to continue."),
     budget: Optional[int] = typer.Option(None, "--budget", help="A new (larger) budget."),
     format: str = typer.Option("table", "--format", help="table or json"),
+    workers: Optional[int] = _WORKERS,
+    dask: Optional[str] = _DASK,
+    timeout: Optional[float] = _TIMEOUT,
 ):
     """Continue a study with its stored settings (after a crash, or to a larger budget)."""
+    from lossforge.storage import Store
     from lossforge.study import resume as resume_study
 
     if budget is not None and budget <= 0:
         fail(f"--budget must be a positive number of candidates, got {budget}")
-    _run_search(lambda progress: resume_study(study, progress=progress, budget=budget),
-                "resuming", format)
+    Store.open(study).close()  # a missing or bad file fails before any worker starts
+    _run_search(lambda progress, executor: resume_study(study, executor=executor, progress=progress,
+                                                        budget=budget),
+                "resuming", format, study, budget, workers, dask, timeout)
 
 
 @app.command()
@@ -284,6 +344,22 @@ def export(
     entry = hof[rank - 1]
     Path(output).write_text(parse(entry.formula, strict=False).to_source(name=name))
     console.print(f"wrote {output}: {name} = {entry.formula} (fitness {entry.fitness:.4f})")
+
+
+@app.command()
+@guarded
+def report(
+    study: str = typer.Argument(..., help="Study file."),
+    output: str = typer.Option(..., "-o", "--output", help="Directory to write index.html and PNGs to."),
+    top: int = typer.Option(3, "--top", help="Hall-of-fame losses to plot against cross-entropy."),
+):
+    """Write an HTML report of a study (plots made from the study file alone)."""
+    from lossforge.report import write_report
+
+    if top < 0:
+        fail(f"--top must be 0 or more, got {top}")
+    index = write_report(study, output, top=top)
+    console.print(f"wrote {index}")
 
 
 def main() -> None:  # pragma: no cover - entry point

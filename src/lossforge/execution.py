@@ -89,6 +89,24 @@ def _one_thread() -> None:
         _THREADS_SET = True
 
 
+def _init_worker(study_pid: int) -> None:
+    """A local worker process: one torch thread, and exit when the study process is gone (killed
+    with SIGKILL, its pool cannot tell its workers; they would wait forever)."""
+    _one_thread()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(study_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # the pid was reused by another user's process
+                os._exit(0)
+
+    threading.Thread(target=watch, name="lossforge-watch-study", daemon=True).start()
+
+
 def run_job(fn: Callable, args: tuple, kwargs: dict, timeout: float | None = None,
             single_thread: bool = False) -> Any:
     """Run ``fn(*args, **kwargs)`` where the executor put it (a worker, or this process).
@@ -226,22 +244,28 @@ class SerialExecutor(Executor):
 
 
 class ProcessExecutor(Executor):
-    """``workers`` local processes (``spawn`` or ``forkserver``), one torch thread each.
+    """``workers`` local processes, one torch thread each (``forkserver`` with torch preloaded
+    where available, so that a replacement process starts in a moment; else ``spawn``).
 
-    A job that kills its process breaks the whole ``ProcessPoolExecutor``; the jobs that were in
-    flight are then re-run one at a time in a separate one-process pool, so a crash there names
-    its job exactly. A job crashing ``max_retries + 1`` times fails with :class:`WorkerCrashed`.
+    At most ``workers`` jobs are handed to the process pool at a time (the rest wait here), so
+    the jobs in flight when a process dies are the ones running. Such a death breaks the whole
+    ``ProcessPoolExecutor``: a new pool takes the waiting jobs, and the jobs that were running are
+    re-run one at a time in a one-process quarantine pool, where a crash names its job exactly.
+    A job that kills its process again on each of its ``max_retries`` re-runs fails with
+    :class:`WorkerCrashed` (its candidate is marked ``failed``); the others finish normally.
     """
 
-    def __init__(self, workers: int, timeout: float | None = None, context: str = "spawn",
+    def __init__(self, workers: int, timeout: float | None = None, context: str | None = None,
                  max_retries: int = 2):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.workers, self.timeout, self.max_retries = workers, timeout, max_retries
-        self._ctx = multiprocessing.get_context(context)
+        self._ctx = _process_context(context)
         self._lock = threading.RLock()
         self._parcels = _Parcels()
-        self._pool = self._new_pool(workers)
+        self._pool = None
+        self._backlog: collections.deque = collections.deque()  # (outer, job) not yet in the pool
+        self._running = 0
         self._quarantine = None
         self._suspects: collections.deque = collections.deque()  # [outer, job, crashes]
         self._quarantine_busy = False
@@ -250,32 +274,48 @@ class ProcessExecutor(Executor):
     def _new_pool(self, n: int):
         from concurrent.futures import ProcessPoolExecutor
 
-        return ProcessPoolExecutor(n, mp_context=self._ctx, initializer=_one_thread)
+        return ProcessPoolExecutor(n, mp_context=self._ctx, initializer=_init_worker,
+                                   initargs=(os.getpid(),))
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        if self._closed:
-            raise RuntimeError("cannot submit to an executor that was shut down")
         outer: Future = Future()
         outer.set_running_or_notify_cancel()
         job = (fn, self._parcels.wrap(args), kwargs)
         with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot submit to an executor that was shut down")
+            self._backlog.append((outer, job))
+            self._dispatch()
+        return outer
+
+    def _dispatch(self) -> None:
+        """Hand waiting jobs to the pool while a worker is free (lock held)."""
+        while self._backlog and self._running < self.workers and not self._closed:
+            outer, job = self._backlog.popleft()
+            if self._pool is None:
+                self._pool = self._new_pool(self.workers)
             try:
                 inner = self._pool.submit(run_job, *job, self.timeout, True)
-            except BrokenProcessPool:  # broken by an earlier job: start afresh
+            except BrokenProcessPool:  # broken by a job that just died: start afresh
                 self._pool.shutdown(wait=False)
                 self._pool = self._new_pool(self.workers)
                 inner = self._pool.submit(run_job, *job, self.timeout, True)
-        inner.add_done_callback(lambda f: self._main_done(outer, job, f))
-        return outer
+            self._running += 1
+            inner.add_done_callback(lambda f, outer=outer, job=job: self._main_done(outer, job, f))
 
     def _main_done(self, outer: Future, job, inner: Future) -> None:
         err = None if inner.cancelled() else inner.exception()
-        if isinstance(err, BrokenProcessPool) and not self._closed:
-            with self._lock:
-                self._suspects.append([outer, job, 0])
-                self._pump()
-            return
-        _settle(outer, inner)
+        with self._lock:
+            self._running -= 1
+            if isinstance(err, BrokenProcessPool) and not self._closed:
+                if self.max_retries < 1:
+                    outer.set_exception(WorkerCrashed("the job's worker process died"))
+                else:
+                    self._suspects.append([outer, job, 0])
+                    self._pump()
+            else:
+                _settle(outer, inner)
+            self._dispatch()
 
     def _pump(self) -> None:
         """Start the next suspect in the quarantine pool when it is idle (lock held)."""
@@ -289,18 +329,18 @@ class ProcessExecutor(Executor):
         inner.add_done_callback(lambda f: self._quarantine_done(entry, f))
 
     def _quarantine_done(self, entry, inner: Future) -> None:
-        outer, job, crashes = entry
+        outer = entry[0]
         err = None if inner.cancelled() else inner.exception()
         with self._lock:
             self._quarantine_busy = False
             if isinstance(err, BrokenProcessPool):
                 self._quarantine.shutdown(wait=False)
                 self._quarantine = None
-                entry[2] = crashes = crashes + 1
-                if crashes > self.max_retries:
+                entry[2] += 1
+                if entry[2] >= self.max_retries:
                     self._suspects.popleft()
                     outer.set_exception(WorkerCrashed(
-                        f"the job killed its worker process {crashes} times"))
+                        f"the job killed its worker process {entry[2] + 1} times"))
             else:
                 self._suspects.popleft()
                 _settle(outer, inner)
@@ -310,15 +350,28 @@ class ProcessExecutor(Executor):
         with self._lock:
             self._closed = True
             pools = [p for p in (self._pool, self._quarantine) if p is not None]
-            for outer, _, _ in self._suspects:
-                if not outer.done():
-                    outer.set_exception(RuntimeError("executor shut down"))
+            waiting = [e[0] for e in self._suspects] + [e[0] for e in self._backlog]
             self._suspects.clear()
+            self._backlog.clear()
+        for outer in waiting:
+            if not outer.done():
+                outer.set_exception(RuntimeError("executor shut down"))
         for p in pools:
             p.shutdown(wait=wait, cancel_futures=cancel_futures)
 
     def __repr__(self) -> str:
         return f"{self.workers} local process{'es' if self.workers != 1 else ''}"
+
+
+def _process_context(name: str | None):
+    """``forkserver`` preloading torch and the training code (fork-safe: the server itself runs
+    no torch ops), where the platform has it; otherwise ``spawn``."""
+    methods = multiprocessing.get_all_start_methods()
+    name = name or ("forkserver" if "forkserver" in methods else "spawn")
+    ctx = multiprocessing.get_context(name)
+    if name == "forkserver":
+        ctx.set_forkserver_preload(["torch", "lossforge.evaluation.proxy", "lossforge.execution"])
+    return ctx
 
 
 class DaskExecutor(Executor):

@@ -1,41 +1,44 @@
 """Population-vectorised screening: checks, GEC and LRP for many candidates at once.
 
 ``run_stage(stage, candidates)`` takes the same decisions as ``stage(candidates)`` (the
-per-candidate reference path of :mod:`checks`, :mod:`gec` and :mod:`lrp`), updates the stage's
-``stats`` the same way and sets the same candidate fields, but evaluates the whole population in
-one vectorised pass instead of one Python loop per candidate.
+per-candidate reference path of :mod:`~lossforge.evaluation.checks`, :mod:`~.gec` and
+:mod:`~.lrp`), updates the stage's ``stats`` the same way and sets the same candidate fields, but
+evaluates the whole population in a few vectorised passes instead of a Python loop per candidate.
 
 How it works. The pending expressions are compiled into a :class:`Program`:
 
-* *Shared nodes* (sub-expressions that do not read the prediction: label-only and constant-only
-  sub-trees) are computed once per probe, whatever the number of candidates using them
-  (``Expr`` is hash-consed, so a sub-expression shared by many candidates is one object).
+* *Shared values* (sub-expressions that do not read the prediction: label-only and
+  constant-only sub-trees) are computed once per probe, with the reference's own kernels,
+  whatever the number of candidates using them (``Expr`` is hash-consed, so a sub-expression
+  common to many candidates is one object). Identical candidates are evaluated once.
 * Every other node of every candidate is an *instance* (a row): each candidate has its own
   prediction (its own LRP trajectory), so its prediction-dependent values differ from every
-  other candidate's. Identical candidates are evaluated once.
-* Instances are scheduled by topological level and grouped by ``(level, op, argument shapes)``:
-  one kernel call evaluates the op for every candidate of the group, on arguments gathered by
-  index from per-shape value stores ``(rows, *shape)``. Values keep the reduced dimensions of
-  aggregations (``sum_c`` gives ``(B, 1, *S)``), exactly as :func:`~lossforge.expr.export.evaluate`
-  does, so masked means see the same fitted masks.
-* The backward pass is explicit (no autograd graph): the group schedule is walked in reverse, each
-  op's vector-Jacobian product follows PyTorch's own derivative formula for the kernel (ops
-  without a hand-written one use autograd on the group) and gradients are scattered back with
-  ``index_add_``. Rows never mix candidates, so a candidate whose values turn non-finite cannot
-  poison the others; it is marked dead at the first non-finite loss value, like the reference.
+  other candidate's.
+* Instances are scheduled by topological level and grouped by ``(level, op, argument stores)``:
+  one kernel call evaluates an op for all candidates of a group, on arguments gathered (one
+  ``index_select`` per level and argument position) from value stores ``(rows, *shape)``.
+  Small probes store every value broadcast to the full prediction shape (fewest groups; a
+  reduced value's copies are summed where its gradient is needed); large probes store values
+  at their true shape. Either way aggregations see the reference's shapes and fitted masks.
+* The backward pass is explicit (no autograd graph): the groups are walked in reverse; each
+  op's vector-Jacobian product is PyTorch's own derivative formula for the kernel's calls (bit
+  for bit; ops without a hand-written one use autograd on the group) and is written to an *edge*
+  row; a value's gradient is the sum of its edges, gathered once per level. Rows never mix
+  candidates, so a candidate whose values turn non-finite cannot poison the others.
 * SGD (with momentum) and Adam are applied to the stacked ``(P, *pred_shape)`` predictions with
-  the same tensor operations as ``torch.optim``'s single-tensor implementations.
+  the same tensor operations as ``torch.optim``'s single-tensor implementations; a candidate is
+  dead from its first non-finite loss value, like the reference's early stop.
 
 Candidates the program cannot represent (a loss that reads no prediction variable, or a variable
 the probe does not provide) go through the reference path, which keeps its exact behaviour
-(including its errors). Populations are processed in chunks sized by a memory budget.
+(including its errors). Populations are processed in chunks sized by a memory budget. Differences
+from the reference come only from the order of floating-point sums; the label-dependence test of
+``checks``, which compares two loss values bit for bit, recomputes near-ties with the reference.
 """
 from __future__ import annotations
 
-import functools
 import math
 import weakref
-from dataclasses import dataclass
 
 import torch
 
@@ -55,7 +58,7 @@ _LN10 = 2.3025850929940456
 LABEL = "y"
 
 #: Default memory budget (bytes) for the value/gradient stores of one chunk.
-MEMORY_BUDGET = 192 * 2**20
+MEMORY_BUDGET = 512 * 2**20
 #: Upper bound on the candidates of one chunk (tiny probes).
 MAX_CHUNK = 1024
 #: Predictions with at most this many elements: every value is stored at the full shape.
@@ -69,6 +72,28 @@ MATERIALIZE_NUMEL = 4096
 # ``dest[k]`` (``None``: not needed), following PyTorch's derivative formula for the kernel's calls,
 # so that gradients agree with autograd on the reference path up to the order of accumulation.
 # ``direct[k]``: ``dest[k]`` has the full shape of the product (no broadcast reduction needed).
+
+class _Consts:
+    """0-dim tensors of the scalars the kernels use: an operation with a Python number converts
+    it to a tensor on every call (same values, same results, more work)."""
+
+    def __init__(self, dtype, device):
+        def t(v):
+            return torch.tensor(v, dtype=dtype, device=device)
+
+        self.eps, self.one, self.two, self.zero = t(EPS), t(1.0), t(2.0), t(0.0)
+
+
+_CONSTS: dict = {}
+
+
+def _c(x: torch.Tensor) -> _Consts:
+    key = (x.dtype, x.device)
+    c = _CONSTS.get(key)
+    if c is None:
+        c = _CONSTS[key] = _Consts(x.dtype, x.device)
+    return c
+
 
 def _put(dest, v) -> None:
     """``dest <- v`` reduced (summed) over the dimensions where ``dest`` was broadcast."""
@@ -108,7 +133,7 @@ def _fw_mul(a, o):
 
 
 def _fw_div(a, o):
-    t = a[1] + EPS
+    t = a[1] + _c(a[1]).eps
     torch.div(a[0], t, out=o)
     return t
 
@@ -138,36 +163,36 @@ def _fw_square(a, o):
 
 
 def _fw_sqrt(a, o):
-    torch.sqrt(torch.abs(a[0]) + EPS, out=o)
+    torch.sqrt(torch.abs(a[0]) + _c(o).eps, out=o)
 
 
 def _fw_ssqrt(a, o):
     s = torch.sign(a[0])
-    r = torch.sqrt(torch.abs(a[0]) + EPS)
+    r = torch.sqrt(torch.abs(a[0]) + _c(o).eps)
     torch.mul(s, r, out=o)
     return s, r
 
 
 def _fw_inv(a, o):
     # k_inv is ``1.0 / (x + EPS)``, which torch computes as ``reciprocal(x + EPS) * 1.0``
-    torch.reciprocal(a[0] + EPS, out=o)
+    torch.reciprocal(a[0] + _c(o).eps, out=o)
 
 
 def _fw_log(a, o):
-    den = torch.abs(a[0]) + EPS
+    den = torch.abs(a[0]) + _c(o).eps
     torch.log(den, out=o)
     return den
 
 
 def _fw_slog(a, o):
     s = torch.sign(a[0])
-    den = torch.abs(a[0]) + EPS
+    den = torch.abs(a[0]) + _c(o).eps
     torch.mul(s, torch.log(den), out=o)
     return s, den
 
 
 def _fw_log10(a, o):
-    den = torch.abs(a[0]) + EPS
+    den = torch.abs(a[0]) + _c(o).eps
     torch.log10(den, out=o)
     return den
 
@@ -236,12 +261,12 @@ def _bw_square(g, a, o, s, d, direct):
 
 
 def _bw_sqrt(g, a, o, s, d, direct):
-    _emit(d[0], direct[0], torch.mul, g / (2 * o), torch.sign(a[0]))
+    _emit(d[0], direct[0], torch.mul, g / (_c(g).two * o), torch.sign(a[0]))
 
 
 def _bw_ssqrt(g, a, o, sr, d, direct):
     s, r = sr
-    _emit(d[0], direct[0], torch.mul, (g * s) / (2 * r), s)
+    _emit(d[0], direct[0], torch.mul, (g * s) / (_c(g).two * r), s)
 
 
 def _bw_inv(g, a, o, s, d, direct):
@@ -265,12 +290,25 @@ def _bw_exp(g, a, o, s, d, direct):
     _emit(d[0], direct[0], torch.mul, g, o)
 
 
+def _tanh_backward(g, o, out=None):
+    # autograd's own kernel (a hand-written ``g * (1 - o * o)`` differs in the last bit)
+    if out is None:
+        return torch.ops.aten.tanh_backward(g, o)
+    return torch.ops.aten.tanh_backward.grad_input(g, o, grad_input=out)
+
+
+def _sigmoid_backward(g, o, out=None):
+    if out is None:
+        return torch.ops.aten.sigmoid_backward(g, o)
+    return torch.ops.aten.sigmoid_backward.grad_input(g, o, grad_input=out)
+
+
 def _bw_tanh(g, a, o, s, d, direct):
-    _emit(d[0], direct[0], torch.mul, g, 1 - o * o)
+    _emit(d[0], direct[0], _tanh_backward, g, o)
 
 
 def _bw_sigmoid(g, a, o, s, d, direct):
-    _emit(d[0], direct[0], torch.mul, g * (1 - o), o)
+    _emit(d[0], direct[0], _sigmoid_backward, g, o)
 
 
 def _bw_relu(g, a, o, s, d, direct):
@@ -282,8 +320,10 @@ def _generic_bw(fn):
 
     def bw(g, args, out, saved, dest, direct):
         needs = [x is not None for x in dest]
-        with torch.enable_grad():
-            xs = [a.detach().requires_grad_(n) for a, n in zip(args, needs)]
+        # (screening runs in inference mode: autograd needs ordinary tensors)
+        with torch.inference_mode(False), torch.enable_grad():
+            xs = [a.clone().requires_grad_(n) for a, n in zip(args, needs)]
+            g = g.clone()
             y = fn(*xs)
             if not y.requires_grad:
                 grads = [torch.zeros_like(x) for x in xs]
@@ -320,6 +360,9 @@ def _opfn(name: str):
 
 
 # ---- shapes ----------------------------------------------------------------------------------
+_AGGREGATIONS = frozenset(_ops.AGGREGATIONS)
+
+
 def _agg_dims(op: str, nd: int) -> tuple[int, ...]:
     spatial = tuple(range(2, nd))
     return {"sum_c": (1,), "mean_c": (1,), "mean_s": spatial, "mean_bs": (0,) + spatial,
@@ -358,12 +401,19 @@ class UnsupportedExpr(ValueError):
 
 
 class _Group:
-    """Instances of one op at one level with arguments in the same stores."""
+    """The instances of one op at one level whose arguments and result share stores.
+
+    ``args[k] = (k, store, lo, hi)``: rows ``lo:hi`` of the level's gather for argument ``k``;
+    result rows ``lo:hi`` of store ``out_key`` (``glo:ghi`` in the level's pulled gradients);
+    ``dest[k]``: the edge rows receiving argument ``k``'s gradient (``None``: not needed).
+    Aggregations also know the true shapes of their argument and result (``ts_in``,
+    ``ts_out``), the representative copy of the argument (``rep_in``), the dimensions holding
+    copies of the result (``copy_out``) and, once bound to a probe, the fitted mask and counts.
+    """
 
     __slots__ = ("op", "agg", "n", "args", "out_key", "lo", "hi", "glo", "ghi", "dest", "direct",
                  "fw", "bw", "dims", "mask", "count", "divisor", "ts_in", "ts_out", "rep_in",
-                 "rep_out", "copy_out", "key_in", "key_out", "argv", "outv", "gv", "destv",
-                 "zero", "xin", "dest_rep")
+                 "copy_out", "key_out", "zero")
 
     def __init__(self, op: str, n: int):
         self.op, self.n = op, n
@@ -373,12 +423,16 @@ class _Group:
 
 
 class _Level:
-    __slots__ = ("gathers", "gather_rows", "groups", "pulls", "pull_ops")
+    """The groups of one topological level, the gathers of their arguments
+    (``gather_rows``: (argument position, store, rows)) and the pulls of their results'
+    gradients (``pulls``: (store, first row, rows, plan))."""
+
+    __slots__ = ("gather_rows", "groups", "pulls")
 
     def __init__(self):
-        self.gathers = []   # (pos, key, index: LongTensor | slice)
+        self.gather_rows = []
         self.groups = []
-        self.pulls = []     # (key, row_lo, table (n, D) LongTensor, D)
+        self.pulls = []
 
 
 class Program:
@@ -405,7 +459,7 @@ class Program:
         if materialize is None:
             materialize = math.prod(self.shape) <= MATERIALIZE_NUMEL
         self.materialize = materialize
-        self.provided, self.pred_vars = _variables(probe.kind)
+        _, self.pred_vars = _variables(probe.kind)
         self._compile()
         self.bind(probe)
 
@@ -418,7 +472,11 @@ class Program:
     def _template(self, e: Expr, info: dict) -> "_Template":
         """The instances of one expression, independent of its position in the population:
         ``items[t] = (group key, argument refs)`` in topological order; a ref is an item index,
-        a prediction variable's name, or a prediction-free node (a shared value)."""
+        a prediction variable's name, or a prediction-free node (a shared value).
+
+        ``info[id(node)]`` (shared by the expressions of a population) caches per node: reads
+        the prediction, true shape, level, alias (identity aggregations: the node they stand
+        for), group key."""
         ck = (self.kind, self.shape, self.materialize)
         cached = _TEMPLATES.get(e)
         if cached is not None and ck in cached:
@@ -430,51 +488,55 @@ class Program:
         index: dict[int, object] = {}    # id(node) -> its ref
         items = []
         shared = []
+        uses = [0] * len(pred)
         for n in e.nodes():
             k = id(n)
             nf = info.get(k)
-            if nf is None:               # (reads the prediction, true shape, level, alias)
-                if n.is_var:
-                    nf = (n.value in pred, R, 0, None)
-                elif n.is_const:
-                    nf = (False, (), 0, None)
-                else:
-                    a_info = [info[id(a)] for a in n.args]
-                    pop = any(x[0] for x in a_info)
-                    if _ops.OPS[n.op].aggregation:
-                        dims = _agg_dims(n.op, nd)
-                        t0 = a_info[0][1]
-                        ts = _reduced(t0 if len(t0) == nd else R, dims)
-                        if not dims and pop:     # identity (mean_s without spatial dims)
-                            x = a_info[0]
-                            nf = (True, ts, x[2], x[3] if x[3] is not None else n.args[0])
-                        else:
-                            nf = (pop, ts, 1 + max(x[2] for x in a_info) if pop else 0, None)
-                    else:
-                        ts = _broadcast([x[1] for x in a_info])
-                        nf = (pop, ts, 1 + max(x[2] for x in a_info) if pop else 0, None)
-                info[k] = nf
-            pop, ts, lvl, alias = nf
-            if not pop:
+            if nf is None:
+                nf = info[k] = self._node_info(n, info, R, nd, pred, key)
+            if not nf[0]:
                 index[k] = n
             elif n.is_var:
                 index[k] = n.value
-            elif alias is not None:
-                index[k] = index[id(alias)]
+            elif nf[3] is not None:
+                index[k] = index[id(nf[3])]
             else:
-                refs = tuple(index[id(a)] for a in n.args)
-                for a, r in zip(n.args, refs):
-                    if type(r) is Expr:
+                refs = tuple([index[id(a)] for a in n.args])
+                for r in refs:
+                    tr = type(r)
+                    if tr is Expr:
                         shared.append(r)
-                a_ts = [info[id(a)][1] for a in n.args]
-                agg_in = a_ts[0] if _ops.OPS[n.op].aggregation else None
-                gk = (lvl, n.op, tuple(key(t) for t in a_ts), key(ts), agg_in)
+                    elif tr is str:
+                        uses[pred.index(r)] += 1
                 index[k] = len(items)
-                items.append((gk, refs))
+                items.append((nf[4], refs))
         tpl = _Template(items, index[id(e)], self._root_ts(e, info),
-                        [(n, info[id(n)][1]) for n in dict.fromkeys(shared)])
+                        [(n, info[id(n)][1]) for n in dict.fromkeys(shared)], tuple(uses))
         _TEMPLATES.setdefault(e, {})[ck] = tpl
         return tpl
+
+    @staticmethod
+    def _node_info(n: Expr, info: dict, R, nd, pred, key) -> tuple:
+        if n.is_var:
+            return (n.value in pred, R, 0, None, None)
+        if n.is_const:
+            return (False, (), 0, None, None)
+        a_info = [info[id(a)] for a in n.args]
+        pop = any(x[0] for x in a_info)
+        lvl = 1 + max(x[2] for x in a_info) if pop else 0
+        if n.op in _AGGREGATIONS:
+            dims = _agg_dims(n.op, nd)
+            t0 = a_info[0][1]
+            ts = _reduced(t0 if len(t0) == nd else R, dims)
+            if not dims and pop:     # identity (mean_s without spatial dims)
+                x = a_info[0]
+                return (True, ts, x[2], x[3] if x[3] is not None else n.args[0], None)
+            agg_in = t0
+        else:
+            ts = _broadcast([x[1] for x in a_info])
+            agg_in = None
+        gk = (lvl, n.op, tuple([key(x[1]) for x in a_info]), key(ts), agg_in) if pop else None
+        return (pop, ts, lvl, None, gk)
 
     @staticmethod
     def _root_ts(e: Expr, info: dict):
@@ -485,6 +547,13 @@ class Program:
         R, P, dev = self.shape, self.P, self.device
         info: dict[int, tuple] = {}
         tpls = [self._template(e, info) for e in self.exprs]
+        # candidates reading the prediction equally often side by side: the gradient of the
+        # prediction then sums runs of contiguous rows (see _plan). ``order[i]``: the position in
+        # the given list of the candidate in row ``i``; ``exprs`` is in row order.
+        self.order = sorted(range(P), key=lambda i: tpls[i].uses)
+        self.row_exprs = [self.exprs[i] for i in self.order]
+        self._order = torch.tensor(self.order, dtype=torch.long, device=dev)
+        tpls = [tpls[i] for i in self.order]
         keys: dict[tuple, int] = {}
 
         def kid(shape) -> int:
@@ -585,9 +654,7 @@ class Program:
             if g.agg:
                 g.ts_in = agg_in
                 g.ts_out = _reduced(agg_in, _agg_dims(op, nd))
-                g.key_in = akeys_s[0]
-                g.rep_in = _rep(g.key_in, g.ts_in)
-                g.rep_out = _rep(okey_s, g.ts_out)
+                g.rep_in = _rep(akeys_s[0], g.ts_in)
                 g.copy_out = _copy_dims(okey_s, g.ts_out)
                 g.dims = tuple(d + 1 for d in _agg_dims(op, nd))
             else:
@@ -630,6 +697,7 @@ class Program:
                 add_edge(r, i, kk, e_lo + j)
             self._roots.append(_Roots(kk, tshape, torch.tensor(cands, device=dev),
                                       self._index(rrows), e_lo, len(cands)))
+            self._roots[-1].rep = _rep(self._key(tshape), tshape)
         self.root_order = torch.cat([r.cands for r in self._roots])
         # pull plans: for each level and output store, the edges into each value row
         for lvl, L in levels.items():
@@ -665,54 +733,67 @@ class Program:
         self._views()
 
     def _views(self) -> None:
-        """Buffers of the per-step gathers and every view the step reads or writes, made once."""
-        S, E, dt, dev = self.S, self.E, self.dtype, self.device
-        zero = torch.zeros((), dtype=dt, device=dev)
-        self._zero = zero
-        self._var_views = [(v, S[self.kR][b:b + self.P]) for v, b in self.var_base.items()]
+        """The per-step views of the persistent buffers (the eager path)."""
+        dev = self.device
+        self._zero = torch.zeros((), dtype=self.dtype, device=dev)
+        self._bound = self._bind_buffers(self.S, self.E)
+        for L in self.levels:
+            for g in L.groups:
+                g.zero = self._zero
+
+    def _bind_buffers(self, S, E) -> "_Bound":
+        """Gather buffers and every view a step reads or writes, for value stores ``S`` and edge
+        stores ``E`` (made once: a step then only calls kernels)."""
+        dt, dev = self.dtype, self.device
+        b = _Bound()
+        b.var_views = [(v, S[self.kR][base:base + self.P]) for v, base in self.var_base.items()]
+        b.levels = []
         for L in self.levels:
             bufs = {}
-            L.gathers = []
+            gathers = []
             for pos, kk, idx in L.gather_rows:
                 if type(idx) is slice:
                     bufs[(pos, kk)] = S[kk][idx]
                 else:
                     buf = torch.empty((len(idx), *self.keys[kk]), dtype=dt, device=dev)
                     bufs[(pos, kk)] = buf
-                    L.gathers.append((S[kk], idx, buf))
+                    gathers.append((S[kk], idx, buf))
             pulled = {}
-            L.pull_ops = []
+            pulls = []
             for kk, lo, n, plan in L.pulls:
                 buf = torch.empty((n, *self.keys[kk]), dtype=dt, device=dev)
                 pulled[kk] = buf
-                L.pull_ops.append((E[kk], _bind_plan(plan, buf), buf))
+                pulls.append((E[kk], _bind_plan(plan, buf), buf))
+            groups = []
             for g in L.groups:
-                g.argv = [bufs[(pos, kk)][lo:hi] for pos, kk, lo, hi in g.args]
-                g.outv = S[g.out_key][g.lo:g.hi]
-                g.gv = pulled[g.out_key][g.glo:g.ghi]
-                g.destv = [None if d is None else E[d[0]][d[1]:d[2]] for d in g.dest]
-                g.zero = zero
+                argv = [bufs[(pos, kk)][lo:hi] for pos, kk, lo, hi in g.args]
+                outv = S[g.out_key][g.lo:g.hi]
+                gv = pulled[g.out_key][g.glo:g.ghi]
+                destv = [None if d is None else E[d[0]][d[1]:d[2]] for d in g.dest]
                 if g.agg:
-                    g.fw = functools.partial(_agg_fw, g)
-                    g.bw = functools.partial(_agg_bw, g)
-                    g.xin = g.argv[0] if g.rep_in is None else g.argv[0][g.rep_in]
-                    d = g.destv[0]
-                    if d is not None:
-                        d.zero_()
-                    g.dest_rep = d if (d is None or g.rep_in is None) else d[g.rep_in]
-        self._var_pull_ops = []
+                    # aggregations read the representative copy of their argument and write the
+                    # gradient to the representative copy of their edge (the rest stays zero)
+                    if g.rep_in is not None:
+                        argv = [argv[0][g.rep_in]]
+                        if destv[0] is not None:
+                            destv[0].zero_()
+                            destv = [destv[0][g.rep_in]]
+                groups.append((g, argv, outv, gv, destv))
+            b.levels.append((gathers, pulls, groups))
+        b.var_pulls = []
         for v, base, plan in self._var_pulls:
             buf = torch.empty((self.P, *self.shape), dtype=dt, device=dev)
-            self._var_pull_ops.append((v, E[self.kR], _bind_plan(plan, buf), buf))
+            b.var_pulls.append((v, E[self.kR], _bind_plan(plan, buf), buf))
+        b.roots = []
         for r in self._roots:
+            rep = _rep(self.keys[r.key], r.tshape)
             if type(r.idx) is slice:
-                r.src, r.buf = None, S[r.key][r.idx]
+                src, buf = None, S[r.key][r.idx]
             else:
-                r.src = S[r.key]
-                r.buf = torch.empty((r.n, *self.keys[r.key]), dtype=dt, device=dev)
-            r.rep = _rep(self.keys[r.key], r.tshape)
-            r.x = r.buf if r.rep is None else r.buf[r.rep]
-            r.dims = tuple(range(1, self.nd + 1))
+                src = S[r.key]
+                buf = torch.empty((r.n, *self.keys[r.key]), dtype=dt, device=dev)
+            b.roots.append((r, src, buf, buf if rep is None else buf[rep]))
+        return b
 
     def _index(self, rows: list[int]):
         if rows and rows == list(range(rows[0], rows[0] + len(rows))):
@@ -803,17 +884,29 @@ class Program:
     # ---- evaluation ----------------------------------------------------------------------------
     def run(self, X: torch.Tensor, grad: bool = True):
         """Loss values ``(P,)`` and (``grad=True``) gradients ``(P, *pred_shape)`` at the
-        predictions ``X (P, *pred_shape)``; candidate ``i`` reads ``X[i]``."""
+        predictions ``X (P, *pred_shape)``: ``X[i]`` is the prediction of ``exprs[i]``."""
         with torch.no_grad():
-            v, dX = self._step(X, grad)
-            out = torch.empty_like(v)
-            out[self.root_order] = v
-            return out, dX
+            v, dX = self._step(X.index_select(0, self._order), grad)
+            return self.to_given(self.roots_to_rows(v)), (None if dX is None else
+                                                          self.to_given(dX))
 
-    def _step(self, X, grad):
+    def roots_to_rows(self, v: torch.Tensor) -> torch.Tensor:
+        """Per-candidate values from the step's root order to row order."""
+        out = torch.empty_like(v)
+        out[self.root_order] = v
+        return out
+
+    def to_given(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-candidate rows (row order) to the order of the expressions given."""
+        out = torch.empty_like(t)
+        out[self._order] = t
+        return out
+
+    def _step(self, X, grad, bound=None):
         """(values in root order, gradients in candidate order)."""
+        b = bound or self._bound
         soft = None
-        for v, view in self._var_views:
+        for v, view in b.var_views:
             if v == "p":
                 soft = torch.softmax(X, dim=2)
                 view.copy_(soft)
@@ -821,50 +914,58 @@ class Program:
                 view.copy_(X)
         index_select = torch.index_select
         saved = []
-        for L in self.levels:
-            for src, idx, buf in L.gathers:
+        for gathers, _, groups in b.levels:
+            for src, idx, buf in gathers:
                 index_select(src, 0, idx, out=buf)
-            for g in L.groups:
-                saved.append(g.fw(g.argv, g.outv))
+            for g, argv, outv, _, _ in groups:
+                saved.append(_agg_fw(g, argv[0], outv) if g.agg else g.fw(argv, outv))
         vals = []
-        for r in self._roots:
-            if r.src is not None:
-                index_select(r.src, 0, r.idx, out=r.buf)
+        for r, src, buf, x in b.roots:
+            if src is not None:
+                index_select(src, 0, r.idx, out=buf)
             # one flat reduction per candidate, as the reference's ``x.mean()`` / ``x.sum()``
             if r.mask is None:
-                vals.append(r.x.reshape(r.n, -1).mean(1))
+                vals.append(x.reshape(r.n, -1).mean(1))
             else:
-                vals.append(torch.where(r.mask, r.x, self._zero).reshape(r.n, -1).sum(1) / r.count)
+                vals.append(torch.where(r.mask, x, self._zero).reshape(r.n, -1).sum(1) / r.count)
         values = vals[0] if len(vals) == 1 else torch.cat(vals)
         if not grad:
             return values, None
         k = len(saved)
-        for L in reversed(self.levels):
-            for E, plan, buf in L.pull_ops:
+        for _, pulls, groups in reversed(b.levels):
+            for E, plan, buf in pulls:
                 _pull(E, plan, buf)
-            k -= len(L.groups)
-            for g, sv in zip(L.groups, saved[k:k + len(L.groups)]):
-                g.bw(g.gv, g.argv, g.outv, sv, g.destv, g.direct)
+            k -= len(groups)
+            for (g, argv, outv, gv, destv), sv in zip(groups, saved[k:k + len(groups)]):
+                if g.agg:
+                    _agg_bw(g, gv, destv[0])
+                else:
+                    g.bw(gv, argv, outv, sv, destv, g.direct)
         dX = None
-        for v, E, plan, buf in self._var_pull_ops:
+        for v, E, plan, buf in b.var_pulls:
             gv = _pull(E, plan, buf)
             if v == "p":
                 gv = torch._softmax_backward_data(gv, soft, 2, X.dtype)
-            dX = gv if dX is None else dX + gv
+            dX = gv.clone() if dX is None and v != "p" else (gv if dX is None else dX + gv)
         if dX is None:
             dX = torch.zeros_like(X)
-        elif dX is buf:
-            dX = dX.clone()
         return values, dX
+
+
+class _Bound:
+    """Per-step buffers and views of a :class:`Program` (see ``_bind_buffers``)."""
+
+    __slots__ = ("var_views", "levels", "var_pulls", "roots")
 
 
 class _Template:
     """One expression compiled for a probe shape (see :meth:`Program._template`)."""
 
-    __slots__ = ("items", "root", "root_ts", "shared")
+    __slots__ = ("items", "root", "root_ts", "shared", "uses")
 
-    def __init__(self, items, root, root_ts, shared):
+    def __init__(self, items, root, root_ts, shared, uses):
         self.items, self.root, self.root_ts, self.shared = items, root, root_ts, shared
+        self.uses = uses
 
 
 #: Expr -> {(kind, shape, materialize): _Template}; entries go with their expression.
@@ -907,8 +1008,8 @@ def _pull(E, plan, buf):
     return buf
 
 
-def _agg_fw(g: _Group, a, out):
-    x = g.xin
+def _agg_fw(g: _Group, x, out):
+    """``out`` <- the aggregation of ``x`` (the representative copy of the argument)."""
     if g.op == "sum_c":
         r = x.sum(dim=2, keepdim=True)
     elif g.mask is None:
@@ -918,11 +1019,9 @@ def _agg_fw(g: _Group, a, out):
     out.copy_(r)
 
 
-def _agg_bw(g: _Group, go, a, out, saved, dest, direct):
-    # ``go`` holds the gradients of every stored copy of the (reduced) result: their sum is the
-    # gradient of the result; the input's gradient goes to its representative copy only (the
-    # other copies of an edge slot stay zero).
-    dest = g.dest_rep
+def _agg_bw(g: _Group, go, dest):
+    """``go`` holds the gradients of every stored copy of the (reduced) result: their sum is the
+    gradient of the result. ``dest``: the representative copy of the argument's edge slot."""
     if dest is None:
         return
     if g.copy_out:
@@ -962,35 +1061,20 @@ def supported(e: Expr, probe: Probe) -> bool:
 
 
 # ---- chunking ------------------------------------------------------------------------------------
-def _instances(e: Expr, pred: frozenset) -> int:
-    return sum(1 for n in e.nodes() if n.args and n.variables() & pred)
-
-
 def chunk_size(exprs: list[Expr], probe: Probe, budget: int = MEMORY_BUDGET) -> int:
     """Candidates per chunk so that one chunk's buffers stay within ``budget`` bytes.
 
-    Estimate: each prediction-dependent node of a candidate (and its prediction variables) costs
-    about 8 tensors of the prediction's size (value, gathered arguments, gradient edges, pulled
+    Estimate: every node of a candidate (its tree size, an upper bound on its rows) costs about
+    6 tensors of the prediction's size (value, gathered arguments, gradient edges, pulled
     gradients, saved intermediates).
     """
     if not exprs:
         return 1
-    pred = frozenset({"p", "z", "f"})
     numel = math.prod(probe.pred_shape)
-    rows = max(_instances(e, pred) + 2 for e in exprs[:4096])
-    mean_rows = sum(_instances(e, pred) + 2 for e in exprs[:4096]) / min(len(exprs), 4096)
-    per = max(1.0, (mean_rows + 0.1 * rows) * numel * 4 * 8)
+    sizes = [e.size() for e in exprs[:4096]]
+    rows = sum(sizes) / len(sizes) + 0.05 * max(sizes) + 2
+    per = rows * numel * 4 * 6
     return int(max(1, min(MAX_CHUNK, budget // per)))
-
-
-def _uses(e: Expr) -> tuple[int, ...]:
-    """How many times each prediction variable is an argument in ``e``."""
-    counts = {"p": 0, "z": 0, "f": 0}
-    for n in e.nodes():
-        for a in n.args:
-            if a.is_var and a.value in counts:
-                counts[a.value] += 1
-    return counts["p"], counts["z"], counts["f"]
 
 
 def _unique(exprs: list[Expr]) -> tuple[list[Expr], list[int]]:
@@ -1009,9 +1093,6 @@ def _programs(exprs: list[Expr], probe: Probe, device, chunk: int | None):
     """Yield (indices into ``exprs``, Program) per chunk; unsupported expressions are left out
     (their result stays ``None`` for the caller to compute with the reference)."""
     ok = [j for j, e in enumerate(exprs) if supported(e, probe)]
-    # candidates that read the prediction equally often side by side: the gradient of the
-    # prediction then sums contiguous runs of rows (see Program._plan)
-    ok.sort(key=lambda j: _uses(exprs[j]))
     size = chunk or chunk_size([exprs[j] for j in ok], probe)
     for lo in range(0, len(ok), size):
         idx = ok[lo:lo + size]
@@ -1045,7 +1126,7 @@ def checks_reasons(exprs: list[Expr], probe: Probe, pred: torch.Tensor, alt: Pro
     uniq, where = _unique(exprs)
     res: list[str | None] = [None] * len(uniq)
     dev = torch.device(device) if device is not None else probe.target.device
-    with torch.no_grad():
+    with torch.inference_mode():
         for idx, prog in _programs(uniq, probe, dev, chunk):
             X = _stacked(pred, len(idx), dev, prog.dtype)
             v1, g1 = prog.run(X)
@@ -1064,7 +1145,7 @@ def checks_reasons(exprs: list[Expr], probe: Probe, pred: torch.Tensor, alt: Pro
             same_v = torch.isfinite(v2) & (diff <= 1e-9 * (1 + v1d.abs()))
             near = torch.isfinite(v2) & fin_v & (diff <= 1e-4 * (1 + v1d.abs())) & close
             for j in near.nonzero().flatten().tolist():
-                e = prog.exprs[j]
+                e = prog.exprs[j]   # run() answers in the given order
                 a, b = _reference_value(e, probe, pred), _reference_value(e, alt, pred)
                 same_v[j] = bool(torch.isfinite(b)) and \
                     abs(float(b - a)) <= 1e-9 * (1 + abs(float(a)))
@@ -1120,18 +1201,23 @@ def fingerprints(exprs: list[Expr], probe: Probe, pred: torch.Tensor, device=Non
                  chunk: int | None = None) -> list[tuple[bool, str | None]]:
     """``(done, fingerprint)`` per expression, vectorised; ``done`` is False for an expression the
     program does not support (compute it with the reference)."""
-    from lossforge.evaluation.gec import format_fingerprint
-
     uniq, where = _unique(exprs)
     res: list[tuple[bool, str | None]] = [(False, None)] * len(uniq)
     dev = torch.device(device) if device is not None else probe.target.device
-    with torch.no_grad():
+    with torch.inference_mode():
         for idx, prog in _programs(uniq, probe, dev, chunk):
             _, g = prog.run(_stacked(pred, len(idx), dev, prog.dtype))
-            norms = g.flatten(2).norm(dim=2).cpu()
+            norms = g.flatten(2).norm(dim=2).cpu().tolist()
             for j, row in zip(idx, norms):
-                res[j] = (True, format_fingerprint(row))
+                res[j] = (True, _format_fingerprint(row))
     return [res[w] for w in where]
+
+
+def _format_fingerprint(norms: list[float]) -> str | None:
+    """:func:`~lossforge.evaluation.gec.format_fingerprint` of a row of floats."""
+    if not all(math.isfinite(v) for v in norms):
+        return None
+    return ",".join(f"{v:.1e}" for v in norms)
 
 
 def _run_gec(stage, candidates: list[Candidate], device, chunk) -> None:
@@ -1155,7 +1241,7 @@ def optimise(prog: Program, init: torch.Tensor, config) -> tuple[torch.Tensor, t
     tensor operations as torch's single-tensor implementations.
     """
     P = prog.P
-    with torch.no_grad():
+    with torch.inference_mode():
         X = _stacked(init, P, prog.device, prog.dtype)
         alive = torch.ones(P, dtype=torch.bool, device=prog.device)   # in root order
         lr, momentum = config.lr, config.momentum
@@ -1183,13 +1269,12 @@ def optimise(prog: Program, init: torch.Tensor, config) -> tuple[torch.Tensor, t
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 bias1 = 1 - beta1 ** t
                 bias2 = 1 - beta2 ** t
-                denom = (v.sqrt() / math.sqrt(bias2)).add_(eps)
+                denom = (v.sqrt() / bias2 ** 0.5).add_(eps)
                 X.addcdiv_(m, denom, value=-(lr / bias1))
         else:
             raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
-        out = torch.empty_like(alive)
-        out[prog.root_order] = alive
-    return X, out
+        alive = prog.to_given(prog.roots_to_rows(alive))
+    return prog.to_given(X), alive
 
 
 def lrp_scores(exprs: list[Expr], probe: Probe, metric, config, init: torch.Tensor,
@@ -1202,19 +1287,18 @@ def lrp_scores(exprs: list[Expr], probe: Probe, metric, config, init: torch.Tens
     res: list[tuple[bool, float | None]] = [(False, None)] * len(uniq)
     dev = torch.device(device) if device is not None else probe.target.device
     target = probe.target.cpu().numpy()
-    base = None
-    for idx, prog in _programs(uniq, probe, dev, chunk):
-        X, alive = optimise(prog, init, config)
-        ok = (alive & torch.isfinite(X).flatten(1).all(1)).cpu().tolist()
-        # the metric of each candidate's predictions (as lrp.metric_value: argmax of the logits)
-        labels = (X.argmax(dim=2) if probe.kind == "classification" else X).cpu().numpy()
-        if base is None:
-            base = metric_value(metric, probe, init)
-        for j, good, lab in zip(idx, ok, labels):
-            if good:
-                res[j] = (True, metric.sign * (float(metric.fn(lab, target)) - base))
-            else:
-                res[j] = (True, None)
+    base = metric_value(metric, probe, init)
+    with torch.inference_mode():
+        for idx, prog in _programs(uniq, probe, dev, chunk):
+            X, alive = optimise(prog, init, config)
+            ok = (alive & torch.isfinite(X).flatten(1).all(1)).cpu().tolist()
+            # each candidate's metric, as lrp.metric_value (argmax of the logits)
+            labels = (X.argmax(dim=2) if probe.kind == "classification" else X).cpu().numpy()
+            for j, good, lab in zip(idx, ok, labels):
+                if good:
+                    res[j] = (True, metric.sign * (float(metric.fn(lab, target)) - base))
+                else:
+                    res[j] = (True, None)
     return [res[w] for w in where]
 
 

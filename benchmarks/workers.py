@@ -1,0 +1,103 @@
+"""Speed-up of a proxy-bound search on 2 local worker processes over 1.
+
+The same search (``digits``, AutoLoss-Zero, LRP off so that nearly every candidate is trained,
+seed fixed) runs with ``--workers 1`` and ``--workers 2`` (and in-process for reference). Worker
+processes are started and warmed up (torch imported, task data loaded) before the clock starts,
+so the times compare the search itself. The runs must produce the same study (order of rows
+aside). Prints a table and, as the last line, a JSON object with ``speedup_2_workers`` (search
+wall time with 1 worker / with 2).
+
+    python benchmarks/workers.py [--budget 32] [--proxy-steps 150] [--repeats 1] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from lossforge import tasks
+from lossforge.evaluation.funnel import FunnelConfig
+from lossforge.evaluation.proxy import _safe_job
+from lossforge.execution import make_executor
+from lossforge.study import LossSearch
+
+
+def warm_up(executor, task, workers: int) -> None:
+    """Start every worker and load the task's data in it (short trainings, in parallel)."""
+    futures = [executor.submit(_safe_job, (task, "-sum_c(y * log(p))", task.default_metric, 2, i,
+                                           "cpu")) for i in range(2 * workers)]
+    for f in futures:
+        f.result()
+
+
+def run(label: str, workers: int | None, args, funnel: FunnelConfig, workdir: Path):
+    task = tasks.get(args.task)
+    task.data()
+    executor = make_executor(workers=workers)
+    if workers:
+        warm_up(executor, task, workers)
+    path = workdir / f"{label}-{time.monotonic_ns()}.db"
+    try:
+        start = time.perf_counter()
+        study = LossSearch(task=task, storage=path, budget=args.budget, seed=args.seed,
+                           funnel=funnel, strategy_options={"batch_size": args.generation},
+                           executor=executor).run()
+        wall = time.perf_counter() - start
+    finally:
+        executor.shutdown()
+    stats = study.stats
+    key = sorted((r.generation, r.slot, r.formula, r.status, r.fitness) for r in study.candidates)
+    study.close()
+    return {"label": label, "wall": wall, "proxy": stats["proxy"]["seconds"],
+            "trained": stats["proxy"]["out"], "key": key}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="digits")
+    ap.add_argument("--budget", type=int, default=32)
+    ap.add_argument("--generation", type=int, default=16, help="candidates per generation")
+    ap.add_argument("--proxy-steps", type=int, default=150)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="budget 16, 60 proxy steps")
+    ap.add_argument("--no-serial", action="store_true", help="skip the in-process reference run")
+    args = ap.parse_args()
+    if args.quick:
+        args.budget, args.generation, args.proxy_steps = 16, 16, 60
+    torch.set_num_threads(1)  # the in-process reference: one thread, like each worker
+    funnel = replace(FunnelConfig(), use_lrp=False)
+    funnel = replace(funnel, proxy=replace(funnel.proxy, steps=args.proxy_steps))
+    plan = ([] if args.no_serial else [("in-process", None)]) + [("1 worker", 1), ("2 workers", 2)]
+    results: dict[str, list[dict]] = {label: [] for label, _ in plan}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeats):  # alternate, so that machine noise hits all alike
+            for label, workers in plan:
+                results[label].append(run(label, workers, args, funnel, Path(tmp)))
+    keys = {label: rs[0]["key"] for label, rs in results.items()}
+    same = all(k == keys["1 worker"] for k in keys.values())
+    best = {label: min(rs, key=lambda r: r["wall"]) for label, rs in results.items()}
+    one = best["1 worker"]["wall"]
+    print(f"{args.task}: budget {args.budget}, {args.proxy_steps} proxy steps, LRP off, "
+          f"{os.cpu_count()} CPUs, best of {args.repeats}")
+    print(f"{'executor':<12} {'search s':>9} {'proxy s':>8} {'trained':>8} {'speed-up':>9}")
+    for label, r in best.items():
+        print(f"{label:<12} {r['wall']:>9.2f} {r['proxy']:>8.2f} {r['trained']:>8} "
+              f"{one / r['wall']:>8.2f}x")
+    print(f"same study contents: {same}")
+    speedup = one / best["2 workers"]["wall"]
+    print(json.dumps({"speedup_2_workers": round(speedup, 3), "task": args.task,
+                      "budget": args.budget, "proxy_steps": args.proxy_steps,
+                      "seconds_1_worker": round(one, 3),
+                      "seconds_2_workers": round(best["2 workers"]["wall"], 3),
+                      "same_results": same, "cpus": os.cpu_count()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,432 @@
+"""``lossforge report FILE -o DIR``: an HTML page and PNG plots of a study, from its file alone.
+
+Nothing but the SQLite study file is read (no task data, no training), so a report can be made
+after a crash, while the search still runs, or on another machine. ``DIR`` receives:
+
+* ``index.html`` — settings, best loss, funnel counts and timings, hall of fame, the ``evaluate``
+  table when one was saved (``lossforge evaluate … --study FILE``), failures with their reasons;
+* ``progress.png`` — best and median fitness over the explored candidates;
+* ``funnel.png`` — candidates entering each stage, and how they ended;
+* ``pareto.png`` — fitness against expression size, with the hall of fame (Pareto front);
+* ``loss_K.png`` — for the top hall-of-fame losses, the loss and its gradient as functions of the
+  true-class probability ``t`` next to cross-entropy (the plot GLO used to explain Baikal): the
+  probe has C classes (the task's count, clipped to 2..10), the true class has probability ``t``
+  and the others share ``1 - t`` equally; ``z = log p``. Regression losses are drawn against the
+  residual ``f - y`` next to the squared error;
+* ``formula_K.png`` — each formula typeset with matplotlib's mathtext (plain text in the page if
+  mathtext cannot typeset it).
+
+Plots use matplotlib's Agg canvas directly (no pyplot, no global backend change). The page has no
+scripts and no external resources. To check it in a real browser (not needed by the tests, which
+skip it when Chromium is absent)::
+
+    apt-get install -y chromium
+    chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,3000 \\
+        --screenshot=/tmp/report.png DIR/index.html
+"""
+from __future__ import annotations
+
+import html
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lossforge.evaluation.candidate import (FAILED, GEC_HIT, INVALID, REJECTED_CHECKS,
+                                            REJECTED_LRP, TRAINED)
+from lossforge.expr import parse
+from lossforge.expr.export import loss_kind, loss_value
+
+#: Size of every plot, inches at ``DPI``: 960 × 540 pixels.
+FIGSIZE, DPI = (9.6, 5.4), 100
+CE = "-sum_c(y * log(p))"
+MSE = "mean_c(square(f - y))"
+
+
+def write_report(study_path: str | Path, output: str | Path, top: int = 3) -> Path:
+    """Write the report of the study at ``study_path`` into the directory ``output``; returns the
+    path of ``index.html``. Raises :class:`~lossforge.storage.StudyFileError` for a bad file."""
+    data = read_study(study_path)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {name: _save(fig, out / f"{name}.png") for name, fig in make_figures(data, top).items()}
+    losses = []
+    for k, entry in enumerate(data["hof"][:top], 1):
+        losses.append({"rank": k, "entry": entry, "plot": figures[f"loss_{k}"],
+                       "latex": _typeset(parse(entry.formula, strict=False), out / f"formula_{k}.png")})
+    best_latex = None
+    if data["best"] is not None:
+        best_latex = _typeset(parse(data["best"].formula, strict=False), out / "formula_best.png")
+    index = out / "index.html"
+    index.write_text(_html(data, figures, losses, best_latex), encoding="utf-8")
+    return index
+
+
+def make_figures(data: dict[str, Any], top: int = 3) -> dict[str, Any]:
+    """The report's matplotlib figures by file stem: progress, funnel, pareto, loss_1 … loss_top."""
+    figures = {"progress": _plot_progress(data["rows"], data["metric"]),
+               "funnel": _plot_funnel(data["stats"]),
+               "pareto": _plot_pareto(data["rows"], data["hof"], data["metric"])}
+    for k, entry in enumerate(data["hof"][:top], 1):
+        figures[f"loss_{k}"] = _plot_loss(parse(entry.formula, strict=False), entry.formula,
+                                          data["num_classes"], k)
+    return figures
+
+
+# --- reading the study --------------------------------------------------------------------------
+def read_study(path: str | Path) -> dict[str, Any]:
+    """Everything the report shows, read from the study file (read-only when possible)."""
+    from lossforge.storage import Store, StudyFileError
+    from lossforge.study import Study
+
+    try:
+        store = Store.open(path, readonly=True)
+    except StudyFileError:
+        store = Store.open(path)  # e.g. a WAL file that needs its -shm: the real error, if any
+    study = Study(store)
+    try:
+        return _collect(study)
+    finally:
+        study.close()
+
+
+def _collect(study) -> dict[str, Any]:
+    s = study.settings
+    rows = study.candidates
+    num_classes = None
+    try:  # the class count, if this machine knows the task (only for the probe's size)
+        from lossforge import tasks
+
+        num_classes = tasks.get(s["task"]).num_classes
+    except Exception:
+        pass
+    return {"path": str(study.path), "settings": s, "metric": s.get("metric", "fitness"),
+            "rows": rows, "stats": study.stats, "hof": study.hall_of_fame, "best": study.best,
+            "evaluation": study.store.meta("evaluation"), "created": study.store.meta("created"),
+            "num_classes": min(10, max(2, num_classes or 10)), "explored": len(rows)}
+
+
+# --- plots --------------------------------------------------------------------------------------
+def _figure(ncols: int = 1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)  # fixed margins: a layout engine doubles the time
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols)
+    if ncols == 1:
+        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.91)
+    else:  # room for tick labels of both axes of each panel (a twin axis for the reference)
+        fig.subplots_adjust(left=0.1, right=0.92, bottom=0.12, top=0.91, wspace=0.62)
+    return fig, axes
+
+
+def _save(fig, path: Path) -> str:
+    """Write ``fig`` as a PNG of ``FIGSIZE`` × ``DPI`` pixels; returns the file name."""
+    fig.savefig(path, dpi=DPI)
+    return path.name
+
+
+def _empty(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def _plot_progress(rows, metric: str):
+    fig, ax = _figure()
+    xs, fits, best, median = [], [], [], []
+    trained: list[float] = []
+    for i, r in enumerate(rows, 1):
+        if r.status == TRAINED and r.fitness is not None:
+            trained.append(r.fitness)
+            xs.append(i)
+            fits.append(r.fitness)
+            best.append(max(best[-1], r.fitness) if best else r.fitness)
+            median.append(statistics.median(trained))
+    if xs:
+        ax.scatter(xs, fits, s=10, color="0.7", label="trained candidate", zorder=1)
+        ax.step(xs + [len(rows)], best + best[-1:], where="post", color="C3", lw=2,
+                label="best so far", zorder=3)
+        ax.plot(xs, median, color="C0", lw=1.5, label="median of trained so far", zorder=2)
+        ax.legend(loc="best")
+    else:
+        _empty(ax, "no candidate trained yet")
+    ax.set_xlim(0, max(1, len(rows)))
+    ax.set_xlabel("candidates explored")
+    ax.set_ylabel(f"fitness ({metric}, higher is better)")
+    ax.set_title("Search progress")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _plot_funnel(stats: dict):
+    fig, ax = _figure()
+    bars = [("explored", stats["checks"]["in"], "0.5"),
+            ("passed checks", stats["checks"]["out"], "C1"),
+            ("not a GEC hit", stats["gec"]["out"], "C9"),
+            ("passed LRP", stats["lrp"]["out"], "C4"),
+            ("trained", stats["proxy"]["out"], "C2"),
+            ("invalid", stats["proxy"]["invalid"], "C3"),
+            ("failed", stats["proxy"]["failed"], "k")]
+    labels = [b[0] for b in bars]
+    values = [b[1] for b in bars]
+    drawn = ax.bar(labels, values, color=[b[2] for b in bars])
+    ax.bar_label(drawn, labels=[str(v) for v in values], padding=2)
+    ax.set_xlabel("funnel stage (checks → GEC → LRP → proxy training)")
+    ax.set_ylabel("candidates")
+    ax.set_title("Funnel: candidates entering each stage, and how proxy trainings ended")
+    ax.set_ylim(0, max(1, max(values)) * 1.12)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _plot_pareto(rows, hof, metric: str):
+    fig, ax = _figure()
+    pts = [(r.size, r.fitness) for r in rows if r.status == TRAINED and r.fitness is not None]
+    if pts:
+        ax.scatter(*zip(*pts), s=14, color="0.65", label="trained candidates")
+        front = sorted((h.size, h.fitness) for h in hof)
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="C3", lw=1.5)
+        ax.scatter([p[0] for p in front], [p[1] for p in front], s=40, color="C3", zorder=3,
+                   label="hall of fame (Pareto front)")
+        for k, h in enumerate(hof[:10], 1):
+            ax.annotate(f"#{k}", (h.size, h.fitness), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8, color="C3")
+        ax.legend(loc="best")
+    else:
+        _empty(ax, "no candidate trained yet")
+    ax.set_xlabel("expression size (nodes)")
+    ax.set_ylabel(f"fitness ({metric}, higher is better)")
+    ax.set_title("Fitness against size")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def probe_curve(expr, num_classes: int, points: int = 99) -> tuple[list[float], list[float], list[float]]:
+    """Loss and d loss / d t over the true-class probability ``t`` in (0, 1) for one example with
+    ``num_classes`` classes, the others sharing ``1 - t`` (classification), or over the residual
+    ``f - y`` in [-3, 3] (regression). Returns ``(xs, values, gradients)``; ``nan`` where undefined."""
+    regression = loss_kind(expr) == "regression"
+    if regression:
+        xs = [-3 + 6 * i / (points - 1) for i in range(points)]
+    else:
+        xs = [(i + 1) / (points + 1) for i in range(points)]
+    values, grads = [], []
+    for x in xs:
+        t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        if regression:
+            env = {"f": t.reshape(1, 1), "y": torch.zeros(1, 1, dtype=torch.float64)}
+        else:
+            rest = (1 - t) / (num_classes - 1)
+            p = torch.cat([t.reshape(1), rest.expand(num_classes - 1)]).reshape(1, num_classes)
+            y = torch.zeros(1, num_classes, dtype=torch.float64)
+            y[0, 0] = 1.0
+            env = {"p": p, "y": y, "z": torch.log(p)}
+        try:
+            value = loss_value(expr, env)
+            (grad,) = torch.autograd.grad(value, t, allow_unused=True)
+            v = float(value.detach())
+            g = 0.0 if grad is None else float(grad)
+        except Exception:  # an op undefined here: leave a gap in the curve
+            v = g = math.nan
+        values.append(v if math.isfinite(v) else math.nan)
+        grads.append(g if math.isfinite(g) else math.nan)
+    return xs, values, grads
+
+
+def _limits(values: list[float]) -> tuple[float, float] | None:
+    finite = sorted(v for v in values if math.isfinite(v))
+    if not finite:
+        return None
+    lo, hi = finite[int(0.02 * (len(finite) - 1))], finite[int(0.98 * (len(finite) - 1))]
+    pad = 0.08 * (hi - lo) if hi > lo else max(1.0, abs(hi)) * 0.1
+    return lo - pad, hi + pad
+
+
+def _plot_loss(expr, formula: str, num_classes: int, rank: int):
+    fig, (ax_l, ax_g) = _figure(2)
+    regression = loss_kind(expr) == "regression"
+    ref_name = "squared error" if regression else "cross-entropy"
+    ref = parse(MSE if regression else CE)
+    xs, lv, lg = probe_curve(expr, num_classes)
+    _, rv, rg = probe_curve(ref, num_classes)
+    xlabel = "residual f − y" if regression else f"true-class probability t ({num_classes} classes)"
+    grad = "gradient d loss / d f" if regression else "gradient d loss / d t"
+    for ax, ours, theirs, what in ((ax_l, lv, rv, "loss"), (ax_g, lg, rg, grad)):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(what)
+        ax.axhline(0, color="0.8", lw=0.8)
+        ax.grid(alpha=0.3)
+        mine, ref_lim = _limits(ours), _limits(theirs)
+        span = lambda lim: (lim[1] - lim[0]) if lim else 0.0  # noqa: E731
+        apart = mine and ref_lim and not (0.05 < span(mine) / max(span(ref_lim), 1e-12) < 20)
+        ref_ax = ax.twinx() if apart else ax  # scales too different: the reference on its own axis
+        lines = ref_ax.plot(xs, theirs, color="0.5", ls="--", lw=1.5,
+                            label=ref_name + (" (right axis)" if apart else ""))
+        lines += ax.plot(xs, ours, color="C3", lw=2, label=f"#{rank}")
+        if apart:
+            ref_ax.set_ylim(*ref_lim)
+            ref_ax.set_ylabel(f"{ref_name} {what}", color="0.4")
+            ax.set_ylim(*mine)
+        else:
+            lim = _limits(ours + theirs)
+            if lim:
+                ax.set_ylim(*lim)
+        if all(math.isnan(v) for v in ours):
+            _empty(ax, "undefined on this probe")
+        ax.legend(lines, [ln.get_label() for ln in lines], loc="best")
+    short = formula if len(formula) <= 90 else formula[:87] + "…"
+    fig.suptitle(f"#{rank}: {short}", fontsize=10)
+    return fig
+
+
+def _typeset(expr, path: Path) -> dict[str, str | None]:
+    """The formula as LaTeX and, when mathtext can typeset it, a PNG of it."""
+    from matplotlib import mathtext
+
+    try:
+        latex = expr.to_latex()
+    except Exception:
+        return {"latex": None, "png": None}
+    try:
+        mathtext.math_to_image(f"${latex}$", str(path), dpi=200, format="png")
+        return {"latex": latex, "png": path.name}
+    except Exception:  # mathtext covers a subset of LaTeX: plain text instead
+        path.unlink(missing_ok=True)
+        return {"latex": latex, "png": None}
+
+
+# --- the page -----------------------------------------------------------------------------------
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1000px;
+       margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; vertical-align: top; }
+th { background: #f3f3f3; } td.f { text-align: left; font-family: ui-monospace, monospace; }
+img.plot { width: 100%; max-width: 960px; border: 1px solid #eee; }
+img.formula { max-width: 100%; margin: 0.3em 0; }
+code { background: #f5f5f5; padding: 0.1em 0.3em; }
+.muted { color: #777; }
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    return f"{v:.{digits}f}" if isinstance(v, float) else _e(v)
+
+
+def _formula_block(formula: str, typeset: dict | None) -> str:
+    parts = []
+    if typeset and typeset.get("png"):
+        parts.append(f'<img class="formula" src="{_e(typeset["png"])}" alt="{_e(formula)}">')
+    parts.append(f"<div><code>{_e(formula)}</code></div>")
+    return "\n".join(parts)
+
+
+def _html(data: dict, figures: dict[str, str], losses: list[dict], best_latex) -> str:
+    s = data["settings"]
+    created = data["created"]
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) if created else "—"
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>lossforge report — {_e(Path(data['path']).name)}</title>",
+           f"<style>{_CSS}</style></head><body>",
+           f"<h1>lossforge study <code>{_e(Path(data['path']).name)}</code></h1>",
+           f'<p class="muted">Made from the study file alone ({_e(data["path"])}, created {when}); '
+           f"report written {time.strftime('%Y-%m-%d %H:%M')}.</p>",
+           "<table><tr><th>task</th><th>metric</th><th>strategy</th><th>space</th><th>seed</th>"
+           "<th>explored / budget</th></tr>",
+           f"<tr><td>{_e(s.get('task'))}</td><td>{_e(s.get('metric'))}</td><td>{_e(s.get('strategy'))}</td>"
+           f"<td>{_e(s.get('space'))}</td><td>{_e(s.get('seed'))}</td>"
+           f"<td>{data['explored']} / {_e(s.get('budget'))}</td></tr></table>"]
+    best = data["best"]
+    out.append("<h2>Best loss</h2>")
+    if best is None:
+        out.append("<p>No candidate has been trained yet.</p>")
+    else:
+        out.append(f"<p>fitness <b>{_num(best.fitness)}</b> ({_e(data['metric'])}), size {best.size}</p>")
+        out.append(_formula_block(best.formula, best_latex))
+    out.append("<h2>Search progress</h2>")
+    out.append(f'<img class="plot" src="{_e(figures["progress"])}" alt="best and median fitness '
+               'over explored candidates">')
+    out.append("<h2>Funnel</h2>")
+    out.append(f'<img class="plot" src="{_e(figures["funnel"])}" alt="funnel stage counts">')
+    out.append("<table><tr><th>stage</th><th>in</th><th>out</th><th>seconds</th></tr>")
+    for name, st in data["stats"].items():
+        extra = ""
+        if name == "proxy":
+            extra = f" (invalid {st['invalid']}, failed {st['failed']})"
+        out.append(f"<tr><td class=\"f\">{_e(name)}</td><td>{st['in']}</td><td>{st['out']}{extra}</td>"
+                   f"<td>{st['seconds']:.1f}</td></tr>")
+    out.append("</table>")
+    out.append("<h2>Hall of fame</h2>")
+    out.append(f'<img class="plot" src="{_e(figures["pareto"])}" alt="fitness against size">')
+    if data["hof"]:
+        metric_names = sorted({m for h in data["hof"] for m in h.metrics})
+        out.append("<table><tr><th>rank</th><th>fitness</th><th>size</th>"
+                   + "".join(f"<th>{_e(m)}</th>" for m in metric_names) + "<th>formula</th></tr>")
+        for k, h in enumerate(data["hof"], 1):
+            out.append(f"<tr><td>{k}</td><td>{_num(h.fitness)}</td><td>{h.size}</td>"
+                       + "".join(f"<td>{_num(h.metrics.get(m))}</td>" for m in metric_names)
+                       + f'<td class="f">{_e(h.formula)}</td></tr>')
+        out.append("</table>")
+    if losses:
+        out.append("<h2>Top losses against cross-entropy</h2>")
+        out.append(f'<p class="muted">One example with {data["num_classes"]} classes: the true class '
+                   "has probability t, the others share 1 − t equally (z = log p). Left: the loss; "
+                   "right: its derivative with respect to t. Regression losses: against the "
+                   "residual f − y, next to the squared error.</p>")
+        for item in losses:
+            h = item["entry"]
+            out.append(f"<h3>#{item['rank']} — fitness {_num(h.fitness)}, size {h.size}</h3>")
+            out.append(_formula_block(h.formula, item["latex"]))
+            out.append(f'<img class="plot" src="{_e(item["plot"])}" alt="loss #{item["rank"]} and '
+                       "its gradient against cross-entropy\">")
+    if data["evaluation"]:
+        out.append(_evaluation_html(data["evaluation"]))
+    failed = [r for r in data["rows"] if r.status == FAILED]
+    if failed:
+        out.append(f"<h2>Failed evaluations ({len(failed)})</h2><table><tr><th>generation</th>"
+                   "<th>slot</th><th>formula</th><th>reason</th></tr>")
+        for r in failed[:50]:
+            out.append(f"<tr><td>{r.generation}</td><td>{r.slot}</td><td class=\"f\">{_e(r.formula)}</td>"
+                       f"<td class=\"f\">{_e(r.details.get('reason', ''))}</td></tr>")
+        out.append("</table>")
+    counts = {st: sum(r.status == st for r in data["rows"]) for st in
+              (REJECTED_CHECKS, GEC_HIT, REJECTED_LRP, TRAINED, INVALID, FAILED)}
+    out.append('<p class="muted">Statuses: ' + ", ".join(f"{_e(k)} {v}" for k, v in counts.items())
+               + ".</p>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _evaluation_html(ev: dict) -> str:
+    """The ``evaluate`` comparison table: mean ± std per metric, Δ and Welch p vs the baseline."""
+    metrics = ev.get("metrics", [])
+    higher = ev.get("higher_is_better", {})
+    out = [f"<h2>Evaluation on {_e(ev.get('task'))}</h2>",
+           f"<p class=\"muted\">{_e(ev.get('split'))} split, {len(ev.get('seeds', []))} seed(s), "
+           f"{_e(ev.get('steps'))} steps; Δ and Welch p vs {_e(ev.get('baseline'))}.</p>",
+           "<table><tr><th>loss</th><th>runs</th>"
+           + "".join(f"<th>{_e(m)} {'↑' if higher.get(m, True) else '↓'}</th>" for m in metrics)
+           + "</tr>"]
+    for row in ev.get("rows", []):
+        cells = [f'<td class="f">{_e(row["loss"])}</td>',
+                 f"<td>{row['runs'] - row['invalid']}/{row['runs']}</td>"]
+        for m in metrics:
+            cell = f"{_num(row['mean'].get(m))} ± {_num(row['std'].get(m))}"
+            if row["loss"] != ev.get("baseline"):
+                d, p = row["delta"].get(m), row["p_value"].get(m)
+                cell += (f"<br><span class=\"muted\">Δ {'—' if d is None else f'{d:+.4f}'} "
+                         f"(p={_num(p, 3)})</span>")
+            cells.append(f"<td>{cell}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
