@@ -125,6 +125,32 @@ def test_live_view_is_shown_on_stderr_with_the_funnel_and_hall_of_fame(tmp_path)
     assert "best" in result.stdout
 
 
+def test_search_view_starts_from_the_file_and_counts_each_slot_once(tiny_study):
+    from rich.console import Console
+
+    from lossforge.live import SearchView
+
+    path, _ = tiny_study
+    study = load_study(path)
+    view = SearchView("resuming", study=path)
+    assert view.explored == 16 and view.budget == 16
+    stats = study.stats
+    assert view.counts["trained"] == stats["proxy"]["out"]
+    assert view.counts["rejected-checks"] == stats["checks"]["in"] - stats["checks"]["out"]
+    assert [(f, s, formula) for f, s, formula in view.hall_of_fame()] == \
+        [(h.fitness, h.size, h.formula) for h in study.hall_of_fame]
+    event = {"explored": 17, "budget": 24, "generation": 2, "slot": 0, "status": "trained",
+             "formula": "p", "fitness": 2.0, "size": 1, "reason": ""}
+    view.update(event)
+    view.update(event)  # the study may report a slot twice
+    assert view.explored == 17 and view.counts["trained"] == stats["proxy"]["out"] + 1
+    assert view.hall_of_fame()[0] == (2.0, 1, "p")
+    console = Console(record=True, width=120)
+    console.print(view)
+    text = console.export_text()
+    assert "17/24" in text and "funnel: explored 17" in text and "last: trained 2.0000" in text
+
+
 # --- bad input --------------------------------------------------------------------------------------
 def test_resume_missing_file(tmp_path):
     one_line_error(invoke("resume", tmp_path / "missing.db"), "does not exist")

@@ -1,6 +1,5 @@
 """Executors: in-process, local processes, Dask (an in-process cluster here, a 2-process one in the
 slow tests); same seed ⇒ same study whatever the executor; timeouts; workers that die."""
-import os
 import pickle
 import signal
 import subprocess
@@ -37,7 +36,7 @@ def reference(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inproc_client():
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                       dashboard_address=None)
+                                       dashboard_address=":0")
     client = distributed.Client(cluster, set_as_default=False)
     yield client
     client.close()

@@ -187,13 +187,20 @@ def _run_search(make_study, title: str, fmt: str, path: str, budget: Optional[in
     from lossforge.execution import make_executor
     from lossforge.live import LiveView, SearchView
 
-    executor = make_executor(workers=workers, dask=dask, timeout=timeout)
+    # no option: executor None, the API's default (in-process, where the proxy stage may batch)
+    plain = workers is None and dask is None and timeout is None
+    executor = None if plain else make_executor(workers=workers, dask=dask, timeout=timeout)
     try:
-        view = SearchView(title, study=path, budget=budget, executor=repr(executor))
-        with LiveView(err_console, view, enabled=fmt != "json") as live:
-            study = make_study(live.update, executor)
+        if fmt == "json":  # stdout gets the final JSON only, stderr nothing
+            study = make_study(None, executor)
+        else:
+            view = SearchView(title, study=path, budget=budget,
+                              executor="in-process" if plain else repr(executor))
+            with LiveView(err_console, view) as live:
+                study = make_study(live.update, executor)
     finally:
-        executor.shutdown()
+        if executor is not None:
+            executor.shutdown()
     _print_study(study, top=10, fmt=fmt)
     study.close()
 

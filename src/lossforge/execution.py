@@ -4,10 +4,11 @@
 
 * in-process (default) — :class:`SerialExecutor`: ``submit`` runs the job at once and returns a
   completed future (the proxy stage consumes it job by job, so each result is committed at once);
-* ``workers=N`` — :class:`ProcessExecutor`: N local processes (``ProcessPoolExecutor``, ``spawn``
-  context, one torch thread each). A job that kills its process breaks the pool: the jobs that
-  were in flight are re-run one at a time in a quarantine process, which finds the culprit; it is
-  retried ``max_retries`` times and then fails (status ``failed``), the others finish normally;
+* ``workers=N`` — :class:`ProcessExecutor`: N local processes (``ProcessPoolExecutor``,
+  ``forkserver`` context with torch preloaded, or ``spawn``; one torch thread each). A job that
+  kills its process breaks the pool: the jobs that were running are re-run one at a time in a
+  quarantine process, which finds the culprit; it is re-run ``max_retries`` times and then fails
+  (status ``failed``), the others finish normally. Workers exit when the study process dies;
 * ``dask=ADDRESS`` — :class:`DaskExecutor` on a Dask distributed cluster (``tcp://host:8786``, or
   ``local:N`` for a ``LocalCluster`` of N single-threaded worker processes, or a ``Client``).
   Dask's scheduler re-runs the tasks of a lost worker itself; a task that takes down
@@ -20,9 +21,12 @@ stops at its next model or loss forward pass and its candidate is marked ``faile
 
 Results do not depend on the executor: a proxy training is seeded per candidate and runs on one
 thread in a worker, so the same seed gives the same study contents (rows may arrive in another
-order). Tasks travel to workers by pickle; the data a built-in task caches (``cached_property``)
-is left out of the pickle and reloaded — deterministically — once per worker process, which keeps
-each job's message small (a ``shapes-cls`` task with its data loaded pickles to ~100 MB).
+order). Tasks travel to workers by pickle, so a task class must be importable where the workers
+run (built-in tasks are; a user task's module must be on the workers' path). The data a task
+caches (``cached_property``) is left out of the pickle and reloaded — deterministically — once per
+worker process, which keeps each job's message small (``shapes-cls`` with its data loaded pickles
+to ~100 MB). A per-candidate timeout cannot interrupt a single native operation that never
+returns; proxy trainings are made of many short ones.
 """
 from __future__ import annotations
 
@@ -410,7 +414,7 @@ class DaskExecutor(Executor):
                 config["distributed.scheduler.allowed-failures"] = allowed_failures
             with dask.config.set(config):
                 self._cluster = distributed.LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                     silence_logs=logging.ERROR)
             self.client = distributed.Client(self._cluster, set_as_default=False)
             self.address = f"local:{n}"

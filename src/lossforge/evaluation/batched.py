@@ -50,8 +50,8 @@ from lossforge.expr import kernels as K
 from lossforge.expr import ops as _ops
 from lossforge.expr.expr import Expr
 
-__all__ = ["Program", "UnsupportedExpr", "run_stage", "checks_reasons", "fingerprints", "lrp_scores",
-           "optimise", "chunk_size", "supported"]
+__all__ = ["Program", "UnsupportedExpr", "run_stage", "checks_reasons", "fingerprints",
+           "lrp_scores", "optimise", "chunk_size", "supported", "clear_cache"]
 
 EPS = K.EPS
 _LN10 = 2.3025850929940456
@@ -69,8 +69,8 @@ MATERIALIZE_NUMEL = 4096
 # A forward ``fw(args, out)`` writes exactly what ``kernels.k_<op>(*args)`` computes (same torch
 # calls in the same order) into ``out`` and returns what its backward needs. A backward
 # ``bw(g, args, out, saved, dest, direct)`` writes each argument's vector-Jacobian product into
-# ``dest[k]`` (``None``: not needed), following PyTorch's derivative formula for the kernel's calls,
-# so that gradients agree with autograd on the reference path up to the order of accumulation.
+# ``dest[k]`` (``None``: not needed) with PyTorch's own derivative formula for the kernel's calls:
+# per op, bit for bit what autograd gives on the reference path (tests/test_batched.py checks it).
 # ``direct[k]``: ``dest[k]`` has the full shape of the product (no broadcast reduction needed).
 
 class _Consts:
@@ -395,7 +395,7 @@ def _copy_dims(key, true) -> list[int]:
     return [d + 1 for d, (k, t) in enumerate(zip(key, true)) if t == 1 and k != 1]
 
 
-# ---- the compiled population ---------------------------------------------------------------------
+# ---- the compiled population --------------------------------------------------------------------
 class UnsupportedExpr(ValueError):
     """The expression cannot be vectorised (it goes through the reference path)."""
 
@@ -879,7 +879,8 @@ class Program:
                     r.mask = m.unsqueeze(0)
                 dest = self.E[r.key][r.e_lo:r.e_lo + r.n]
                 dest.zero_()
-                (dest if r.rep is None else dest[r.rep]).copy_(w.unsqueeze(0).expand(r.n, *r.tshape))
+                rep = dest if r.rep is None else dest[r.rep]
+                rep.copy_(w.unsqueeze(0).expand(r.n, *r.tshape))
 
     # ---- evaluation ----------------------------------------------------------------------------
     def run(self, X: torch.Tensor, grad: bool = True):
@@ -978,13 +979,17 @@ def clear_cache() -> None:
 
 
 class _Roots:
-    """Candidates whose roots share a store and a true shape."""
+    """The ``n`` candidates ``cands`` whose roots (value rows ``idx`` of store ``key``, true
+    shape ``tshape``) are reduced alike; their constant gradients are edge rows ``e_lo:e_lo+n``.
+    ``rep``: the representative copy of a stored root; ``mask``/``count``: the reference's
+    ``reduce_loss`` mask fitted to the root and its count (set by ``bind``)."""
+
+    __slots__ = ("key", "tshape", "cands", "idx", "e_lo", "n", "rep", "mask", "count")
 
     def __init__(self, key, tshape, cands, idx, e_lo, n):
         self.key, self.tshape, self.cands, self.idx, self.e_lo, self.n = \
             key, tshape, cands, idx, e_lo, n
-        self.mask = self.count = self.src = self.buf = self.x = self.rep = None
-        self.dims = ()
+        self.rep = self.mask = self.count = None
 
 
 def _bind_plan(plan, buf):
@@ -1060,7 +1065,7 @@ def supported(e: Expr, probe: Probe) -> bool:
         return False
 
 
-# ---- chunking ------------------------------------------------------------------------------------
+# ---- chunking -----------------------------------------------------------------------------------
 def chunk_size(exprs: list[Expr], probe: Probe, budget: int = MEMORY_BUDGET) -> int:
     """Candidates per chunk so that one chunk's buffers stay within ``budget`` bytes.
 
@@ -1118,7 +1123,7 @@ def _reference_value(expr: Expr, probe: Probe, pred: torch.Tensor) -> torch.Tens
     return loss_value(expr, env, mask)
 
 
-# ---- stage 1: checks -------------------------------------------------------------------------------
+# ---- stage 1: checks ----------------------------------------------------------------------------
 def checks_reasons(exprs: list[Expr], probe: Probe, pred: torch.Tensor, alt: Probe,
                    device=None, chunk: int | None = None) -> list[str | None]:
     """:func:`~lossforge.evaluation.checks.numeric_reason` of every expression, vectorised
@@ -1196,7 +1201,7 @@ def _run_checks(stage, candidates: list[Candidate], device, chunk) -> None:
                 stage.stats.n_out += 1
 
 
-# ---- stage 2: GEC ------------------------------------------------------------------------------------
+# ---- stage 2: GEC -------------------------------------------------------------------------------
 def fingerprints(exprs: list[Expr], probe: Probe, pred: torch.Tensor, device=None,
                  chunk: int | None = None) -> list[tuple[bool, str | None]]:
     """``(done, fingerprint)`` per expression, vectorised; ``done`` is False for an expression the
@@ -1229,7 +1234,7 @@ def _run_gec(stage, candidates: list[Candidate], device, chunk) -> None:
             stage.mark(c)
 
 
-# ---- stage 3: LRP ------------------------------------------------------------------------------------
+# ---- stage 3: LRP -------------------------------------------------------------------------------
 def optimise(prog: Program, init: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
     """The protocol's optimisation for every candidate of ``prog`` at once, from the common
     initial predictions ``init``. Returns (final predictions ``(P, *shape)``, ``alive (P,)``):
@@ -1311,7 +1316,7 @@ def _run_lrp(stage, candidates: list[Candidate], device, chunk) -> None:
             stage.decide(c, score if ok else stage.score(c.expr))
 
 
-# ---- entry point -----------------------------------------------------------------------------------
+# ---- entry point --------------------------------------------------------------------------------
 def run_stage(stage, candidates: list[Candidate], device=None, chunk: int | None = None) -> None:
     """Run the screening ``stage`` on ``candidates`` with the vectorised path.
 

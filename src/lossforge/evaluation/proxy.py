@@ -17,11 +17,14 @@ from lossforge.training import OK, train
 
 @dataclass(frozen=True)
 class ProxyStageConfig:
-    """``steps``: training steps (``None``: the task's proxy default); ``seed``: training seed."""
+    """``steps``: training steps (``None``: the task's proxy default); ``seed``: training seed;
+    ``batch``: without an executor, train up to this many candidates at once when the task's model
+    allows it (:mod:`~lossforge.evaluation.proxy_batched`; 1: one at a time)."""
 
     steps: int | None = None
     seed: int = 0
     device: str = "cpu"
+    batch: int = 16
 
 
 def proxy_job(task: Task, formula: str, metric: str, steps: int | None, seed: int,
@@ -55,7 +58,9 @@ class ProxyTraining:
             args = [(self.task, str(c.expr), self.metric, self.config.steps, self.config.seed,
                      self.config.device) for c in todo]
             if self.executor is None:
-                results = ((c, _safe_job(a)) for c, a in zip(todo, args))
+                from lossforge.evaluation.proxy_batched import in_process_results
+
+                results = in_process_results(self.task, todo, args, self.config.batch)
             elif getattr(self.executor, "serial", False):  # runs at submit: one job at a time
                 results = ((c, _result(self.executor.submit(_safe_job, a))) for c, a in zip(todo, args))
             else:
