@@ -7,6 +7,11 @@ so the times compare the search itself. The runs must produce the same study (or
 aside). Prints a table and, as the last line, a JSON object with ``speedup_2_workers`` (search
 wall time with 1 worker / with 2).
 
+On Linux the table also shows the CPU seconds this process and its workers used during the search,
+and ``cores``: CPU seconds / wall seconds. With 2 workers on an otherwise idle 2-core machine it
+approaches 2 and so does the speed-up; when other programs load the machine, ``cores`` shows how
+much of it the search actually got (the load average at the start of each run is shown too).
+
     python benchmarks/workers.py [--budget 32] [--proxy-steps 150] [--repeats 1] [--quick]
 """
 from __future__ import annotations
@@ -36,6 +41,29 @@ def warm_up(executor, task, workers: int) -> None:
         f.result()
 
 
+def _descendants(pid: int) -> set[int]:
+    found = set()
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in map(int, children.read_text().split()):
+            found |= {child} | _descendants(child)
+    return found
+
+
+def cpu_seconds() -> float | None:
+    """User + system CPU seconds of this process and all its descendants alive now (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    for pid in {os.getpid()} | _descendants(os.getpid()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            if pid == os.getpid():
+                return None
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def run(label: str, workers: int | None, args, funnel: FunnelConfig, workdir: Path):
     task = tasks.get(args.task)
     task.data()
@@ -43,19 +71,21 @@ def run(label: str, workers: int | None, args, funnel: FunnelConfig, workdir: Pa
     if workers:
         warm_up(executor, task, workers)
     path = workdir / f"{label}-{time.monotonic_ns()}.db"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     try:
-        start = time.perf_counter()
+        cpu0, start = cpu_seconds(), time.perf_counter()
         study = LossSearch(task=task, storage=path, budget=args.budget, seed=args.seed,
                            funnel=funnel, strategy_options={"batch_size": args.generation},
                            executor=executor).run()
-        wall = time.perf_counter() - start
+        wall, cpu1 = time.perf_counter() - start, cpu_seconds()
     finally:
         executor.shutdown()
     stats = study.stats
     key = sorted((r.generation, r.slot, r.formula, r.status, r.fitness) for r in study.candidates)
     study.close()
+    cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
     return {"label": label, "wall": wall, "proxy": stats["proxy"]["seconds"],
-            "trained": stats["proxy"]["out"], "key": key}
+            "trained": stats["proxy"]["out"], "key": key, "cpu": cpu, "load": load}
 
 
 def main() -> None:
@@ -86,17 +116,23 @@ def main() -> None:
     one = best["1 worker"]["wall"]
     print(f"{args.task}: budget {args.budget}, {args.proxy_steps} proxy steps, LRP off, "
           f"{os.cpu_count()} CPUs, best of {args.repeats}")
-    print(f"{'executor':<12} {'search s':>9} {'proxy s':>8} {'trained':>8} {'speed-up':>9}")
+    print(f"{'executor':<12} {'search s':>9} {'proxy s':>8} {'trained':>8} {'speed-up':>9} "
+          f"{'CPU s':>7} {'cores':>6} {'load':>5}")
     for label, r in best.items():
+        cpu = "—" if r["cpu"] is None else f"{r['cpu']:.1f}"
+        cores = "—" if r["cpu"] is None else f"{r['cpu'] / r['wall']:.2f}"
         print(f"{label:<12} {r['wall']:>9.2f} {r['proxy']:>8.2f} {r['trained']:>8} "
-              f"{one / r['wall']:>8.2f}x")
+              f"{one / r['wall']:>8.2f}x {cpu:>7} {cores:>6} {r['load']:>5.1f}")
     print(f"same study contents: {same}")
     speedup = one / best["2 workers"]["wall"]
     print(json.dumps({"speedup_2_workers": round(speedup, 3), "task": args.task,
                       "budget": args.budget, "proxy_steps": args.proxy_steps,
                       "seconds_1_worker": round(one, 3),
                       "seconds_2_workers": round(best["2 workers"]["wall"], 3),
-                      "same_results": same, "cpus": os.cpu_count()}))
+                      "same_results": same, "cpus": os.cpu_count(),
+                      "cores_used_2_workers": None if best["2 workers"]["cpu"] is None else
+                      round(best["2 workers"]["cpu"] / best["2 workers"]["wall"], 2),
+                      "load_average": round(best["2 workers"]["load"], 2)}))
 
 
 if __name__ == "__main__":

@@ -322,6 +322,29 @@ def test_other_stages_run_unchanged():
     assert seen == cands
 
 
+def test_run_stage_sets_and_restores_threads():
+    probe = synthetic_probe("classification", 5, 10, seed=1)
+    seen = []
+
+    class Spy(GradientEquivalence):
+        def mark(self, c):
+            seen.append(torch.get_num_threads())
+            super().mark(c)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        batched.run_stage(Spy(probe), [Candidate(parse("square(p - y)"))])
+        assert seen == [1] and torch.get_num_threads() == 2      # default threads=1, restored
+        batched.run_stage(Spy(probe), [Candidate(parse("abs(p - y)"))], threads=None)
+        assert seen == [1, 2]                                      # None: left as it is
+        with pytest.raises(RuntimeError), batched.torch_threads(1):
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2                        # restored on error too
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     probe = synthetic_probe("classification", 5, 10, seed=1)

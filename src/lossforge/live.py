@@ -115,7 +115,9 @@ class SearchView:
             text.append(f"{heading} {self.counts.get(status, 0)}", style=colour)
         return text
 
-    def hof_table(self) -> Table:
+    def hof_table(self) -> Table | Text:
+        if not self.best_by_size:
+            return Text("hall of fame: no loss trained yet", style="dim")
         table = Table(title="hall of fame (Pareto: fitness vs size)", title_justify="left")
         for col in ("rank", "fitness", "size"):
             table.add_column(col, justify="right", no_wrap=True)

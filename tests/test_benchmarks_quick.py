@@ -1,0 +1,38 @@
+"""The benchmarks' ``--quick`` runs work end to end and end with their JSON summary line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _last_json(script: str) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    return json.loads(last)
+
+
+@pytest.mark.slow
+def test_search_efficiency_quick():
+    out = _last_json("search_efficiency.py")
+    speedup = out["speedup"]
+    for key in ("naive", "lrp", "gec", "invalid_stop", "batched"):
+        assert isinstance(speedup[key], (int, float)) and speedup[key] > 0
+    assert speedup["naive"] == 1.0
+    assert set(speedup) <= set(out["s_per_candidate"])
+
+
+@pytest.mark.slow
+def test_screening_quick():
+    out = _last_json("screening.py")
+    for key in ("gec_speedup", "lrp_cls_speedup", "lrp_seg_speedup", "agreement", "checks_speedup",
+                "n", "threads"):
+        assert key in out
+    assert out["agreement"] > 0.9
