@@ -44,8 +44,14 @@ _state = {"debug": False}
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+          threads: int = typer.Option(1, "--threads", min=1,
+                                      help="Torch threads in this process (small proxy models run "
+                                           "fastest on 1; scale out with --workers or --dask).")):
     _state["debug"] = debug
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def fail(message: str) -> None:

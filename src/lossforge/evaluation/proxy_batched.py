@@ -205,7 +205,9 @@ def _unflatten(mod, name, x, P, k):
 
 def _dropout(mod, name, x, P, k):
     """One mask of a copy's shape, shared by the copies: the draws of one sequential run."""
-    if not isinstance(x, _G) or not mod.training or mod.p == 0:
+    if not mod.training or mod.p == 0:
+        return x
+    if not isinstance(x, _G):
         return mod(x)
     t = x.t
     noise = F.dropout(torch.ones((t.shape[0], *t.shape[2:]), dtype=t.dtype, device=t.device),
