@@ -3,44 +3,17 @@ import json
 import sqlite3
 
 import pytest
-import torch
-from torch import nn
 
-from lossforge import tasks
-from lossforge.data import DataSplits, Split
 from lossforge.evaluation.candidate import GEC_HIT, TRAINED
 from lossforge.evaluation.funnel import FunnelConfig
 from lossforge.evaluation.lrp import LRPConfig
 from lossforge.evaluation.proxy import ProxyStageConfig
 from lossforge.storage import StudyFileError
 from lossforge.study import LossSearch, load_study, resume
-from lossforge.tasks import Metric, ProxyConfig, Task
+from lfhelpers import TinyBlobs
 
 
-class Blobs(Task):
-    """Three Gaussian blobs, a linear model: proxy trainings take milliseconds."""
-
-    name = "test-blobs"
-    num_classes = 3
-    metrics = {"accuracy": Metric("accuracy", lambda p, t: float((p == t).mean()))}
-    default_metric = "accuracy"
-    proxy = ProxyConfig(steps=25, batch_size=32, lr=0.05)
-
-    def data(self) -> DataSplits:
-        g = torch.Generator().manual_seed(0)
-        centres = torch.tensor([[0.0, 2.0], [2.0, -1.5], [-2.0, -1.5]])
-
-        def split(n):
-            y = torch.randint(0, 3, (n,), generator=g)
-            return Split(centres[y] + torch.randn(n, 2, generator=g), y)
-
-        return DataSplits(split(200), split(100), split(100), 3, "blobs")
-
-    def make_model(self) -> nn.Module:
-        return nn.Linear(2, 3)
-
-
-tasks.register(Blobs.name, Blobs)
+Blobs = TinyBlobs  # three Gaussian blobs, a linear model: proxy trainings take milliseconds
 FAST = FunnelConfig(lrp=LRPConfig(steps=60, lr=0.1, threshold=0.3), proxy=ProxyStageConfig(steps=25))
 
 
