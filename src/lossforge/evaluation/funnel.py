@@ -7,7 +7,7 @@ batch or earlier (``known_results``, filled by the study from its store on resum
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from lossforge.evaluation.candidate import GEC_HIT, Candidate
 from lossforge.evaluation.checks import Checks, ChecksConfig
@@ -68,7 +68,11 @@ class Funnel:
         lrp_probe = task_probe(self.task, cfg.lrp.samples, cfg.lrp.seed, cfg.lrp.spatial_size)
         self.checks = Checks(probe, cfg.checks)
         self.gec = GradientEquivalence(probe, cfg.gec)
-        self.lrp = LossRejection(lrp_probe, self.task.metric(self.metric), cfg.lrp)
+        # Dense probes: the loss is a mean over pixels, so scale the step by the pixels per sample
+        # for a pixel's logits to move as a sample's do in classification.
+        pixels = int(lrp_probe.target[0].numel()) if self.task.kind == "classification" else 1
+        self.lrp = LossRejection(lrp_probe, self.task.metric(self.metric),
+                                 replace(cfg.lrp, lr=cfg.lrp.lr * pixels))
         self.proxy = ProxyTraining(self.task, self.metric, cfg.proxy, self.executor)
         self._batched = None
         if cfg.batched:

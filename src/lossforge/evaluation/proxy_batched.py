@@ -2,52 +2,74 @@
 one pass (DESIGN.md §5, stage 4; issue "Performance", item 2).
 
 ``train_batched(task, losses, steps=, seed=)`` returns one :class:`~lossforge.training.TrainResult`
-per loss, the same results :func:`lossforge.training.train` gives for each loss with that seed, up
-to the order of floating-point sums. ``supports_batched(task)`` says whether the task's model can be
+per loss, the results :func:`lossforge.training.train` gives for each loss with that seed, up to
+the order of floating-point sums. ``supports_batched(task)`` says whether the task's model can be
 trained this way; the proxy stage (:class:`~lossforge.evaluation.proxy.ProxyTraining`, when it runs
 in-process) uses :func:`in_process_results` to train its pending candidates in chunks.
 
 How it works.
 
 * **Model.** ``torch.manual_seed(seed)`` then ``task.make_model()``, as the sequential path does:
-  every copy starts from the same initialisation. Its parameters are stacked into tensors
-  ``(K, *shape)``; the forward pass is ``torch.func.vmap`` over ``torch.func.functional_call``
-  with the parameters batched and the input minibatch shared (``in_dims=(0, None)``): convolutions
-  become grouped convolutions, linear layers batched matrix products, GroupNorm a GroupNorm with
-  ``K × groups``. Buffers are shared, unbatched.
+  every copy starts from the same initialisation. Its parameters are stacked into leaf tensors
+  ``(K, *shape)``; one forward pass computes all K copies on the shared input minibatch, with one
+  of two engines (:func:`batched_engine` picks the first that passes its probe):
+
+  - ``"grouped"``: the model's ``torch.fx`` graph is run with every per-copy value stored as
+    ``(N, K, *rest)`` — copies next to the channels, so a convolution of all copies is one grouped
+    convolution (the first, on the shared input, one convolution with ``K × O`` filters), a
+    GroupNorm one GroupNorm with ``K × G`` groups (bias and affine fused as in the sequential
+    kernels), pooling/activations act on all copies at once, linear layers are batched matrix
+    products. Knows the layers of the built-in models (convolutions and transposed convolutions,
+    Linear, GroupNorm, pooling, activations, Flatten, Dropout, concatenation, element-wise
+    arithmetic); anything else raises ``_Unsupported``.
+  - ``"vmap"``: ``torch.func.vmap`` over ``torch.func.functional_call`` of the model's own
+    forward, parameters batched, input shared (``in_dims=(0, None)``). General, but its batching
+    rules add layout copies and separate bias/affine passes: measured slower than ``"grouped"``
+    (and than sequential training on shapes-seg), so it is the fallback.
+
+  Buffers are shared, unbatched.
 * **Batches.** The same generator (``seed + 1``) and :func:`~lossforge.training.batch_indices`:
   every copy sees the minibatch sequence of the sequential run, so one input batch serves all.
 * **Losses.** Each copy's loss is its own expression evaluated on its slice of the stacked outputs.
   For expression losses of classification tasks, the target's one-hot encoding and mask are
-  computed once per step and the softmax once for all copies (both per-position operations, so
-  each copy gets the values :func:`~lossforge.expr.kernels.prepare_classification` would give);
-  other losses (regression, modules such as Lovász-softmax) are called as modules on their slice.
-  The loss values of the live copies are summed for one backward pass; the copies share no
-  parameter, so each copy gets exactly its own gradient (the sum's derivative is 1 per term).
+  computed once per step and the softmax once for all copies (per-position operations, so each
+  copy gets the values :func:`~lossforge.expr.kernels.prepare_classification` would give); other
+  losses (regression, modules such as Lovász-softmax) are called as modules on their slice. The
+  loss values of the live copies are summed for one backward pass; the copies share no parameter,
+  so each copy gets exactly its own gradient (the sum's derivative is 1 per term).
 * **Optimiser.** ``torch.optim`` (:func:`~lossforge.training.make_optimizer`, the task's proxy
   settings) over the stacked tensors. Adam, SGD, momentum and weight decay are element-wise, so
   one optimiser over ``(K, *shape)`` tensors is K independent optimisers with the same step count.
 * **Invalid copies.** A copy whose loss value is not finite stops there with status ``invalid``
   (the sequential early stop: its last optimiser step is not taken): its loss is left out of the
-  sum, and the copy is removed from the stacked parameters and optimiser state (compaction), so
-  it can neither poison the others nor cost more compute. A copy whose parameters end non-finite
-  is invalid too, as in the sequential path.
-* **Evaluation.** The trained copies predict each requested split in one vmapped pass per eval
-  batch; each copy's predictions are scored with ``task.compute_metrics``.
-* **Dropout** uses ``vmap(randomness="same")``: one mask per dropout layer and step, shared by the
-  copies, drawn from the global generator exactly like one sequential run draws it. A sequential
+  sum, and the copy is removed from the stacked parameters and the optimiser state (compaction,
+  exact copies of the other rows), so it can neither poison the others nor cost more compute. A
+  copy whose parameters end non-finite is invalid too, as in the sequential path. A loss that
+  raises gets status :data:`FAILED` (the stage re-runs it sequentially for the exact outcome).
+* **Evaluation.** The trained copies predict each requested split together (eval mode, eval batch
+  ``eval_batch_size // K``); each copy's predictions are scored with ``task.compute_metrics``.
+* **Dropout**: one mask per dropout layer and step, of one copy's shape, shared by the copies and
+  drawn from the global generator exactly like one sequential run draws it (``"grouped"`` draws it
+  with ``F.dropout`` on ones of that shape; ``"vmap"`` uses ``randomness="same"``). A sequential
   run with the same seed draws that same sequence of masks (same generator state after
   ``make_model``, same draws per step), so every copy sees the masks its sequential run would;
-  ``"different"`` would give each copy fresh masks and lose that correspondence.
-  :func:`supports_batched` checks this on the task's model and answers ``False`` if it does not hold.
+  ``randomness="different"`` would give each copy fresh masks and lose that correspondence. The
+  probe checks this (train-mode outputs equal the plain model's under the same seed).
+
+Performance (``benchmarks/proxy_batched.py``, CPU). The proxy models are small but their
+convolutions already run near the CPU's throughput one candidate at a time (oneDNN at ~30-40
+GFLOP/s per core on digits' 16→32 3×3 convolution); batching cannot reduce that work. What it
+removes is the per-operation overhead (Python, dispatcher, autograd, optimiser: large for MLP
+tasks, ~20-30% of a digits step) and it turns many small kernels into few large ones, which
+parallelise over cores (and a GPU) far better than the sequential path's small ones.
 
 Limits. Models with running statistics (BatchNorm) or other state written during the forward pass
 are not supported (``supports_batched`` is ``False``; the stage falls back to sequential
 training); neither is ``train_fraction``. Results agree with the sequential ones to float noise:
 the batched kernels (grouped convolution, batched matmul) sum in another order, and training
-amplifies the difference a little over the steps; a candidate's numbers may also differ at that
-level with the other members of its chunk. ``TrainResult.wall_time`` is the chunk's time divided by
-its number of losses.
+amplifies the difference a little over the steps (a validation sample or two may flip); a
+candidate's numbers may also differ at that level with the other members of its chunk.
+``TrainResult.wall_time`` is the chunk's time divided by its number of losses.
 """
 from __future__ import annotations
 
