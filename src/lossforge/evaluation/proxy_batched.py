@@ -85,6 +85,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from lossforge.evaluation.candidate import INVALID as STAGE_INVALID
+from lossforge.evaluation.candidate import TRAINED
 from lossforge.expr import Expr
 from lossforge.expr import kernels as K
 from lossforge.expr.export import ExprLoss, loss_value
@@ -636,7 +638,7 @@ def in_process_results(task: Task, todo: list, args: list[tuple], chunk: int = D
 
     ``args[i]`` are :func:`~lossforge.evaluation.proxy.proxy_job`'s arguments for ``todo[i]``
     (task, formula, metric, steps, seed, device); results have the fields ``proxy_job`` returns.
-    Candidates are trained :func:`train_batched` in chunks of ``chunk`` when the task supports it,
+    Candidates are trained with :func:`train_batched` in chunks of ``chunk`` when the task supports it,
     else (and for ``chunk <= 1``) one at a time through the sequential job. A loss that cannot be
     loaded, a copy that fails, or a chunk whose batched training raises goes through the
     sequential job, which gives the exact sequential outcome (status ``failed`` with its reason).
@@ -659,7 +661,9 @@ def in_process_results(task: Task, todo: list, args: list[tuple], chunk: int = D
     groups: dict[tuple, list] = {}  # same training settings -> one batched run
     for c, a in batchable:
         groups.setdefault(tuple(a[2:]), []).append((c, a))
-    for (metric, steps, seed, device), items in groups.items():
+    for key, items in groups.items():
+        metric, steps, seed = key[:3]
+        device = key[3] if len(key) > 3 else "cpu"
         m = task.metric(metric)
         for lo in range(0, len(items), chunk):
             part = items[lo:lo + chunk]
@@ -674,14 +678,11 @@ def _chunk_results(task, part, m, metric, steps, seed, device, safe_job) -> Iter
         for c, a in part:
             yield c, safe_job(a)
         return
-    from lossforge.evaluation.candidate import INVALID as C_INVALID
-    from lossforge.evaluation.candidate import TRAINED
-
     for (c, a), r in zip(part, results):
         if r.status == FAILED:
             yield c, safe_job(a)
             continue
         ok = r.status == OK
-        yield c, {"status": TRAINED if ok else C_INVALID,
+        yield c, {"status": TRAINED if ok else STAGE_INVALID,
                   "fitness": m.sign * r.val[metric] if ok else None,
                   "metrics": r.val, "seconds": r.wall_time, "steps_done": r.steps_done}
