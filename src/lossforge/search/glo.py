@@ -213,7 +213,18 @@ def _rank_key(f: float | None) -> float:
 
 
 # ---- the strategy ----------------------------------------------------------------------------
-class GLO(SeededStrategy):
+class SlotTell:
+    """``tell`` shared by the strategies that hand out a generation as slots (GLO, TaylorGLO):
+    record the results, and close the generation once every slot is done."""
+
+    def tell(self, results: list[tuple[Expr, Fitness]]) -> None:
+        self.n_told += len(results)
+        record(self.slots, results)
+        if self.slots and all(s["status"] == "done" for s in self.slots):
+            self._close_generation()
+
+
+class GLO(SlotTell, SeededStrategy):
     """GLO: GP over loss trees, then CMA-ES over the coefficients of the best trees.
 
     Options (defaults): ``population_size=25``, ``gp_generations=10`` (EvoMAL: 25 and 50),
@@ -279,12 +290,6 @@ class GLO(SeededStrategy):
         out = [self._expr(s["expr"]) for s in take_new(self.slots, int(n))]
         self.n_asked += len(out)
         return out
-
-    def tell(self, results: list[tuple[Expr, Fitness]]) -> None:
-        self.n_told += len(results)
-        record(self.slots, results)
-        if self.slots and all(s["status"] == "done" for s in self.slots):
-            self._close_generation()
 
     @property
     def best(self) -> tuple[Expr, float] | None:

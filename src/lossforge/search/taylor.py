@@ -28,7 +28,7 @@ from typing import Any
 from lossforge.expr.expr import Expr
 from lossforge.expr.parse import parse
 from lossforge.expr.spaces import SearchSpace
-from lossforge.search.glo import PENALTY, CMAReplay, record, take_new
+from lossforge.search.glo import PENALTY, CMAReplay, SlotTell, take_new
 from lossforge.search.random import SeededStrategy, sig_round, taylor_expr
 from lossforge.search.strategy import Fitness
 
@@ -60,7 +60,7 @@ def invariant_holds(theta: list[float], num_classes: int) -> bool:
     return invariant_margin(theta, num_classes) >= 0
 
 
-class TaylorGLO(SeededStrategy):
+class TaylorGLO(SlotTell, SeededStrategy):
     """CMA-ES over TaylorGLO's 8 parameters.
 
     Options (defaults): ``popsize=8``, ``sigma=1.2``, ``check_invariant=True``,
@@ -116,12 +116,6 @@ class TaylorGLO(SeededStrategy):
                for s in take_new(self.slots, int(n))]
         self.n_asked += len(out)
         return out
-
-    def tell(self, results: list[tuple[Expr, Fitness]]) -> None:
-        self.n_told += len(results)
-        record(self.slots, results)
-        if self.slots and all(s["status"] == "done" for s in self.slots):
-            self._close_generation()
 
     @property
     def best(self) -> tuple[Expr, float] | None:
