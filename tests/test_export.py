@@ -24,15 +24,6 @@ from lossforge.expr import kernels as K
 from test_expr import classification_inputs, exprs, full, reliable_points
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster, and robust to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def sympy_values(e: Expr, env: dict[str, torch.Tensor]) -> np.ndarray:
     """``to_sympy(e)`` lambdified with NumPy/SciPy on the variables of ``env`` (full shape;
     complex or non-finite results become NaN)."""

@@ -19,15 +19,6 @@ from hypothesis import strategies as st
 from lossforge.expr import Expr, apply, const, export, ops, parse, var
 from lossforge.expr import kernels as K
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster, and robust to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---- random expressions ----------------------------------------------------------------------
 UNARY = ops.names(arity=1) + list(ops.AGGREGATIONS)
 BINARY = ops.names(arity=2)

@@ -21,15 +21,6 @@ SPECIAL = [0.0, 1e-7, -1e-7, EPS, -EPS, -EPS + 1e-9, -EPS - 1e-9, 2e-6, -2e-6, 1
 ELEMENTWISE = ops.names()  # every non-aggregation op
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster, and robust to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _inputs(arity: int) -> list[np.ndarray]:
     rng = np.random.default_rng(1234)
     base = np.concatenate([np.array(SPECIAL), rng.normal(0, 3, 40)])

@@ -11,15 +11,6 @@ import torch.nn.functional as F
 from lossforge import zoo
 from lossforge.expr import Expr, parse
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster, and robust to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 EPS = 1e-6
 
 
