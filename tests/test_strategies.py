@@ -12,7 +12,8 @@ from lossforge import search
 from lossforge.expr import parse, spaces
 from lossforge.expr import kernels as K
 from lossforge.expr.export import evaluate
-from lossforge.search.glo import CMAReplay, coefficient_form
+from lossforge.search.cmaes import CMAReplay
+from lossforge.search.glo import coefficient_form
 from lossforge.search.taylor import invariant_holds, invariant_margin, taylor_coefficients
 from lossforge.zoo import taylorglo
 

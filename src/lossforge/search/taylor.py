@@ -4,7 +4,7 @@ Each CMA-ES solution ``θ`` (rounded to ``digits`` significant digits) becomes t
 ``lossforge.zoo.taylorglo(θ)``: ``L = -(1/B) Σ_b Σ_i f(y_bi, p_bi)`` with
 ``f = θ2(p-θ1) + θ3(p-θ1)² + θ4(p-θ1)³ + θ5(y-θ0)(p-θ1) + θ6(y-θ0)(p-θ1)² + θ7(y-θ0)²(p-θ1)``.
 CMA-ES starts from the zero vector with σ = 1.2 (the paper's settings); population 8 by default
-(paper: 20-28 on MNIST). pycma minimises ``-fitness``; see :class:`~lossforge.search.glo.CMAReplay`
+(paper: 20-28 on MNIST). pycma minimises ``-fitness``; see :class:`~lossforge.search.cmaes.CMAReplay`
 for the JSON state (replayed history).
 
 **Invariant check** (TaylorGLO's code, optional there, on by default here): with
@@ -28,9 +28,8 @@ from typing import Any
 from lossforge.expr.expr import Expr
 from lossforge.expr.parse import parse
 from lossforge.expr.spaces import SearchSpace
-from lossforge.search.glo import PENALTY, CMAReplay, SlotTell, take_new
+from lossforge.search.cmaes import PENALTY, CMAReplay, SlotTell, take_new
 from lossforge.search.random import SeededStrategy, sig_round, taylor_expr
-from lossforge.search.strategy import Fitness
 
 
 def taylor_coefficients(theta: list[float]) -> dict[str, float]:
