@@ -60,7 +60,8 @@ def test_to_torch_matches_to_sympy(e, seed):
         assert value.item() == pytest.approx(float(ref.mean()), rel=1e-6, abs=1e-9)
 
 
-@pytest.mark.parametrize("name", [n for n in zoo.names() if zoo.get(n).expr is not None])
+@pytest.mark.parametrize("name", [n for n in zoo.names("classification")
+                                  if zoo.get(n).expr is not None])
 def test_zoo_to_torch_matches_to_sympy(name):
     e = zoo.get(name).expr
     logits, target = classification_inputs(7, shape=(3, 4, 3, 3))
@@ -117,7 +118,7 @@ def run_exported(expressions: list[Expr], tmp_path) -> list[list[float]]:
     return [[float.fromhex(v) for v in row] for row in json.loads(proc.stdout)]
 
 
-ZOO_EXPRS = [zoo.get(n).expr for n in zoo.names() if zoo.get(n).expr is not None]
+ZOO_EXPRS = [zoo.get(n).expr for n in zoo.names("classification") if zoo.get(n).expr is not None]
 
 
 @settings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck))

@@ -122,3 +122,12 @@ def test_every_builtin_task_builds_a_model_that_fits_its_data():
         d = t.data()
         out = t.make_model()(d.train.x[:4])
         tasks.check_output_shape(t, out, d.train.y[:4])
+
+
+def test_eval_every_records_a_validation_curve_without_changing_the_run():
+    plain = train("digits", "ce", steps=12, seed=3, splits=("val",))
+    curved = train("digits", "ce", steps=12, seed=3, splits=("val",), eval_every=5)
+    assert [c["step"] for c in curved.val_curve] == [5, 10]
+    assert all(0.0 <= c["accuracy"] <= 1.0 for c in curved.val_curve)
+    assert curved.val == plain.val and curved.loss_curve == plain.loss_curve  # same training
+    assert plain.val_curve == []

@@ -25,6 +25,7 @@ def div(a, b):
 
 
 EXPECTED = {"ce", "wce", "focal", "poly1", "mse", "dice", "baikal", "baikal-cma", "lovasz"}
+BOX = {"iou", "giou", "l1"}  # box-regression entries: tests/test_slots.py
 
 
 def data(seed: int, shape, ignore: bool):
@@ -60,7 +61,8 @@ def value(name_or_expr, logits, target):
 
 # ---- registry ----------------------------------------------------------------------------------
 def test_registry():
-    assert set(zoo.names()) == EXPECTED
+    assert set(zoo.names()) == EXPECTED | BOX
+    assert set(zoo.names("classification")) == EXPECTED and set(zoo.names("box")) == BOX
     for name in zoo.names():
         entry = zoo.get(name)
         assert entry.name == name
@@ -69,7 +71,7 @@ def test_registry():
         if entry.expr is not None:
             assert entry.formula == str(entry.expr)
             assert parse(entry.formula) is entry.expr
-            assert entry.expr.variables() <= {"p", "y", "z"}
+            assert entry.expr.variables() <= ({"p", "y", "z"} if name in EXPECTED else {"i", "u", "e"})
         else:
             assert entry.formula is None and entry.factory is not None
     with pytest.raises(Exception):
@@ -258,7 +260,7 @@ def test_taylorglo_gradient_polynomial():
 
 def test_expression_entries_have_finite_gradients():
     logits, target = data(10, (2, 4, 5, 5), True)
-    for name in zoo.names():
+    for name in zoo.names("classification"):
         x = logits.clone().requires_grad_(True)
         loss = zoo.get(name).module()(x, target)
         loss.backward()

@@ -121,7 +121,11 @@ def _fmt(v: float, digits: int = 4) -> str:
 @guarded
 def evaluate(
     task: str = typer.Option(..., "--task", help="Task name (see `lossforge tasks`)."),
-    loss: List[str] = typer.Option(..., "--loss", help="Formula, zoo name or exported .py file; repeatable."),
+    loss: List[str] = typer.Option(..., "--loss", help=(
+        "Formula, zoo name or exported .py file; repeatable (one compared loss each). Tasks with "
+        "several loss slots (e.g. cls and box): 'box=giou' sets one slot, 'cls=focal; box=giou' "
+        "several, the other slots keep their defaults; a plain loss goes to the only slot of its "
+        "kind.")),
     seeds: int = typer.Option(3, "--seeds", help="Trainings per loss (seeds 0..K-1)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the task's proxy steps)."),
     split: str = typer.Option("test", "--split", help="Split to score: val or test."),
@@ -235,6 +239,9 @@ def search(
     population: Optional[int] = typer.Option(None, "--population", help="Strategy population size."),
     generation: Optional[int] = typer.Option(None, "--generation-size",
                                              help="Candidates per generation (per ask)."),
+    slot: Optional[str] = typer.Option(None, "--slot", help="Loss slot to search (tasks with several, e.g. box)."),
+    fixed: List[str] = typer.Option([], "--fixed", help="SLOT=LOSS for another slot (repeatable)."),
+    joint: bool = typer.Option(False, "--joint", help="Search every slot at once (autoloss-zero, random)."),
     format: str = typer.Option("table", "--format", help="table or json"),
     workers: Optional[int] = _WORKERS,
     dask: Optional[str] = _DASK,
@@ -244,6 +251,7 @@ def search(
     from dataclasses import replace
 
     from lossforge.evaluation.funnel import FunnelConfig
+    from lossforge.loss_spec import slot_assignments
     from lossforge.study import LossSearch
 
     if budget <= 0:
@@ -255,9 +263,11 @@ def search(
         cfg = replace(cfg, lrp=replace(cfg.lrp, steps=lrp_steps))
     cfg = replace(cfg, use_lrp=not no_lrp, use_gec=not no_gec)
     options = {k: v for k, v in (("population_size", population), ("batch_size", generation)) if v}
-    # settings are checked (task, metric, strategy, study file) before any worker starts
+    fixed_losses = slot_assignments(fixed, "--fixed")
+    # settings are checked (task, metric, strategy, slots, study file) before any worker starts
     run = LossSearch(task=task, storage=study, metric=metric, strategy=strategy, budget=budget,
-                     seed=seed, space=space, funnel=cfg, strategy_options=options)
+                     seed=seed, space=space, funnel=cfg, strategy_options=options, slot=slot,
+                     fixed=fixed_losses, joint=joint)
     try:
         run._make_strategy()  # unknown strategy options fail here
     except TypeError as err:
@@ -317,6 +327,10 @@ def _print_study(study, top: int, fmt: str) -> None:
     console.print(f"[bold]{summary['path']}[/]: task {summary['task']}, metric {summary['metric']}, "
                   f"strategy {summary['strategy']} (space {summary['space']}), seed {summary['seed']}; "
                   f"explored {summary['explored']}/{summary['budget']}")
+    if summary["joint"] or summary["slot"] != "loss":
+        fixed = ", ".join(f"{k}={v}" for k, v in summary["fixed"].items()) or "defaults"
+        console.print("searching every loss slot jointly" if summary["joint"] else
+                      f"searched slot {summary['slot']} (other slots: {fixed})")
     funnel = Table(title="funnel")
     for col in ("stage", "in", "out", "seconds"):
         funnel.add_column(col, justify="right" if col != "stage" else "left")
@@ -337,24 +351,35 @@ def _print_study(study, top: int, fmt: str) -> None:
 @guarded
 def export(
     study: str = typer.Argument(..., help="Study file."),
-    output: str = typer.Option(..., "-o", "--output", help="Python file to write."),
+    output: str = typer.Option(..., "-o", "--output", help="Python file (joint: OUTPUT_<slot>.py each)."),
     rank: int = typer.Option(1, "--rank", help="Hall-of-fame rank to export (1 = best)."),
-    name: str = typer.Option("SearchedLoss", "--name", help="Class name in the module."),
+    name: str = typer.Option("SearchedLoss", "--name", help="Class name (joint: NAME_<slot>)."),
 ):
-    """Write a hall-of-fame loss as a standalone PyTorch module (imports only torch)."""
+    """Write a hall-of-fame loss as a standalone PyTorch module (imports only torch).
+
+    The module has the searched slot's signature (a box slot: forward(pred_boxes, target_boxes));
+    a joint search writes one standalone file per slot."""
     from pathlib import Path
 
-    from lossforge.expr import parse
     from lossforge.study import load_study
 
     s = load_study(study)
     hof = s.hall_of_fame
+    joint = bool(s.settings.get("joint"))
     s.close()
     if not hof:
         fail(f"{study} has no trained loss yet; run or resume the search first")
     if not 1 <= rank <= len(hof):
         fail(f"--rank must be between 1 and {len(hof)}")
     entry = hof[rank - 1]
+    if joint:
+        from lossforge.expr.bundle import parse_bundle, write_sources
+
+        for path, cls, expr in write_sources(parse_bundle(entry.formula), output, name):
+            console.print(f"wrote {path}: {cls} = {expr} (fitness {entry.fitness:.4f})")
+        return
+    from lossforge.expr import parse
+
     Path(output).write_text(parse(entry.formula, strict=False).to_source(name=name))
     console.print(f"wrote {output}: {name} = {entry.formula} (fitness {entry.fitness:.4f})")
 

@@ -44,6 +44,19 @@ from lossforge.expr.export import loss_kind, loss_value
 FIGSIZE, DPI = (9.6, 5.4), 100
 CE = "-sum_c(y * log(p))"
 MSE = "mean_c(square(f - y))"
+GIOU = "1 - i / u + (e - u) / e"
+
+
+def _parse_any(text: str):
+    """A stored formula: an :class:`Expr`, or a :class:`Bundle` (joint search, one per slot)."""
+    from lossforge.expr.bundle import is_bundle_text, parse_bundle
+
+    return parse_bundle(text) if is_bundle_text(text) else parse(text, strict=False)
+
+
+def _plotted(expr):
+    """The expression a loss plot shows: the expression, or a bundle's first slot."""
+    return next(iter(expr.values())) if hasattr(expr, "slots") else expr
 
 
 def write_report(study_path: str | Path, output: str | Path, top: int = 3) -> Path:
@@ -56,10 +69,10 @@ def write_report(study_path: str | Path, output: str | Path, top: int = 3) -> Pa
     losses = []
     for k, entry in enumerate(data["hof"][:top], 1):
         losses.append({"rank": k, "entry": entry, "plot": figures[f"loss_{k}"],
-                       "latex": _typeset(parse(entry.formula, strict=False), out / f"formula_{k}.png")})
+                       "latex": _typeset(_parse_any(entry.formula), out / f"formula_{k}.png")})
     best_latex = None
     if data["best"] is not None:
-        best_latex = _typeset(parse(data["best"].formula, strict=False), out / "formula_best.png")
+        best_latex = _typeset(_parse_any(data["best"].formula), out / "formula_best.png")
     index = out / "index.html"
     index.write_text(_html(data, figures, losses, best_latex), encoding="utf-8")
     return index
@@ -71,7 +84,7 @@ def make_figures(data: dict[str, Any], top: int = 3) -> dict[str, Any]:
                "funnel": _plot_funnel(data["stats"]),
                "pareto": _plot_pareto(data["rows"], data["hof"], data["metric"])}
     for k, entry in enumerate(data["hof"][:top], 1):
-        figures[f"loss_{k}"] = _plot_loss(parse(entry.formula, strict=False), entry.formula,
+        figures[f"loss_{k}"] = _plot_loss(_plotted(_parse_any(entry.formula)), entry.formula,
                                           data["num_classes"], k)
     return figures
 
@@ -206,17 +219,26 @@ def _plot_pareto(rows, hof, metric: str):
 
 def probe_curve(expr, num_classes: int, points: int = 99) -> tuple[list[float], list[float], list[float]]:
     """Loss and d loss / d t over the true-class probability ``t`` in (0, 1) for one example with
-    ``num_classes`` classes, the others sharing ``1 - t`` (classification), or over the residual
-    ``f - y`` in [-3, 3] (regression). Returns ``(xs, values, gradients)``; ``nan`` where undefined."""
+    ``num_classes`` classes, the others sharing ``1 - t`` (classification), over the residual
+    ``f - y`` in [-3, 3] (regression), or over the horizontal offset in [-2, 2] of a unit predicted
+    box from the unit target box (box). Returns ``(xs, values, gradients)``; ``nan`` where
+    undefined."""
     regression = loss_kind(expr) == "regression"
-    if regression:
+    box = loss_kind(expr) == "box"
+    if regression or box:
         xs = [-3 + 6 * i / (points - 1) for i in range(points)]
     else:
         xs = [(i + 1) / (points + 1) for i in range(points)]
     values, grads = [], []
     for x in xs:
         t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-        if regression:
+        if box:
+            from lossforge.expr.kernels import prepare_box
+
+            one = torch.ones((), dtype=torch.float64)
+            pred = torch.stack([t, 0 * one, t + 1, one]).reshape(1, 4)
+            env, _ = prepare_box(pred, torch.tensor([[0.0, 0.0, 1.0, 1.0]], dtype=torch.float64))
+        elif regression:
             env = {"f": t.reshape(1, 1), "y": torch.zeros(1, 1, dtype=torch.float64)}
         else:
             rest = (1 - t) / (num_classes - 1)
@@ -247,13 +269,16 @@ def _limits(values: list[float]) -> tuple[float, float] | None:
 
 def _plot_loss(expr, formula: str, num_classes: int, rank: int):
     fig, (ax_l, ax_g) = _figure(2)
-    regression = loss_kind(expr) == "regression"
-    ref_name = "squared error" if regression else "cross-entropy"
-    ref = parse(MSE if regression else CE)
+    kind = loss_kind(expr)
+    regression = kind == "regression"
+    ref_name = {"regression": "squared error", "box": "GIoU loss"}.get(kind, "cross-entropy")
+    ref = parse({"regression": MSE, "box": GIOU}.get(kind, CE))
     xs, lv, lg = probe_curve(expr, num_classes)
     _, rv, rg = probe_curve(ref, num_classes)
     xlabel = "residual f − y" if regression else f"true-class probability t ({num_classes} classes)"
     grad = "gradient d loss / d f" if regression else "gradient d loss / d t"
+    if kind == "box":
+        xlabel, grad = "offset of a unit box from the unit target box", "gradient d loss / d offset"
     for ax, ours, theirs, what in ((ax_l, lv, rv, "loss"), (ax_g, lg, rg, grad)):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(what)

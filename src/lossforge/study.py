@@ -9,14 +9,13 @@ same candidates, by determinism) and the slots already stored are not evaluated 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from lossforge.evaluation.candidate import (FAILED, GEC_HIT, INVALID, REJECTED_CHECKS,
                                             REJECTED_LRP, TRAINED, Candidate)
 from lossforge.evaluation.funnel import Funnel, FunnelConfig
-from lossforge.evaluation.lrp import LRPConfig
 from lossforge.expr import Expr, parse
 from lossforge.storage import Row, Store, StudyFileError
 from lossforge.tasks import Task
@@ -26,7 +25,12 @@ from lossforge.tasks import get as get_task
 DEFAULT_SPACE = {"autoloss-zero": "autoloss-zero", "random": "autoloss-zero", "aging": "nlfs",
                  "glo": "glo", "taylor": "taylor"}
 #: Settings that must match to continue a study (the budget may grow).
-_FIXED = ("task", "metric", "strategy", "space", "seed", "funnel", "strategy_options")
+_FIXED = ("task", "metric", "strategy", "space", "seed", "funnel", "strategy_options", "slot",
+          "fixed", "joint")
+#: Values of settings that study files written before they existed hold implicitly.
+_IMPLICIT = {"slot": "loss", "fixed": {}, "joint": False}
+#: Strategies that can search several slots jointly (bundles of expressions).
+JOINT_STRATEGIES = ("autoloss-zero", "random")
 
 
 @dataclass(frozen=True)
@@ -105,12 +109,29 @@ class Study:
                       "failed": counts.get(FAILED, 0), "seconds": seconds.get("proxy", 0.0)},
         }
 
+    @property
+    def slot(self) -> str:
+        """The searched loss slot (``"loss"`` for a single-slot task; ``"joint"`` for a joint
+        search, whose candidates are bundles)."""
+        return "joint" if self.settings.get("joint") else self.settings.get("slot", "loss")
+
+    def parse_candidate(self, text: str):
+        """A stored candidate formula back as an :class:`Expr` (a :class:`Bundle` for a joint
+        search)."""
+        if self.settings.get("joint"):
+            from lossforge.expr.bundle import parse_bundle
+
+            return parse_bundle(text)
+        return parse(text, strict=False)
+
     def summary(self, top: int = 10) -> dict[str, Any]:
         """What ``lossforge show --format json`` prints."""
         s = self.settings
         best = self.best
         return {
             "path": str(self.path), "task": s["task"], "metric": s["metric"],
+            "slot": s.get("slot", "loss"), "fixed": s.get("fixed", {}),
+            "joint": bool(s.get("joint", False)),
             "strategy": s["strategy"], "space": s["space"], "seed": s["seed"], "budget": s["budget"],
             "explored": self.explored,
             "best": None if best is None else {"formula": best.formula, "fitness": best.fitness,
@@ -137,7 +158,16 @@ class LossSearch:
     ``budget``: candidates to explore (put through the funnel, GEC hits included).
     ``executor``: a ``concurrent.futures``-style executor for proxy trainings (default in-process).
     ``progress(study_state)`` is called after every committed result when given (a dict: explored,
-    budget, generation, slot, status, formula, fitness, size, reason; a slot may be reported twice).
+    budget, generation, slot, status, formula, fitness, size, reason; a slot may be reported twice;
+    here "slot" is the candidate's position in its generation).
+
+    Tasks with several loss slots (:meth:`~lossforge.tasks.Task.loss_slots`): ``slot`` names the
+    loss slot to search (its kind's variables, probes and LRP metric), ``fixed`` gives the losses
+    of other slots during proxy training (slot -> zoo name or formula; the rest use their
+    ``default``); or ``joint=True`` searches every slot at once (candidates are
+    :class:`~lossforge.expr.bundle.Bundle` s; strategies ``autoloss-zero`` and ``random``). A
+    single-slot task searches its slot ``"loss"``. ``slot``, ``fixed`` and ``joint`` are settings
+    a resumed study must match.
     """
 
     task: Task | str
@@ -151,6 +181,9 @@ class LossSearch:
     strategy_options: dict[str, Any] = field(default_factory=dict)
     executor: Any = None
     progress: Callable[[dict[str, Any]], None] | None = None
+    slot: str | None = None
+    fixed: dict[str, str] = field(default_factory=dict)
+    joint: bool = False
 
     def __post_init__(self):
         if self.budget <= 0:
@@ -166,14 +199,51 @@ class LossSearch:
             raise ValueError(f"unknown strategy {self.strategy!r}{hint}; strategies: "
                              f"{', '.join(DEFAULT_SPACE)}")
         self.space = self.space or DEFAULT_SPACE[self.strategy]
-        if self.strategy == "aging" and self.task.kind == "classification":
+        self._resolve_slots()
+        if self.strategy == "aging" and not self.joint and \
+                self.task.slot(self.slot).kind == "classification":
             # NLFS: 2-class integrity check with automatic orientation of every candidate
             self.funnel = replace(self.funnel, checks=replace(self.funnel.checks, integrity=True))
+
+    def _resolve_slots(self) -> None:
+        """Check ``slot``/``fixed``/``joint`` against the task; clear errors say what to pass."""
+        from lossforge.loss_spec import load_loss
+
+        slots = self.task.loss_slots()
+        names = [s.name for s in slots]
+        listing = ", ".join(f"{s.name} ({s.kind})" for s in slots)
+        self.fixed = {str(k): str(v) for k, v in (self.fixed or {}).items()}
+        if self.joint:
+            if self.strategy not in JOINT_STRATEGIES:
+                raise ValueError(f"joint search supports autoloss-zero and random, not strategy "
+                                 f"{self.strategy!r}; or search one slot with slot=")
+            if self.fixed:
+                raise ValueError("a joint search searches every slot: fixed= is not allowed")
+            self.slot = None
+            return
+        if self.slot is None:
+            if len(slots) > 1:
+                raise ValueError(f"task {self.task.name!r} has loss slots {listing}: choose the "
+                                 "one to search with slot= (CLI --slot), or search them all with "
+                                 "joint=True (--joint)")
+            self.slot = names[0]
+        try:
+            kind = self.task.slot(self.slot).kind
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+        if kind == "box" and self.strategy == "taylor":
+            raise ValueError("the taylor strategy needs a label y: it cannot search a box slot "
+                             "(i, u, e); use autoloss-zero, random, glo or aging")
+        for k, v in self.fixed.items():
+            if k == self.slot:
+                raise ValueError(f"slot {k!r} is the searched slot: it cannot be fixed too")
+            load_loss(v, self.task, slot=k)  # clear ValueError: unknown slot, wrong kind …
 
     def settings(self) -> dict[str, Any]:
         return {"task": self.task.name, "metric": self.metric, "strategy": self.strategy,
                 "space": self.space, "seed": self.seed, "budget": self.budget,
-                "funnel": self.funnel.to_dict(), "strategy_options": self.strategy_options}
+                "funnel": self.funnel.to_dict(), "strategy_options": self.strategy_options,
+                "slot": self.slot, "fixed": self.fixed, "joint": self.joint}
 
     # --- opening / resuming ---------------------------------------------------------------------
     def _open_store(self) -> Store:
@@ -182,7 +252,8 @@ class LossSearch:
             return Store.create(path, self.settings())
         store = Store.open(path)
         old, new = store.settings, self.settings()
-        diff = [d for k in _FIXED for d in _differences(k, old.get(k), new.get(k))]
+        diff = [d for k in _FIXED
+                for d in _differences(k, old.get(k, _IMPLICIT.get(k)), new.get(k))]
         if diff:
             store.close()
             detail = "; ".join(f"{k}: study has {a!r}, requested {b!r}" for k, a, b in diff)
@@ -196,8 +267,15 @@ class LossSearch:
         from lossforge import search
         from lossforge.expr import spaces
 
-        variables = sorted(self.task.variables - {"z"})
-        space = spaces.get(self.space, variables=variables)
+        if self.joint:
+            from lossforge.expr.bundle import ProductSpace
+
+            space = ProductSpace(tuple(
+                (s.name, spaces.get(self.space, variables=sorted(s.variables - {"z"})))
+                for s in self.task.loss_slots()))
+        else:
+            variables = sorted(self.task.slot(self.slot).variables - {"z"})
+            space = spaces.get(self.space, variables=variables)
         options = dict(self.strategy_options)
         if self.strategy == "taylor" and self.task.num_classes:
             options.setdefault("num_classes", self.task.num_classes)
@@ -206,12 +284,20 @@ class LossSearch:
     def _funnel_config(self) -> FunnelConfig:
         return self.funnel
 
+    def _make_funnel(self):
+        if self.joint:
+            from lossforge.evaluation.joint import JointFunnel
+
+            return JointFunnel(self.task, self.metric, self.funnel, self.executor)
+        return Funnel(self.task, self.metric, self.funnel, self.executor, slot=self.slot,
+                      fixed=self.fixed)
+
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> Study:
         """Search until ``budget`` candidates are explored; returns the :class:`Study`."""
         store = self._open_store()
         strategy = self._make_strategy()
-        funnel = Funnel(self.task, self.metric, self.funnel, self.executor)
+        funnel = self._make_funnel()
         generation = 0
         ckpt = store.last_checkpoint()
         if ckpt is not None:
@@ -220,10 +306,9 @@ class LossSearch:
         calibrated = store.meta("calibration")
         if calibrated is None:
             funnel.calibrate()
-            store.set_meta("calibration", {"scores": funnel.calibration,
-                                           "lrp": asdict(funnel.lrp.config)})
+            store.set_meta("calibration", funnel.calibration_state())
         else:
-            funnel.lrp.config = LRPConfig(**calibrated["lrp"])
+            funnel.load_calibration(calibrated)
         for row in store.rows():  # what earlier runs learnt: GEC classes and results
             if row.fingerprint:
                 funnel.gec.known.setdefault(row.fingerprint, row.formula)
@@ -289,5 +374,6 @@ def resume(path: str | Path, executor: Any = None, progress=None, budget: int | 
                         budget=budget or s["budget"], seed=s["seed"], space=s["space"],
                         funnel=FunnelConfig.from_dict(s["funnel"]),
                         strategy_options=s["strategy_options"], executor=executor,
-                        progress=progress)
+                        progress=progress, slot=s.get("slot"), fixed=s.get("fixed", {}),
+                        joint=bool(s.get("joint", False)))
     return search.run()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lossforge.expr import Expr
-from lossforge.loss_spec import load_loss
+from lossforge.loss_spec import load_losses
 from lossforge.tasks import Task, check_output_shape
 from lossforge.tasks import get as get_task
 
@@ -27,7 +27,8 @@ class TrainResult:
     """Outcome of one training run.
 
     ``val``/``test``: metric name -> value (empty when the run was invalid or the split skipped);
-    ``loss_curve``: the training loss every ``curve_every`` steps; ``wall_time`` in seconds.
+    ``loss_curve``: the training loss every ``curve_every`` steps; ``val_curve``: the validation
+    metrics every ``eval_every`` steps (empty unless asked); ``wall_time`` in seconds.
     """
 
     loss: str
@@ -38,6 +39,7 @@ class TrainResult:
     val: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
     loss_curve: list[float] = field(default_factory=list)
+    val_curve: list[dict] = field(default_factory=list)
     wall_time: float = 0.0
 
     def to_dict(self) -> dict:
@@ -86,18 +88,27 @@ def evaluate_model(task: Task, model: nn.Module, split, batch_size: int, device)
     return task.compute_metrics(pred, split.y.numpy())
 
 
-def train(task: Task | str, loss: str | Expr | nn.Module, *, steps: int | None = None, seed: int = 0,
+def train(task: Task | str, loss: str | Expr | nn.Module | dict, *, steps: int | None = None, seed: int = 0,
           device: str = "cpu", batch_size: int | None = None, lr: float | None = None,
           splits: tuple[str, ...] = ("val", "test"), curve_every: int = 10,
-          train_fraction: float = 1.0) -> TrainResult:
+          train_fraction: float = 1.0, eval_every: int = 0) -> TrainResult:
     """Train the task's model with ``loss`` for ``steps`` steps (default: the task's proxy steps).
 
+    ``loss``: a zoo name, formula, ``Expr``, ``nn.Module`` or ``.py`` file. For a task with several
+    loss slots (:meth:`~lossforge.tasks.Task.loss_slots`): a ``dict`` slot -> loss, a text
+    ``"cls=focal; box=giou"``, or one loss that goes to the only slot of its kind (``ValueError``
+    when ambiguous); slots not given use their ``default``, and the training loss is
+    ``sum_slots weight * loss_slot`` on :meth:`~lossforge.tasks.Task.slot_inputs`.
+    ``TrainResult.loss`` names every slot's loss (``"cls=focal; box=giou"``).
+
     ``splits`` lists the splits to score at the end; ``train_fraction`` < 1 trains on a seeded
-    subset of the training data (data-utilisation experiments). Deterministic for ``seed`` on CPU.
+    subset of the training data (data-utilisation experiments). ``eval_every`` > 0 scores the
+    validation split after every ``eval_every`` steps into ``val_curve`` (``{"step": s, **metrics}``;
+    training speed: steps to reach a validation accuracy). Deterministic for ``seed`` on CPU.
     """
     task = get_task(task)
     cfg = task.proxy.with_(steps=steps, batch_size=batch_size, lr=lr)
-    loaded = load_loss(loss, task)
+    loaded = load_losses(loss, task)
     data = task.data()
     dev = torch.device(device)
     gen = seed_everything(seed)
@@ -126,6 +137,9 @@ def train(task: Task | str, loss: str | Expr | nn.Module, *, steps: int | None =
         value.backward()
         opt.step()
         result.steps_done = step + 1
+        if eval_every > 0 and (step + 1) % eval_every == 0:
+            result.val_curve.append({"step": step + 1, **evaluate_model(task, model, data.val,
+                                                                        cfg.eval_batch_size, dev)})
         if step % curve_every == 0:
             result.loss_curve.append(float(value.detach()))
     if result.status == OK and not all(torch.isfinite(p).all() for p in model.parameters()):

@@ -12,6 +12,11 @@ the protected forms of the op registry (``log(|x| + 1e-6)``, ``a / (b + 1e-6)``)
 differ from its textbook form by terms of order 1e-6.
 
 Lovász-softmax is sort-based and has no expression: it is a module entry (:class:`LovaszSoftmax`).
+
+Box-regression entries (``kind == "box"``: ``iou``, ``giou`` over the areas ``i, u, e`` of
+:func:`~lossforge.expr.kernels.prepare_box`, and the module entry ``l1`` on the coordinates) take
+``forward(pred_boxes, target_boxes)`` with ``(M, 4)`` boxes ``x1, y1, x2, y2``; the loss is the mean
+over boxes. ``names(kind)`` lists the entries of one kind.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from torch import nn
 from lossforge.expr import Expr, apply, const, parse, var
 
 __all__ = [
+    "BoxL1Loss",
     "LovaszSoftmax",
     "ZooEntry",
     "focal",
@@ -53,9 +59,11 @@ class ZooEntry:
     source: str
     doc: str
     factory: Callable[..., nn.Module] | None = None
+    kind: str = "classification"
 
     def module(self, **kw) -> nn.Module:
-        """A fresh ``nn.Module`` computing the loss; ``forward(logits, target)``.
+        """A fresh ``nn.Module`` computing the loss; ``forward(logits, target)`` (box entries:
+        ``forward(pred_boxes, target_boxes)``).
 
         Keyword arguments go to :meth:`Expr.to_torch` (e.g. ``ignore_index``) or to the module
         factory (for Lovász-softmax: ``classes``, ``per_image``, ``ignore_index``).
@@ -240,8 +248,11 @@ _ENTRIES: dict[str, ZooEntry] = {}
 
 
 def _add_expr(name: str, expr: Expr | str, source: str, doc: str) -> None:
+    from lossforge.expr.export import loss_kind
+
     e = parse(expr) if isinstance(expr, str) else expr
-    _ENTRIES[name] = ZooEntry(name=name, formula=str(e), expr=e, source=source, doc=doc)
+    _ENTRIES[name] = ZooEntry(name=name, formula=str(e), expr=e, source=source, doc=doc,
+                              kind=loss_kind(e))
 
 
 _add_expr(
@@ -312,9 +323,56 @@ _ENTRIES["lovasz"] = ZooEntry(
 )
 
 
-def names() -> list[str]:
-    """Names of the zoo's entries, in a fixed order."""
-    return list(_ENTRIES)
+_add_expr(
+    "iou", "1 - i / u",
+    "IoU loss: Yu, Jiang, Wang, Cao, Huang: UnitBox: An Advanced Object Detection Network, "
+    "ACM MM 2016 (arXiv 1608.01471); linear form 1 - IoU as in Rezatofighi et al. 2019",
+    "1 - intersection / union of a predicted and a target box (box kind, mean over boxes). "
+    "UnitBox itself uses -ln(IoU); 1 - IoU is the form compared in GIoU and AutoLoss-Zero. "
+    "Zero gradient for disjoint boxes.",
+)
+_add_expr(
+    "giou", "1 - i / u + (e - u) / e",
+    "GIoU loss: Rezatofighi, Tsoi, Gwak, Sadeghian, Reid, Savarese: Generalized Intersection over "
+    "Union, CVPR 2019 (arXiv 1902.09630)",
+    "1 - GIoU = 1 - IoU + (enclosing - union) / enclosing (box kind, mean over boxes); keeps a "
+    "gradient when the boxes do not overlap.",
+)
+
+
+class BoxL1Loss(nn.Module):
+    """L1 loss on box coordinates (no smoothing): ``mean |pred_boxes - target_boxes|`` over every
+    box and coordinate (``reduction="mean"`` of ``torch.nn.L1Loss``).
+
+    ``forward(pred_boxes, target_boxes)``: ``(M, 4)`` each; ``M = 0`` gives a differentiable 0.
+    """
+
+    kind = "box"
+
+    def forward(self, pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
+        if tuple(pred_boxes.shape) != tuple(target_boxes.shape) or pred_boxes.dim() != 2:
+            raise ValueError(f"expected boxes (M, 4) for prediction and target, got "
+                             f"{tuple(pred_boxes.shape)} and {tuple(target_boxes.shape)}")
+        if pred_boxes.shape[0] == 0:
+            return pred_boxes.sum() * 0
+        return (pred_boxes - target_boxes.to(pred_boxes.dtype)).abs().mean()
+
+
+_ENTRIES["l1"] = ZooEntry(
+    name="l1", formula=None, expr=None,
+    source="L1 box regression: Girshick, Fast R-CNN, ICCV 2015 (arXiv 1504.08083) uses its smooth "
+           "form; plain L1 on coordinates is the 'CE+L1' baseline of AutoLoss-Zero (Li et al., "
+           "CVPR 2022, arXiv 2103.14026)",
+    doc="Mean absolute error of the box coordinates x1, y1, x2, y2 (no smoothing); needs "
+        "coordinates, not i, u, e, so an nn.Module, not an expression.",
+    factory=BoxL1Loss, kind="box",
+)
+
+
+def names(kind: str | None = None) -> list[str]:
+    """Names of the zoo's entries, in a fixed order; ``kind`` (``"classification"``, ``"box"``)
+    keeps the entries of that loss kind only."""
+    return [n for n, e in _ENTRIES.items() if kind is None or e.kind == kind]
 
 
 def get(name: str) -> ZooEntry:

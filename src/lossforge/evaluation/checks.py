@@ -1,6 +1,7 @@
 """Stage 1, ``checks``: cheap validity tests on probe inputs (AutoLoss-Zero, EvoMAL, NLFS).
 
-A candidate passes when (a) it reads both a prediction variable and the label ``y``; (b) its value
+A candidate passes when (a) it reads both a prediction variable and the label ``y`` (box losses: one
+of ``i, u, e``, each of which depends on both the predicted and the target box); (b) its value
 and its gradient with respect to the prediction are finite on the probe; (c) the gradient is not
 identically zero and the value or gradient changes when the labels change. Optionally (NLFS, for
 classification spaces without batch aggregations) the 2-class integrity check with automatic
@@ -20,7 +21,9 @@ from lossforge.evaluation.stage import StageStats, timed
 from lossforge.expr import Expr, apply
 from lossforge.expr.export import evaluate, loss_value
 
-PREDICTION_VARS = frozenset({"p", "z", "f", "i"})
+PREDICTION_VARS = frozenset({"p", "z", "f", "i", "u", "e"})
+#: Box-regression variables: each depends on the predicted and on the target box.
+JOINT_VARS = frozenset({"i", "u", "e"})
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class ChecksConfig:
 def structural_reason(expr: Expr) -> str:
     """Why ``expr`` cannot be a loss by its structure alone ('' when it can)."""
     v = expr.variables()
+    if v & JOINT_VARS:
+        return ""
     if not v & PREDICTION_VARS:
         return "does not depend on the prediction"
     if "y" not in v:
@@ -57,6 +62,7 @@ def numeric_reason(expr: Expr, probe: Probe, pred: torch.Tensor, alt: Probe) -> 
     with torch.no_grad():
         env2, mask2 = alt.variables(pred)
         other = loss_value(expr, env2, mask2)
+    value = value.detach()
     if torch.isfinite(other) and abs(float(other - value)) <= 1e-9 * (1 + abs(float(value))):
         x2 = pred.clone().requires_grad_(True)
         env2, mask2 = alt.variables(x2)
@@ -109,7 +115,10 @@ class Checks:
         if probe.kind == "classification" and probe.num_classes:
             shifted = torch.where(probe.target == probe.ignore_index, probe.target,
                                   (probe.target + 1) % probe.num_classes)
-        self.alt = Probe(probe.kind, shifted, probe.pred_shape, probe.num_classes, probe.ignore_index)
+        if probe.kind == "box":  # every target box moved by half its size (anchors stay)
+            size = probe.target[:, 2:] - probe.target[:, :2]
+            shifted = probe.target + torch.cat([size, size], dim=1) / 2
+        self.alt = probe.with_target(shifted)
         self.stats = StageStats(self.name)
 
     def reason(self, expr: Expr) -> tuple[str, Expr]:

@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, field, replace
 from lossforge.evaluation.candidate import GEC_HIT, Candidate
 from lossforge.evaluation.checks import Checks, ChecksConfig
 from lossforge.evaluation.gec import GECConfig, GradientEquivalence
-from lossforge.evaluation.lrp import LossRejection, LRPConfig, calibrate
-from lossforge.evaluation.probes import task_probe
+from lossforge.evaluation.lrp import (BOX_LR_SCALE, BOX_THRESHOLD_SCALE, LossRejection,
+                                      LRPConfig, calibrate, slot_metric)
+from lossforge.evaluation.probes import slot_probe
 from lossforge.evaluation.proxy import ProxyStageConfig, ProxyTraining
 from lossforge.expr import Expr, parse
 from lossforge.tasks import Task
@@ -25,6 +26,7 @@ BASELINES = {
     "classification": ["-sum_c(y * log(p))", "-sum_c(y * square(1 - p) * log(p))",
                        "sum_c(square(p - y))"],
     "regression": ["mean_c(square(f - y))", "mean_c(abs(f - y))"],
+    "box": ["1 - i / u", "1 - i / u + (e - u) / e"],  # the zoo's iou and giou
 }
 
 
@@ -54,26 +56,60 @@ class FunnelConfig:
 @dataclass
 class Funnel:
     """Runs candidates through the stages. ``known_results``: formula -> fitness (or ``None``) of
-    every loss evaluated so far, so that GEC hits can reuse them."""
+    every loss evaluated so far, so that GEC hits can reuse them.
+
+    ``slot``: the loss slot the candidates are for (default: the task's only slot; required for a
+    multi-slot task); ``fixed``: losses of the other slots during proxy training (slot -> zoo name
+    or formula; slots not named use their ``default``). The screening stages use the slot's probe
+    (:func:`~lossforge.evaluation.probes.slot_probe`); the LRP scores the task's metric for a
+    single-slot task, else the slot kind's :func:`~lossforge.evaluation.lrp.slot_metric` (box
+    slots: mean IoU, threshold ``BOX_THRESHOLD_SCALE`` and lr ``BOX_LR_SCALE`` times the configured
+    ones; box LRPs run stacked, :mod:`~lossforge.evaluation.batched.boxes`).
+    """
 
     task: Task
     metric: str
     config: FunnelConfig = FunnelConfig()
     executor: object = None
     known_results: dict[str, float | None] = field(default_factory=dict)
+    slot: str | None = None
+    fixed: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         cfg = self.config
-        probe = task_probe(self.task, cfg.probe_samples, cfg.checks.seed, cfg.lrp.spatial_size)
-        lrp_probe = task_probe(self.task, cfg.lrp.samples, cfg.lrp.seed, cfg.lrp.spatial_size)
+        slots = self.task.loss_slots()
+        if self.slot is None:
+            if len(slots) > 1:
+                raise ValueError(f"task {self.task.name!r} has loss slots "
+                                 f"{', '.join(s.name for s in slots)}: name the slot to screen")
+            self.slot = slots[0].name
+        slot = self.task.slot(self.slot)
+        self.kind = slot.kind
+        probe = slot_probe(self.task, slot.name, cfg.probe_samples, cfg.checks.seed,
+                           cfg.lrp.spatial_size)
+        lrp_probe = slot_probe(self.task, slot.name, cfg.lrp.samples, cfg.lrp.seed,
+                               cfg.lrp.spatial_size)
         self.checks = Checks(probe, cfg.checks)
         self.gec = GradientEquivalence(probe, cfg.gec)
         # Dense probes: the loss is a mean over pixels, so scale the step by the pixels per sample
-        # for a pixel's logits to move as a sample's do in classification.
-        pixels = int(lrp_probe.target[0].numel()) if self.task.kind == "classification" else 1
-        self.lrp = LossRejection(lrp_probe, self.task.metric(self.metric),
-                                 replace(cfg.lrp, lr=cfg.lrp.lr * pixels))
-        self.proxy = ProxyTraining(self.task, self.metric, cfg.proxy, self.executor)
+        # for a pixel's logits to move as a sample's do in classification. Dense regression
+        # (B, C, *spatial): the baselines average over every element, so scale by C * pixels.
+        dense = slot.kind == "classification" or (slot.kind == "regression"
+                                                  and lrp_probe.target.dim() > 2)
+        pixels = int(lrp_probe.target[0].numel()) if dense else 1
+        if slot.kind == "box":
+            pixels = BOX_LR_SCALE
+        lrp_cfg = replace(cfg.lrp, lr=cfg.lrp.lr * pixels)
+        if len(slots) == 1 and slot.kind != "box":
+            metric = self.task.metric(self.metric)
+        else:
+            metric = slot_metric(slot.kind)
+        if slot.kind == "box":
+            lrp_cfg = replace(lrp_cfg, threshold=cfg.lrp.threshold * BOX_THRESHOLD_SCALE)
+        self.lrp = LossRejection(lrp_probe, metric, lrp_cfg)
+        fixed = dict(self.fixed) if len(slots) > 1 else None
+        self.proxy = ProxyTraining(self.task, self.metric, cfg.proxy, self.executor,
+                                   slot=slot.name if fixed is not None else None, fixed=fixed)
         self._batched = None
         if cfg.batched:
             from lossforge.evaluation import batched
@@ -89,7 +125,7 @@ class Funnel:
     def calibrate(self) -> dict[str, float | None]:
         """Check that the hand-made losses pass the LRP (adjusting the threshold if not)."""
         if self.config.use_lrp:
-            baselines = [parse(f) for f in BASELINES[self.task.kind]]
+            baselines = [parse(f) for f in BASELINES[self.kind]]
             self.calibration = calibrate(self.lrp, baselines)
         return self.calibration
 
@@ -126,3 +162,13 @@ class Funnel:
 
     def stats(self) -> dict[str, dict]:
         return {s.name: s.stats.to_dict() for s in (self.checks, self.gec, self.lrp, self.proxy)}
+
+    # ---- what a study stores about the calibration -------------------------------------------
+    def calibration_state(self) -> dict:
+        """JSON: the calibration scores and the LRP settings in force (see :meth:`load_calibration`)."""
+        return {"scores": self.calibration, "lrp": asdict(self.lrp.config)}
+
+    def load_calibration(self, state: dict) -> None:
+        """Restore what :meth:`calibration_state` wrote (a resumed study skips calibrating)."""
+        self.lrp.config = LRPConfig(**state["lrp"])
+        self.calibration = state.get("scores", {})

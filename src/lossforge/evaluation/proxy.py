@@ -27,9 +27,11 @@ class ProxyStageConfig:
     batch: int = 16
 
 
-def proxy_job(task: Task, formula: str, metric: str, steps: int | None, seed: int,
+def proxy_job(task: Task, formula: str | dict[str, str], metric: str, steps: int | None, seed: int,
               device: str = "cpu") -> dict:
-    """Train once and return ``{"status", "fitness", "metrics", "seconds", "steps_done"}``."""
+    """Train once and return ``{"status", "fitness", "metrics", "seconds", "steps_done"}``.
+
+    ``formula``: the loss (a multi-slot task: a dict slot -> formula, see ``train``)."""
     result = train(task, formula, steps=steps, seed=seed, device=device, splits=("val",))
     m = task.metric(metric)
     ok = result.status == OK
@@ -44,9 +46,19 @@ class ProxyTraining:
     name = "proxy"
 
     def __init__(self, task: Task, metric: str, config: ProxyStageConfig = ProxyStageConfig(),
-                 executor=None):
+                 executor=None, slot: str | None = None, fixed: dict[str, str] | None = None):
         self.task, self.metric, self.config, self.executor = task, metric, config, executor
+        self.slot, self.fixed = slot, fixed
         self.stats = StageStats(self.name)
+
+    def loss_spec(self, expr) -> str | dict[str, str]:
+        """What ``train`` gets for a candidate: its formula; with ``fixed`` (a slot of a
+        multi-slot task) ``{**fixed, slot: formula}``; a bundle (joint search) its slot dict."""
+        if hasattr(expr, "loss_spec"):
+            return {**(self.fixed or {}), **expr.loss_spec()}
+        if self.fixed is not None:
+            return {**self.fixed, self.slot: str(expr)}
+        return str(expr)
 
     def __call__(self, candidates: list[Candidate], on_done=None) -> None:
         """Train the pending candidates; ``on_done(candidate)`` is called as each one finishes."""
@@ -55,7 +67,7 @@ class ProxyTraining:
             return
         with timed(self.stats):
             self.stats.n_in += len(todo)
-            args = [(self.task, str(c.expr), self.metric, self.config.steps, self.config.seed,
+            args = [(self.task, self.loss_spec(c.expr), self.metric, self.config.steps, self.config.seed,
                      self.config.device) for c in todo]
             if self.executor is None:
                 from lossforge.evaluation.proxy_batched import in_process_results

@@ -645,8 +645,8 @@ def in_process_results(task: Task, todo: list, args: list[tuple], chunk: int = D
     """
     from lossforge.evaluation.proxy import _safe_job
 
-    if chunk <= 1 or not todo or not supports_batched(task):
-        for c, a in zip(todo, args):
+    if chunk <= 1 or not todo or len(task.loss_slots()) > 1 or not supports_batched(task):
+        for c, a in zip(todo, args):  # multi-slot tasks: always sequential (composite losses)
             yield c, _safe_job(a)
         return
     batchable, single = [], []

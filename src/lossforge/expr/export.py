@@ -14,6 +14,8 @@ from lossforge.expr.expr import Expr, format_number
 
 CLASSIFICATION_VARS = frozenset({"p", "y", "z"})
 REGRESSION_VARS = frozenset({"f", "y"})
+BOX_VARS = frozenset({"i", "u", "e"})
+KINDS = ("classification", "regression", "box")
 
 
 # ---- numeric evaluation ------------------------------------------------------------------------
@@ -54,14 +56,18 @@ def loss_value(expr: Expr, env: dict[str, torch.Tensor], mask: torch.Tensor | No
 
 
 def loss_kind(expr: Expr) -> str:
-    """``"classification"`` (variables among p, y, z) or ``"regression"`` (f, y)."""
+    """``"classification"`` (variables among p, y, z), ``"regression"`` (f, y) or ``"box"``
+    (i, u, e)."""
     v = expr.variables()
     if "f" in v and v <= REGRESSION_VARS:
         return "regression"
+    if v and v <= BOX_VARS:
+        return "box"
     if v <= CLASSIFICATION_VARS:
         return "classification"
     raise ValueError(f"cannot infer the loss kind from variables {sorted(v)}: use p, y, z for "
-                     "classification/segmentation or f, y for regression, or pass kind=")
+                     "classification/segmentation, f, y for regression or i, u, e for boxes, "
+                     "or pass kind=")
 
 
 # ---- nn.Module ---------------------------------------------------------------------------------
@@ -71,6 +77,8 @@ class ExprLoss(nn.Module):
     ``forward(logits, target)``: logits ``(N, C, *spatial)``, class-index target ``(N, *spatial)``;
     positions labelled ``ignore_index`` do not count. Returns a scalar.
     """
+
+    kind = "classification"
 
     def __init__(self, expr: Expr, ignore_index: int = 255):
         super().__init__()
@@ -92,6 +100,8 @@ class RegressionExprLoss(nn.Module):
     ``forward(pred, target)`` with equal shapes ``(N,)`` or ``(N, D, ...)``; returns a scalar.
     """
 
+    kind = "regression"
+
     def __init__(self, expr: Expr):
         super().__init__()
         self.expr = expr
@@ -105,14 +115,43 @@ class RegressionExprLoss(nn.Module):
         return f"formula={self.formula!r}"
 
 
+class BoxExprLoss(nn.Module):
+    """A box-regression loss from an expression over ``i``, ``u``, ``e`` (intersection, union and
+    smallest-enclosing-box areas, :func:`~lossforge.expr.kernels.prepare_box`).
+
+    ``forward(pred_boxes, target_boxes)``: ``(M, 4)`` each as ``x1, y1, x2, y2``; the loss is the
+    mean over the boxes. ``M = 0`` gives a differentiable 0 (``pred_boxes.sum() * 0``).
+    """
+
+    kind = "box"
+
+    def __init__(self, expr: Expr):
+        super().__init__()
+        self.expr = expr
+        self.formula = str(expr)
+
+    def forward(self, pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
+        if pred_boxes.shape[0] == 0 and pred_boxes.dim() == 2:
+            return pred_boxes.sum() * 0
+        env, mask = K.prepare_box(pred_boxes, target_boxes)
+        return loss_value(self.expr, env, mask)
+
+    def extra_repr(self) -> str:
+        return f"formula={self.formula!r}"
+
+
 def to_torch(expr: Expr, kind: str = "auto", ignore_index: int = 255) -> nn.Module:
-    """The expression as an ``nn.Module`` (see :class:`ExprLoss`, :class:`RegressionExprLoss`)."""
+    """The expression as an ``nn.Module`` (see :class:`ExprLoss`, :class:`RegressionExprLoss`,
+    :class:`BoxExprLoss`); ``kind``: ``"classification"``, ``"regression"``, ``"box"`` or
+    ``"auto"`` (from the variables, :func:`loss_kind`)."""
     kind = loss_kind(expr) if kind == "auto" else kind
     if kind == "classification":
         return ExprLoss(expr, ignore_index=ignore_index)
     if kind == "regression":
         return RegressionExprLoss(expr)
-    raise ValueError(f"unknown loss kind {kind!r}; use 'classification' or 'regression'")
+    if kind == "box":
+        return BoxExprLoss(expr)
+    raise ValueError(f"unknown loss kind {kind!r}; use 'classification', 'regression' or 'box'")
 
 
 # ---- standalone source -------------------------------------------------------------------------
@@ -171,8 +210,15 @@ def to_source(expr: Expr, name: str = "SearchedLoss", kind: str = "auto") -> str
         signature = "pred, target"
         init = ""
         prep = "        v, mask = prepare_regression(pred, target)"
+    elif kind == "box":
+        kernels.append("prepare_box")
+        signature = "pred_boxes, target_boxes"
+        init = ""
+        prep = ("        if pred_boxes.dim() == 2 and pred_boxes.shape[0] == 0:\n"
+                "            return pred_boxes.sum() * 0\n"
+                "        v, mask = prepare_box(pred_boxes, target_boxes)")
     else:
-        raise ValueError(f"unknown loss kind {kind!r}; use 'classification' or 'regression'")
+        raise ValueError(f"unknown loss kind {kind!r}; use 'classification', 'regression' or 'box'")
     kernels.append("reduce_loss")
     body = "\n".join([prep, "        ref = next(iter(v.values()))", *lines,
                       f"        return reduce_loss({result}, mask)"])
@@ -182,7 +228,7 @@ def to_source(expr: Expr, name: str = "SearchedLoss", kind: str = "auto") -> str
 Formula: {formula}
 
 Standalone: imports only torch. Use it like ``torch.nn.CrossEntropyLoss``:
-``loss = {name}()(model_output, target)``.
+``loss = {name}()({signature})``.
 """
 import torch
 

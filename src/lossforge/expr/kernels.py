@@ -5,7 +5,8 @@ This module is the single source of truth for the numerical behaviour of an op: 
 copies their source text into a standalone file. Keep every function self-contained (it may use
 ``torch``, ``EPS`` and the other functions here, nothing else).
 
-Tensor contract: every variable is shaped like the model output ``(N, C, *spatial)``; ``mask`` is a
+Tensor contract: every variable is shaped like the model output ``(N, C, *spatial)`` (box losses:
+``(M, 1)``, one row per box, see :func:`prepare_box`); ``mask`` is a
 boolean tensor ``(N, 1, *spatial)`` marking the positions that count (``None``: all count).
 Aggregations keep dimensions so that their result broadcasts back against the inputs.
 """
@@ -270,3 +271,32 @@ def prepare_regression(pred, target):
     if pred.dim() == 1:
         pred, target = pred.unsqueeze(1), target.unsqueeze(1)
     return {"f": pred, "y": target.to(pred.dtype)}, None
+
+
+def prepare_box(pred, target):
+    """Predicted and target boxes ``(M, 4)`` as ``x1, y1, x2, y2`` -> variables ``i, u, e``.
+
+    ``i``: intersection area, ``u``: union area, ``e``: area of the smallest box enclosing both;
+    each ``(M, 1)`` (one value per box; the singleton class axis lets ``sum_c``/``mean_c`` apply
+    and the loss is the mean over boxes). A predicted box with ``x2 < x1`` (or ``y2 < y1``) does
+    not crash: widths and heights are clamped at 0, so it has area 0 and intersects nothing; the
+    union uses the areas of the clamped boxes, ``u = area(pred) + area(target) - i``. No eps is
+    added here: a ratio such as ``i / u`` goes through the protected ``/`` (``a / (b + 1e-6)``),
+    which guards ``u = 0`` (two empty boxes). Raises ``ValueError`` for shapes that do not fit.
+    """
+    if pred.dim() != 2 or pred.shape[-1] != 4 or tuple(pred.shape) != tuple(target.shape):
+        raise ValueError(f"boxes must be (M, 4) as x1, y1, x2, y2 for prediction and target, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+    target = target.to(pred.dtype)
+    pw = (pred[:, 2] - pred[:, 0]).clamp_min(0.0)
+    ph = (pred[:, 3] - pred[:, 1]).clamp_min(0.0)
+    tw = (target[:, 2] - target[:, 0]).clamp_min(0.0)
+    th = (target[:, 3] - target[:, 1]).clamp_min(0.0)
+    iw = (torch.minimum(pred[:, 2], target[:, 2]) - torch.maximum(pred[:, 0], target[:, 0]))
+    ih = (torch.minimum(pred[:, 3], target[:, 3]) - torch.maximum(pred[:, 1], target[:, 1]))
+    inter = iw.clamp_min(0.0) * ih.clamp_min(0.0)  # <= 0 wide for an inverted box: clamped to 0
+    union = pw * ph + tw * th - inter
+    ew = torch.maximum(pred[:, 2], target[:, 2]) - torch.minimum(pred[:, 0], target[:, 0])
+    eh = torch.maximum(pred[:, 3], target[:, 3]) - torch.minimum(pred[:, 1], target[:, 1])
+    enclose = ew.clamp_min(0.0) * eh.clamp_min(0.0)
+    return {"i": inter.unsqueeze(1), "u": union.unsqueeze(1), "e": enclose.unsqueeze(1)}, None

@@ -21,7 +21,9 @@ read it. Presets, by name (:func:`get`, :func:`names`):
 
 Every preset adapts to the task's loss signature: ``get(name, variables=("f", "y"))`` gives the
 regression variant (the prediction variable is ``f``). Variables other than the label ``y`` are
-*prediction* variables; a valid loss reads ``y`` and at least one prediction variable.
+*prediction* variables; a valid loss reads ``y`` and at least one prediction variable. Box spaces
+(``variables=("i", "u", "e")``) have no label: each of the intersection, union and enclosing areas
+depends on both the predicted and the target box, so a valid loss reads at least one of them.
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ from lossforge.expr import ops as _ops
 from lossforge.expr.expr import Expr
 
 LABEL = "y"
+#: Variables that depend on both the prediction and the label (box regression): a space made of
+#: them only needs no separate label.
+JOINT_VARIABLES = frozenset({"i", "u", "e"})
 KINDS = ("tree", "dag", "parametric")
 
 # Linear ops: scaling their output equals scaling their inputs (used by GLO's coefficient form).
@@ -72,9 +77,9 @@ class SearchSpace:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if LABEL not in self.variables:
+        if LABEL not in self.variables and not set(self.variables) <= JOINT_VARIABLES:
             raise ValueError(f"a search space needs the label variable {LABEL!r} among its "
-                             f"variables, got {self.variables}")
+                             f"variables (or box variables only: i, u, e), got {self.variables}")
         if not self.prediction_variables:
             raise ValueError(f"a search space needs a prediction variable besides {LABEL!r}, "
                              f"got {self.variables}")
@@ -127,7 +132,10 @@ class SearchSpace:
         the space. Constant *values* are not checked (tuned coefficients are fine).
         """
         used = expr.variables()
-        if LABEL not in used:
+        if LABEL not in self.variables:  # box space: i, u, e each read prediction and label
+            if not used & set(self.variables):
+                return f"reads none of {', '.join(self.variables)}"
+        elif LABEL not in used:
             return f"does not depend on the label {LABEL!r}"
         if not used & set(self.prediction_variables):
             return f"does not depend on the prediction ({', '.join(self.prediction_variables)})"
@@ -252,4 +260,5 @@ def get(name: str, variables: Iterable[str] | None = None, **overrides) -> Searc
     return replace(space, **overrides) if overrides else space
 
 
-__all__ = ["SearchSpace", "get", "names", "normalize_variables", "LABEL", "LINEAR_OPS"]
+__all__ = ["SearchSpace", "get", "names", "normalize_variables", "LABEL", "LINEAR_OPS",
+           "JOINT_VARIABLES"]

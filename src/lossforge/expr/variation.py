@@ -148,7 +148,12 @@ def random_expr(space: SearchSpace, rng: np.random.Generator, min_depth: int = 2
     ``method="ramped"`` (ramped half-and-half): each try draws a depth in
     ``[min_depth, max_depth]`` (default ``max_depth = min(6, space.max_depth)``) and grow or full;
     ``"grow"``/``"full"`` use ``max_depth``. Retries until :meth:`SearchSpace.is_valid`.
+    A :class:`~lossforge.expr.bundle.ProductSpace` (joint search) gives a bundle, one random
+    expression per slot.
     """
+    if space.kind == "product":
+        return space.random_expr(rng, min_depth=min_depth, max_depth=max_depth, method=method,
+                                 max_tries=max_tries, **kwargs)
     if space.kind == "dag":
         return dag_to_expr(random_dag(space, rng, max_tries=max_tries))
     if space.kind != "tree":
@@ -226,8 +231,11 @@ def mutate(expr: Expr, space: SearchSpace, rng: np.random.Generator,
     (``insert``, ``delete``, ``replace``, ``leaf``).
 
     Retries until the child differs from ``expr`` and is valid in ``space``; after ``max_tries``
-    falls back to a fresh :func:`random_expr` (always different and valid).
+    falls back to a fresh :func:`random_expr` (always different and valid). A
+    :class:`~lossforge.expr.bundle.ProductSpace` mutates one uniformly chosen slot of the bundle.
     """
+    if space.kind == "product":
+        return space.mutate(expr, rng, kinds=kinds, max_tries=max_tries)
     unknown = set(kinds) - set(_MUTATORS)
     if unknown:
         raise ValueError(f"unknown mutation kinds {sorted(unknown)}; use {MUTATIONS}")
@@ -289,7 +297,8 @@ def subtree_mutation(expr: Expr, space: SearchSpace, rng: np.random.Generator,
 # ---- NLFS DAG genomes --------------------------------------------------------------------------
 def dag_inputs(space: SearchSpace) -> list[str]:
     """Input names of a DAG genome: the label, the prediction variable(s), then the constants."""
-    return ([LABEL] + list(space.prediction_variables)
+    label = [LABEL] if LABEL in space.variables else []  # box spaces (i, u, e) have no label
+    return (label + list(space.prediction_variables)
             + [format_number(c) for c in (space.constants or ())])
 
 
@@ -354,7 +363,8 @@ def random_dag(space: SearchSpace, rng: np.random.Generator, max_tries: int = 20
         genome = {"inputs": list(inputs), "nodes": nodes, "aggregation": agg,
                   "orientation": orientation}
         reached = {inputs[i] for i in _reached_inputs(genome)}
-        if LABEL not in reached or not reached & set(space.prediction_variables):
+        if (LABEL in space.variables and LABEL not in reached) or \
+                not reached & set(space.prediction_variables):
             continue  # cheap pre-check before building the expression
         if space.is_valid(dag_to_expr(genome)):
             return genome

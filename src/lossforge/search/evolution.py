@@ -33,7 +33,10 @@ from lossforge.search.random import SeededStrategy, clean_fitness
 from lossforge.search.strategy import Fitness
 
 
-def _parse(text: str) -> Expr:
+def _parse(text: str, space=None) -> Expr:
+    """A stored candidate text back as what the strategy proposes (a bundle in a product space)."""
+    if getattr(space, "kind", None) == "product":
+        return space.parse(text)
     return parse(text, strict=False)
 
 
@@ -47,7 +50,7 @@ class AutoLossZero(SeededStrategy):
 
     name = "autoloss-zero"
     default_space = "autoloss-zero"
-    space_kinds = ("tree",)
+    space_kinds = ("tree", "product")
     defaults = {
         "population_size": 20,
         "tournament_size": 5,
@@ -129,7 +132,7 @@ class AutoLossZero(SeededStrategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.load_base_state(state)
-        self.population = [(_parse(t), float(f)) for t, f in state["population"]]
+        self.population = [(_parse(t, self.space), float(f)) for t, f in state["population"]]
         self.n_asked = int(state["n_asked"])
         self.n_told = int(state["n_told"])
 

@@ -47,7 +47,7 @@ def resolve_space(space: SearchSpace | str | None, default: str) -> SearchSpace:
         return _spaces.get(default)
     if isinstance(space, str):
         return _spaces.get(space)
-    if not isinstance(space, SearchSpace):
+    if not isinstance(space, SearchSpace) and getattr(space, "kind", None) != "product":
         raise TypeError(f"space must be a SearchSpace or a preset name, got {type(space).__name__}")
     return space
 
@@ -138,6 +138,7 @@ class RandomSearch(SeededStrategy):
 
     name = "random"
     default_space = "autoloss-zero"
+    space_kinds = ("tree", "dag", "parametric", "product")
     defaults = {"batch_size": 10, "min_depth": 2, "max_depth": 6, "sigma": 1.2}
 
     def __init__(self, space: SearchSpace | str | None = None, seed: int = 0, **options):
@@ -147,7 +148,7 @@ class RandomSearch(SeededStrategy):
 
     def _one(self) -> Expr:
         sp, c = self.space, self.config
-        if sp.kind == "tree":
+        if sp.kind in ("tree", "product"):  # product: one expression per slot (joint search)
             return V.random_expr(sp, self.rng, min_depth=c["min_depth"], max_depth=c["max_depth"])
         if sp.kind == "dag":
             return V.dag_to_expr(V.random_dag(sp, self.rng))

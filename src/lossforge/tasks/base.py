@@ -7,7 +7,7 @@ same attributes. Nothing in the engine special-cases a built-in task.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -18,12 +18,42 @@ from lossforge.data import DataSplits
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
+#: Box regression: a loss over the intersection ``i``, union ``u`` and smallest enclosing box
+#: ``e`` areas of a predicted and a target box (CSE-Autoloss / AutoLoss-Zero variables).
+BOX = "box"
 
 #: Variables a loss may read, by loss kind (DESIGN.md §3).
 SIGNATURES: dict[str, frozenset[str]] = {
     CLASSIFICATION: frozenset({"p", "y", "z"}),
     REGRESSION: frozenset({"f", "y"}),
+    BOX: frozenset({"i", "u", "e"}),
 }
+
+
+@dataclass(frozen=True)
+class LossSlot:
+    """One loss of a task (a *branch*: a detector has a classification and a box slot).
+
+    ``kind``: ``"classification"``, ``"regression"`` or ``"box"`` (what :meth:`Task.slot_inputs`
+    gives the slot, see there); ``default``: the zoo name or formula used when the slot is not
+    being searched; ``weight``: the slot's factor in the total training loss
+    ``sum_slots weight * loss_slot``.
+    """
+
+    name: str
+    kind: str
+    default: str
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in SIGNATURES:
+            raise ValueError(f"loss slot {self.name!r}: kind must be one of "
+                             f"{', '.join(SIGNATURES)}, got {self.kind!r}")
+
+    @property
+    def variables(self) -> frozenset[str]:
+        """The variables a loss of this slot may read."""
+        return SIGNATURES[self.kind]
 
 
 @dataclass(frozen=True)
@@ -74,6 +104,8 @@ class Task:
         metrics: named :class:`Metric` objects; ``default_metric`` names the one to search for.
         proxy: :class:`ProxyConfig` defaults for short trainings.
         baseline: the loss the ``evaluate`` table compares against (a zoo name or formula).
+        slots: the task's :class:`LossSlot` s when its training loss has several parts (a
+            multi-branch model); empty for the usual single loss (see :meth:`loss_slots`).
     """
 
     name: str = "task"
@@ -84,6 +116,7 @@ class Task:
     default_metric: str = "accuracy"
     proxy: ProxyConfig = ProxyConfig()
     baseline: str = "ce"
+    slots: tuple[LossSlot, ...] = ()
 
     # --- to implement ----------------------------------------------------------------------------
     def data(self) -> DataSplits:
@@ -97,8 +130,72 @@ class Task:
     # --- defaults ------------------------------------------------------------------------------
     @property
     def variables(self) -> frozenset[str]:
-        """The variables a loss for this task may read."""
+        """The variables a loss for this task may read (multi-slot tasks: of any slot)."""
+        if self.slots:
+            return frozenset().union(*(s.variables for s in self.slots))
         return SIGNATURES[self.kind]
+
+    # --- loss slots (multi-branch losses) --------------------------------------------------------
+    def loss_slots(self) -> tuple[LossSlot, ...]:
+        """The task's loss slots: ``slots`` when set, else the one slot ``"loss"`` of ``kind``
+        with the ``baseline`` as default."""
+        if self.slots:
+            return tuple(self.slots)
+        return (LossSlot("loss", self.kind, self.baseline),)
+
+    def slot(self, name: str) -> LossSlot:
+        """The slot called ``name``; ``KeyError`` listing the task's slots."""
+        for s in self.loss_slots():
+            if s.name == name:
+                return s
+        raise KeyError(f"task {self.name!r} has no loss slot {name!r}; its slots are: "
+                       f"{', '.join(s.name for s in self.loss_slots())}")
+
+    def slot_inputs(self, outputs, target) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Model ``outputs`` and a batch ``target`` -> ``{slot name: (prediction, target)}``.
+
+        Per slot kind the pair is: classification -> (logits ``(N, C, *spatial)``, class-index
+        target ``(N, *spatial)``, ``ignore_index`` allowed); regression -> (prediction, target) of
+        one shape; box -> (predicted boxes ``(M, 4)``, target boxes ``(M, 4)``) as ``x1, y1, x2, y2``,
+        ``M`` may be 0. The default (single slot) is ``{"loss": (outputs, target)}``; a multi-slot
+        task must override it.
+        """
+        if self.slots:
+            raise NotImplementedError(f"task {self.name!r} has loss slots "
+                                      f"{[s.name for s in self.slots]} but no slot_inputs()")
+        return {"loss": (outputs, target)}
+
+    def slot_probe_targets(self, slot_name: str, n: int, seed: int) -> torch.Tensor:
+        """``n`` real targets of slot ``slot_name`` for the screening probes, drawn with ``seed``.
+
+        Box slots: target boxes ``(n, 4)``; classification: class indices ``(n, *spatial)``;
+        regression: values ``(n, D)``. Tasks may override this; the default takes training samples
+        in a seeded order, runs a freshly initialised model on them (global RNG untouched) and keeps
+        the slot's targets from :meth:`slot_inputs`. Raises ``ValueError`` when that gives none.
+        """
+        self.slot(slot_name)
+        train = self.data().train
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(train.x), generator=gen)
+        found: list[torch.Tensor] = []
+        have = 0
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            model = self.make_model()
+            model.eval()
+            for lo in range(0, min(len(order), 64 * max(n, 1)), 64):
+                idx = order[lo:lo + 64]
+                _, tgt = self.slot_inputs(model(train.x[idx]), train.y[idx])[slot_name]
+                if len(tgt):
+                    found.append(tgt)
+                    have += len(tgt)
+                if have >= n:
+                    break
+        if not have:
+            raise ValueError(f"task {self.name!r}: no targets found for loss slot {slot_name!r}; "
+                             "implement Task.slot_probe_targets(slot_name, n, seed) to give the "
+                             "screening probes real targets (box slots: (n, 4) boxes)")
+        return torch.cat(found)[:n]
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         """Model outputs -> what the metrics score: class indices (argmax over dim 1) or values."""
@@ -121,7 +218,11 @@ class Task:
 
 
 def check_output_shape(task: Task, outputs: torch.Tensor, target: torch.Tensor) -> None:
-    """Raise a ``ValueError`` naming the problem when a model output does not fit the task."""
+    """Raise a ``ValueError`` naming the problem when a model output does not fit the task.
+
+    Multi-slot tasks are not checked here (their :meth:`Task.slot_inputs` owns the layout)."""
+    if getattr(task, "slots", ()):
+        return
     if task.kind == CLASSIFICATION:
         expected = (target.shape[0], task.num_classes, *target.shape[1:])
         if tuple(outputs.shape) != tuple(expected):

@@ -74,7 +74,10 @@ def _check(e: Expr, kind: str) -> None:
 
 
 def supported(e: Expr, probe: Probe) -> bool:
-    """Can :class:`Program` evaluate ``e`` on ``probe``?"""
+    """Can :class:`Program` evaluate ``e`` on ``probe``? (Box probes: never; the reference
+    path screens box losses.)"""
+    if probe.kind not in ("classification", "regression"):
+        return False
     try:
         _check(e, probe.kind)
         return True

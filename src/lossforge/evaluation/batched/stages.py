@@ -144,6 +144,10 @@ def lrp_scores(exprs: list[Expr], probe: Probe, metric, config, init: torch.Tens
     ``done`` is False for an expression the program does not support (use the reference)."""
     from lossforge.evaluation.lrp import metric_value
 
+    if probe.kind == "box":  # not a Program: the stacked reference of batched/boxes.py
+        from lossforge.evaluation.batched.boxes import box_lrp_scores
+
+        return [(True, s) for s in box_lrp_scores(exprs, probe, metric, config, init)]
     uniq, where = _unique(exprs)
     res: list[tuple[bool, float | None]] = [(False, None)] * len(uniq)
     dev = torch.device(device) if device is not None else probe.target.device
