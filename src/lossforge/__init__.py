@@ -1,13 +1,13 @@
 """lossforge: discover loss functions automatically.
 
 Public API: ``parse``, ``Expr``, ``ParseError``, ``zoo``, ``tasks``, ``Task``, ``train``,
-``evaluate``, ``LossSearch``, ``load_study``.
+``evaluate``, ``LossSearch``, ``load_study``; multi-slot losses: ``LossSlot``, ``Bundle``.
 """
 import importlib
 
 from lossforge.expr import Expr, ParseError, parse
 from lossforge import tasks
-from lossforge.tasks import Task
+from lossforge.tasks import LossSlot, Task
 
 __version__ = "0.1.0"
 
@@ -25,10 +25,14 @@ def __getattr__(name):  # lazy: keep `import lossforge` light
         from lossforge.comparison import evaluate
 
         return evaluate
+    if name == "Bundle":
+        from lossforge.expr.bundle import Bundle
+
+        return Bundle
     if name in ("LossSearch", "load_study", "Study"):
         return getattr(importlib.import_module("lossforge.study"), name)
     raise AttributeError(f"module 'lossforge' has no attribute {name!r}")
 
 
 __all__ = ["Expr", "ParseError", "parse", "tasks", "Task", "zoo", "train", "evaluate",
-           "LossSearch", "load_study", "Study"]
+           "LossSearch", "load_study", "Study", "LossSlot", "Bundle"]

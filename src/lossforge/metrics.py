@@ -421,3 +421,11 @@ def bf1(pred, target, num_classes=None, *, ignore_index=255, radius=None, backgr
     within ``radius`` of a ground-truth contour pixel of the same class, recall symmetric; mean
     over non-background classes with a contour in either map."""
     return _score("bf1", pred, target, num_classes, ignore_index, radius, background)
+
+
+# Keypoint metrics live in their own module (this one is past the size guideline); re-exported here.
+from lossforge.metrics_keypoints import (  # noqa: E402
+    HAS_PYCOCOTOOLS, decode_heatmaps, keypoint_error, keypoints_of, oks_ap, pck)
+
+__all__ += ["pck", "keypoint_error", "oks_ap", "decode_heatmaps", "keypoints_of",
+            "HAS_PYCOCOTOOLS"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import difflib
 from typing import Callable
 
-from lossforge.tasks.base import (CLASSIFICATION, REGRESSION, SIGNATURES, Metric, ProxyConfig,
-                                  Task, check_output_shape)
+from lossforge.tasks.base import (BOX, CLASSIFICATION, REGRESSION, SIGNATURES, LossSlot, Metric,
+                                  ProxyConfig, Task, check_output_shape)
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
@@ -44,5 +44,5 @@ def _load_builtins() -> None:
             _REGISTRY.setdefault(key, cls)
 
 
-__all__ = ["CLASSIFICATION", "REGRESSION", "SIGNATURES", "Metric", "ProxyConfig", "Task",
+__all__ = ["BOX", "CLASSIFICATION", "REGRESSION", "SIGNATURES", "LossSlot", "Metric", "ProxyConfig", "Task",
            "check_output_shape", "get", "names", "register"]

@@ -4,20 +4,29 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import torch
 from torch import nn
 
 from lossforge import data as D
 from lossforge import metrics as M
 from lossforge.data import DataSplits
 from lossforge.tasks import models
-from lossforge.tasks.base import CLASSIFICATION, REGRESSION, Metric, ProxyConfig, Task
+from lossforge.tasks.detection import ShapesDet
+from lossforge.tasks.pose import ShapesPose
+from lossforge.tasks.base import REGRESSION, Metric, ProxyConfig, Task
 
 _CLS_METRICS = {
     "accuracy": Metric("accuracy", M.accuracy),
     "balanced_accuracy": Metric("balanced_accuracy", M.balanced_accuracy),
     "f1": Metric("f1", M.f1),
 }
+
+
+def _check_arch(task: Task, arch: str) -> str:
+    """``arch`` if the task offers it (its ``archs``), else ``ValueError`` listing them."""
+    if arch not in task.archs:
+        raise ValueError(f"task {task.name!r} has no architecture {arch!r}; choose one of "
+                         f"{', '.join(task.archs)}")
+    return arch
 
 
 class _Cached(Task):
@@ -45,12 +54,19 @@ class Digits(_Cached):
     metrics = dict(_CLS_METRICS)
     default_metric = "accuracy"
     proxy = ProxyConfig(steps=300, batch_size=64, optimizer="adam", lr=2e-3)
+    archs = ("digits-cnn", *models.IMAGE_ARCHS)
+
+    def __init__(self, seed: int = 0, arch: str = "digits-cnn"):
+        super().__init__(seed)
+        self.arch = _check_arch(self, arch)
 
     def load(self) -> DataSplits:
         return D.digits(seed=self.seed)
 
     def make_model(self) -> nn.Module:
-        return models.digits_cnn(self.num_classes)
+        if self.arch == "digits-cnn":
+            return models.digits_cnn(self.num_classes)
+        return models.image_model(self.arch, self.num_classes, in_channels=1, size=8)
 
 
 class BreastCancer(_Cached):
@@ -117,16 +133,20 @@ class Mnist(_Cached):
     metrics = dict(_CLS_METRICS)
     default_metric = "accuracy"
     proxy = ProxyConfig(steps=2000, batch_size=100, optimizer="sgd", lr=0.01, momentum=0.0)
+    archs = ("glo-cnn", *models.IMAGE_ARCHS)
 
-    def __init__(self, seed: int = 0, data_dir: str | None = None):
+    def __init__(self, seed: int = 0, data_dir: str | None = None, arch: str = "glo-cnn"):
         super().__init__(seed)
         self.data_dir = data_dir
+        self.arch = _check_arch(self, arch)
 
     def load(self) -> DataSplits:
         return D.mnist(data_dir=self.data_dir, seed=self.seed)
 
     def make_model(self) -> nn.Module:
-        return models.glo_mnist_cnn(self.num_classes)
+        if self.arch == "glo-cnn":
+            return models.glo_mnist_cnn(self.num_classes)
+        return models.image_model(self.arch, self.num_classes, in_channels=1, size=28)
 
 
 class FashionMnist(Mnist):
@@ -179,15 +199,25 @@ class ShapesCls(_Cached):
     metrics = dict(_CLS_METRICS)
     default_metric = "accuracy"
     proxy = ProxyConfig(steps=300, batch_size=64, optimizer="adam", lr=2e-3, eval_batch_size=500)
+    archs = models.IMAGE_ARCHS
+
+    def __init__(self, seed: int = 0, arch: str = "cnn", n_train: int = 5000, n_val: int = 1000,
+                 n_test: int = 2000):
+        super().__init__(seed)
+        self.arch = _check_arch(self, arch)
+        self.sizes = (n_train, n_val, n_test)
 
     def load(self) -> DataSplits:
-        return D.shapes_cls(seed=self.seed)
+        n_train, n_val, n_test = self.sizes
+        return D.shapes_cls(n_train=n_train, n_val=n_val, n_test=n_test, seed=self.seed)
 
     def make_model(self) -> nn.Module:
-        return models.small_cnn(self.num_classes, width=16)
+        return models.image_model(self.arch, self.num_classes, in_channels=3, size=32, width=16)
 
 
 BUILTIN: dict[str, type[Task]] = {
     cls.name: cls for cls in (Digits, BreastCancer, Diabetes, Mnist1D, Mnist, FashionMnist,
                               ShapesSeg, ShapesCls)
 }
+BUILTIN[ShapesDet.name] = ShapesDet
+BUILTIN[ShapesPose.name] = ShapesPose
