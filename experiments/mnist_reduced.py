@@ -17,6 +17,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +31,8 @@ from lossforge.tasks import Metric, ProxyConfig, Task
 from lossforge.tasks import get as get_task
 from lossforge.tasks.models import glo_mnist_cnn
 from lossforge.training import OK, TrainResult, train
+
+import results as R
 
 
 CLS_METRICS = {"accuracy": Metric("accuracy", M.accuracy)}
@@ -263,3 +266,14 @@ def plot_lines(xs: list[float], series: dict[str, list[list[float]]], path, xlab
 
 def fmt_s(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def add_setup_arguments(ap) -> None:
+    """The data/model options the GLO and TaylorGLO scripts share (see :func:`choose_setup`)."""
+    ap.add_argument("--task", choices=("auto", "mnist", "digits"), default="auto",
+                    help="auto: MNIST when cached, else the bundled digits task")
+    ap.add_argument("--data-dir", default=None, help="MNIST directory (default: lossforge's)")
+    ap.add_argument("--paper-model", action="store_true", help="GLO's full CNN (slow on CPU)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="SGD learning rate (default: 0.1 with the narrowed CNN, 0.01 with GLO's)")
+    ap.add_argument("--results", type=Path, default=R.RESULTS, help="the RESULTS.md to write")

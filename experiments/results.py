@@ -68,3 +68,12 @@ def figure_path(name: str, root: Path = FIGURES) -> Path:
     """Where a figure called ``name`` (e.g. ``glo_speed.png``) goes; creates the folder."""
     root.mkdir(parents=True, exist_ok=True)
     return root / name
+
+
+def add_mode_arguments(ap, modes) -> None:
+    """``--quick`` / ``--full`` / ``--mode NAME`` (mutually exclusive) onto ``ap``; the chosen
+    mode lands in ``args.mode`` (``None`` when none was given: the script's default)."""
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", dest="mode", action="store_const", const="quick")
+    g.add_argument("--full", dest="mode", action="store_const", const="full")
+    g.add_argument("--mode", choices=list(modes))

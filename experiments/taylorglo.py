@@ -30,7 +30,7 @@ from lossforge.study import LossSearch
 from lossforge.training import train
 
 import results as R
-from mnist_reduced import choose_setup, fmt_s, p_vs, run_seeds
+from mnist_reduced import add_setup_arguments, choose_setup, fmt_s, p_vs, run_seeds
 
 MODES = {
     "quick": dict(search_train=2000, search_val=500, final_val=1000, popsize=6, budget=6,
@@ -45,17 +45,8 @@ VARIANTS = (("with invariant", True), ("without invariant", False))
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--quick", dest="mode", action="store_const", const="quick")
-    g.add_argument("--full", dest="mode", action="store_const", const="full")
-    g.add_argument("--mode", choices=list(MODES))
-    ap.add_argument("--task", choices=("auto", "mnist", "digits"), default="auto",
-                    help="auto: MNIST when cached, else the bundled digits task")
-    ap.add_argument("--data-dir", default=None, help="MNIST directory (default: lossforge's)")
-    ap.add_argument("--paper-model", action="store_true", help="GLO's full CNN (slow on CPU)")
-    ap.add_argument("--lr", type=float, default=None,
-                    help="SGD learning rate (default: 0.1 with the narrowed CNN, 0.01 with GLO's)")
-    ap.add_argument("--results", type=Path, default=R.RESULTS, help="the RESULTS.md to write")
+    R.add_mode_arguments(ap, MODES)
+    add_setup_arguments(ap)
     ap.add_argument("--study-dir", type=Path, default=None, help="keep the study files here")
     ap.add_argument("--search-seed", type=int, default=0, help="the first search seed")
     ap.add_argument("--sigma", type=float, default=1.2, help="CMA-ES step size (paper: 1.2)")

@@ -136,29 +136,13 @@ class Funnel:
         hits last, once the loss they reuse is finished), so the caller can persist it at once.
         """
         cands = [Candidate(e) for e in exprs]
-        index = {id(c): i for i, c in enumerate(cands)}
         screens = [s for s in self.stages if s is not self.proxy]
         for stage in screens:
             if self._batched is not None:
                 self._batched.run_stage(stage, cands)
             else:
                 stage(cands)
-        notify = (lambda c: on_result(index[id(c)], c)) if on_result else (lambda c: None)
-        for c in cands:
-            if c.done and c.status != GEC_HIT:
-                self.known_results.setdefault(str(c.expr), c.fitness)
-                notify(c)
-
-        def trained(c: Candidate) -> None:
-            self.known_results.setdefault(str(c.expr), c.fitness)
-            notify(c)
-
-        self.proxy(cands, on_done=trained)
-        for c in cands:
-            if c.status == GEC_HIT:
-                c.fitness = self.known_results.get(c.same_as)
-                notify(c)
-        return cands
+        return train_and_report(cands, self.proxy, self.known_results, on_result)
 
     def stats(self) -> dict[str, dict]:
         return {s.name: s.stats.to_dict() for s in (self.checks, self.gec, self.lrp, self.proxy)}
@@ -172,3 +156,27 @@ class Funnel:
         """Restore what :meth:`calibration_state` wrote (a resumed study skips calibrating)."""
         self.lrp.config = LRPConfig(**state["lrp"])
         self.calibration = state.get("scores", {})
+
+
+def train_and_report(cands: list[Candidate], proxy, known_results: dict[str, float | None],
+                     on_result=None) -> list[Candidate]:
+    """The end of a funnel run, shared by :class:`Funnel` and the joint funnel: report the
+    screened-out candidates, proxy-train the rest (reporting each as it finishes), then resolve
+    the GEC hits from ``known_results`` (canonical text -> fitness, updated here)."""
+    index = {id(c): i for i, c in enumerate(cands)}
+    notify = (lambda c: on_result(index[id(c)], c)) if on_result else (lambda c: None)
+    for c in cands:
+        if c.done and c.status != GEC_HIT:
+            known_results.setdefault(str(c.expr), c.fitness)
+            notify(c)
+
+    def trained(c: Candidate) -> None:
+        known_results.setdefault(str(c.expr), c.fitness)
+        notify(c)
+
+    proxy(cands, on_done=trained)
+    for c in cands:
+        if c.status == GEC_HIT:
+            c.fitness = known_results.get(c.same_as)
+            notify(c)
+    return cands

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lossforge.evaluation.candidate import GEC_HIT, REJECTED_CHECKS, REJECTED_LRP, Candidate
-from lossforge.evaluation.funnel import Funnel, FunnelConfig
+from lossforge.evaluation.funnel import Funnel, FunnelConfig, train_and_report
 from lossforge.evaluation.proxy import ProxyTraining
 from lossforge.evaluation.stage import StageStats, timed
 from lossforge.expr.bundle import Bundle
@@ -88,7 +88,6 @@ class JointFunnel:
         """Evaluate ``bundles``; one finished :class:`Candidate` each, in order (see
         :meth:`Funnel.run` for ``on_result``)."""
         cands = [Candidate(b) for b in bundles]
-        index = {id(c): i for i, c in enumerate(cands)}
         # checks: a part may come back re-oriented; any failing part rejects the bundle
         for cand, subs in self._screen(lambda f: f.checks, self.checks, cands):
             bad = [(n, s) for n, s in subs.items() if s.status == REJECTED_CHECKS]
@@ -108,22 +107,7 @@ class JointFunnel:
                     cand.reject(REJECTED_LRP, "; ".join(f"{n}: {s.reason}" for n, s in bad))
                 else:
                     self.lrp.stats.n_out += 1
-        notify = (lambda c: on_result(index[id(c)], c)) if on_result else (lambda c: None)
-        for c in cands:
-            if c.done and c.status != GEC_HIT:
-                self.known_results.setdefault(str(c.expr), c.fitness)
-                notify(c)
-
-        def trained(c: Candidate) -> None:
-            self.known_results.setdefault(str(c.expr), c.fitness)
-            notify(c)
-
-        self.proxy(cands, on_done=trained)
-        for c in cands:
-            if c.status == GEC_HIT:
-                c.fitness = self.known_results.get(c.same_as)
-                notify(c)
-        return cands
+        return train_and_report(cands, self.proxy, self.known_results, on_result)
 
     def _gec(self, cands: list[Candidate]) -> None:
         pending = [c for c in cands if not c.done]

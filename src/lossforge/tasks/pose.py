@@ -31,6 +31,7 @@ from lossforge import metrics as M
 from lossforge.data import DataSplits
 from lossforge.data.shapes_pose import shapes_pose
 from lossforge.tasks.base import REGRESSION, Metric, ProxyConfig, Task
+from lossforge.tasks.models import TinyUNet
 
 #: OKS constant per keypoint (COCO's ``kpt_oks_sigmas``), ours: the same for every joint; with the
 #: OKS scale s = the box side (~10 heatmap px), k·s = 2σ·s ≈ 2 px, so a 1 px error scores OKS ≈ 0.88.
@@ -62,15 +63,16 @@ def _conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(4, cout), nn.ReLU()]
 
 
-class PoseNet(nn.Module):
+class PoseNet(TinyUNet):
     """Heatmap model ``(N, 3, H, W) -> (N, K, H/2, W/2)``, H and W divisible by 8.
 
     Stride-2 stem, then a U-Net over three scales (H/2, H/4, H/8) with skip connections: the
-    coarsest scale sees the whole 32×32 image, which telling the joints apart needs.
+    coarsest scale sees the whole 32×32 image, which telling the joints apart needs. The
+    layer names and ``forward`` are :class:`~lossforge.tasks.models.TinyUNet`'s.
     """
 
     def __init__(self, num_keypoints: int, width: int = 16, in_channels: int = 3):
-        super().__init__()
+        nn.Module.__init__(self)
         w = width
         self.enc1 = nn.Sequential(*_conv(in_channels, w, 2), *_conv(w, w))
         self.enc2 = nn.Sequential(*_conv(w, 2 * w), *_conv(2 * w, 2 * w))
@@ -81,14 +83,6 @@ class PoseNet(nn.Module):
         self.dec1 = nn.Sequential(*_conv(2 * w, w))
         self.head = nn.Conv2d(w, num_keypoints, 1)
         self.pool = nn.MaxPool2d(2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e1 = self.enc1(x)
-        e2 = self.enc2(self.pool(e1))
-        m = self.mid(self.pool(e2))
-        d2 = self.dec2(torch.cat([self.up2(m), e2], dim=1))
-        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
-        return self.head(d1)
 
 
 class ShapesPose(Task):
