@@ -12,7 +12,7 @@ and ``cores``: CPU seconds / wall seconds. With 2 workers on an otherwise idle 2
 approaches 2 and so does the speed-up; when other programs load the machine, ``cores`` shows how
 much of it the search actually got (the load average at the start of each run is shown too).
 
-    python benchmarks/workers.py [--budget 32] [--proxy-steps 150] [--repeats 1] [--quick]
+    python benchmarks/workers.py [--budget 48] [--generation 24] [--proxy-steps 100] [--repeats 2] [--quick]
 """
 from __future__ import annotations
 
@@ -91,11 +91,11 @@ def run(label: str, workers: int | None, args, funnel: FunnelConfig, workdir: Pa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="digits")
-    ap.add_argument("--budget", type=int, default=32)
-    ap.add_argument("--generation", type=int, default=16, help="candidates per generation")
-    ap.add_argument("--proxy-steps", type=int, default=150)
+    ap.add_argument("--budget", type=int, default=48)
+    ap.add_argument("--generation", type=int, default=24, help="candidates per generation")
+    ap.add_argument("--proxy-steps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="budget 16, 60 proxy steps")
     ap.add_argument("--no-serial", action="store_true", help="skip the in-process reference run")
     args = ap.parse_args()
