@@ -19,15 +19,20 @@ KINDS = ("classification", "regression", "box")
 
 
 # ---- numeric evaluation ------------------------------------------------------------------------
-def evaluate(expr: Expr, env: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+def evaluate(expr: Expr, env: dict[str, torch.Tensor], mask: torch.Tensor | None = None,
+             cache: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Element-wise value of ``expr`` on the variables in ``env`` (before the final mean).
 
     All tensors in ``env`` share one shape ``(N, C, *spatial)``; the result broadcasts against it.
     ``mask (N, 1, *spatial)`` marks the positions that count in aggregations (``None``: all).
+    ``cache`` (``id(node) -> value``, for the same ``env`` and ``mask``) lets several calls share
+    the values of common sub-expressions: nodes found there are not recomputed, new ones are added.
     """
     ref = next(iter(env.values()))
-    values: dict[int, torch.Tensor] = {}
+    values: dict[int, torch.Tensor] = {} if cache is None else cache
     for node in expr.nodes():
+        if id(node) in values:
+            continue
         if node.is_var:
             try:
                 out = env[node.value]

@@ -20,8 +20,8 @@ from lossforge.evaluation.batched.kernels import _agg_bw, _agg_fw
 from lossforge.evaluation.batched.shapes import _rep, _variables
 from lossforge.evaluation.probes import Probe
 from lossforge.expr import kernels as K
-from lossforge.expr import ops as _ops
 from lossforge.expr.expr import Expr
+from lossforge.expr.export import evaluate
 
 
 #: Predictions with at most this many elements: every value is stored at the full shape.
@@ -128,33 +128,11 @@ class Program(_Compiler):
         dummy = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
         env, mask = probe.variables(dummy)
         self.mask = mask
-        ref = next(iter(env.values()))
-        values: dict[int, torch.Tensor] = {}
-
-        def value(n: Expr) -> torch.Tensor:
-            # the reference ``evaluate`` on a prediction-free sub-expression
-            if id(n) in values:
-                return values[id(n)]
-            if n.is_var:
-                out = env[n.value]
-            elif n.is_const:
-                out = torch.tensor(n.value, dtype=ref.dtype, device=ref.device)
-            else:
-                spec = _ops.OPS[n.op]
-                args = [value(a) for a in n.args]
-                if spec.aggregation:
-                    arg = args[0]
-                    if arg.dim() < ref.dim():
-                        arg = arg.expand_as(ref)
-                    out = spec.torch_fn(arg, mask)
-                else:
-                    out = spec.torch_fn(*args)
-            values[id(n)] = out
-            return out
+        values: dict[int, torch.Tensor] = {}  # shared across the prediction-free sub-trees
 
         with torch.no_grad():
             for n, kk, r in self._shared:
-                v = value(n)
+                v = evaluate(n, env, mask, cache=values)
                 self.S[kk][r].copy_(v.reshape((1,) * self.nd) if v.dim() == 0 else v)
             for L in self.levels:
                 for g in L.groups:
