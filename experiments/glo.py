@@ -27,7 +27,7 @@ from lossforge.study import LossSearch
 from lossforge.training import train
 
 import results as R
-from mnist_reduced import (add_setup_arguments, choose_setup, fmt_s, p_vs, plot_lines, plot_speed, run_seeds,
+from mnist_reduced import (add_setup_arguments, setup_from_args, fmt_s, p_vs, plot_lines, plot_speed, run_seeds,
                            speed_cell, speed_values)
 
 #: Sizes per mode. ``reduced`` is what RESULTS.md publishes (fits ~45 min on a shared 2-core CPU).
@@ -73,10 +73,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     a = parse_args(argv)
     t_start = time.perf_counter()
-    setup = choose_setup(a.task, a.data_dir, a.search_train, a.search_val, a.final_val,
-                         a.paper_model, a.lr)
-    print(f"GLO reproduction, {a.mode} mode, data: {setup.dataset}"
-          + (" (MNIST not cached: fell back to digits)" if setup.fell_back else ""), flush=True)
+    setup = setup_from_args(a, "GLO")
     fig_dir = a.results.resolve().parent / "results"
     seeds = list(range(a.seeds))
     timings: dict[str, float] = {}

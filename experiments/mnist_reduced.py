@@ -277,3 +277,13 @@ def add_setup_arguments(ap) -> None:
     ap.add_argument("--lr", type=float, default=None,
                     help="SGD learning rate (default: 0.1 with the narrowed CNN, 0.01 with GLO's)")
     ap.add_argument("--results", type=Path, default=R.RESULTS, help="the RESULTS.md to write")
+
+
+def setup_from_args(a, paper: str):
+    """:func:`choose_setup` from the options of :func:`add_setup_arguments` and the mode's sizes;
+    prints which data the ``paper`` reproduction runs on."""
+    setup = choose_setup(a.task, a.data_dir, a.search_train, a.search_val, a.final_val,
+                         a.paper_model, a.lr)
+    print(f"{paper} reproduction, {a.mode} mode, data: {setup.dataset}"
+          + (" (MNIST not cached: fell back to digits)" if setup.fell_back else ""), flush=True)
+    return setup

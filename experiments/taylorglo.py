@@ -30,7 +30,7 @@ from lossforge.study import LossSearch
 from lossforge.training import train
 
 import results as R
-from mnist_reduced import add_setup_arguments, choose_setup, fmt_s, p_vs, run_seeds
+from mnist_reduced import add_setup_arguments, setup_from_args, fmt_s, p_vs, run_seeds
 
 MODES = {
     "quick": dict(search_train=2000, search_val=500, final_val=1000, popsize=6, budget=6,
@@ -83,11 +83,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     a = parse_args(argv)
     t_start = time.perf_counter()
-    setup = choose_setup(a.task, a.data_dir, a.search_train, a.search_val, a.final_val,
-                         a.paper_model, a.lr)
+    setup = setup_from_args(a, "TaylorGLO")
     n_classes = int(setup.search.num_classes)
-    print(f"TaylorGLO reproduction, {a.mode} mode, data: {setup.dataset}"
-          + (" (MNIST not cached: fell back to digits)" if setup.fell_back else ""), flush=True)
     fig_dir = a.results.resolve().parent / "results"
     study_dir = a.study_dir or Path(tempfile.mkdtemp(prefix="lossforge-taylorglo-"))
     study_dir.mkdir(parents=True, exist_ok=True)
