@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from lossforge.expr import kernels as K
+
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
     """Areas ``(...)`` of boxes ``(..., 4)``; 0 for degenerate boxes."""
@@ -25,15 +27,10 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def iou_terms(pred: torch.Tensor, target: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Element-wise intersection, union and smallest-enclosing-box areas ``(M,)`` of matched
-    boxes ``pred (M, 4)`` and ``target (M, 4)``: the variables ``i, u, e`` of box losses."""
-    lt = torch.maximum(pred[:, :2], target[:, :2])
-    rb = torch.minimum(pred[:, 2:], target[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=-1)
-    union = box_area(pred) + box_area(target) - inter
-    elt = torch.minimum(pred[:, :2], target[:, :2])
-    erb = torch.maximum(pred[:, 2:], target[:, 2:])
-    enclosing = (erb - elt).clamp(min=0).prod(dim=-1)
-    return inter, union, enclosing
+    boxes ``pred (M, 4)`` and ``target (M, 4)``: the variables ``i, u, e`` of box losses, as the
+    loss kernel :func:`lossforge.expr.kernels.prepare_box` computes them."""
+    env, _ = K.prepare_box(pred, target)
+    return env["i"][:, 0], env["u"][:, 0], env["e"][:, 0]
 
 
 def nms_keep(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor | None = None,

@@ -20,6 +20,7 @@ from lossforge.evaluation.candidate import REJECTED_LRP, Candidate
 from lossforge.evaluation.probes import Probe
 from lossforge.evaluation.stage import StageStats, timed
 from lossforge.expr import Expr
+from lossforge.expr import kernels as K
 from lossforge.expr.export import loss_value
 from lossforge.tasks import Metric
 
@@ -53,16 +54,14 @@ BOX_LR_SCALE = 10.0
 
 
 def mean_iou(pred: np.ndarray, target: np.ndarray) -> float:
-    """Mean IoU of boxes ``(M, 4)`` (``x1, y1, x2, y2``; inverted boxes have area 0)."""
-    pred, target = np.asarray(pred, dtype=float), np.asarray(target, dtype=float)
+    """Mean IoU of boxes ``(M, 4)`` (``x1, y1, x2, y2``; inverted boxes have area 0; a pair with
+    an empty union counts 0), from the box-loss kernel's ``i`` and ``u``."""
     if len(pred) == 0:
         return 0.0
-    area = lambda b: np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    iw = np.clip(np.minimum(pred[:, 2], target[:, 2]) - np.maximum(pred[:, 0], target[:, 0]), 0, None)
-    ih = np.clip(np.minimum(pred[:, 3], target[:, 3]) - np.maximum(pred[:, 1], target[:, 1]), 0, None)
-    inter = iw * ih
-    union = area(pred) + area(target) - inter
-    return float(np.mean(np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)))
+    env, _ = K.prepare_box(torch.as_tensor(np.asarray(pred, dtype=float)),
+                           torch.as_tensor(np.asarray(target, dtype=float)))
+    i, u = env["i"][:, 0], env["u"][:, 0]
+    return float(torch.where(u > 0, i / torch.where(u > 0, u, torch.ones_like(u)), 0.0).mean())
 
 
 def _accuracy(pred: np.ndarray, target: np.ndarray, ignore_index: int = 255) -> float:
