@@ -13,7 +13,7 @@ loss is trained on overlap their ground truth.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -69,16 +69,15 @@ class Probe:
 
     def with_target(self, target: torch.Tensor) -> "Probe":
         """The same probe with other labels (box probes keep their anchors)."""
-        return Probe(self.kind, target, self.pred_shape, self.num_classes, self.ignore_index,
-                     self.anchor)
+        return replace(self, target=target)
 
     def random_pred(self, gen: torch.Generator, dtype=torch.float32) -> torch.Tensor:
         """Standard-normal predictions of shape ``pred_shape``."""
         return torch.randn(self.pred_shape, generator=gen, dtype=dtype)
 
     def to(self, device) -> "Probe":
-        return Probe(self.kind, self.target.to(device), self.pred_shape, self.num_classes,
-                     self.ignore_index, None if self.anchor is None else self.anchor.to(device))
+        return replace(self, target=self.target.to(device),
+                       anchor=None if self.anchor is None else self.anchor.to(device))
 
 
 def task_probe(task: Task, samples: int, seed: int, spatial_size: int | None = None) -> Probe:
