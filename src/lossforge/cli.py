@@ -38,8 +38,8 @@ class _OneLineErrors(typer.core.TyperGroup):
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   cls=_OneLineErrors, help="lossforge: discover loss functions automatically.")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 _state = {"debug": False}
 
 
@@ -345,6 +345,51 @@ def _print_study(study, top: int, fmt: str) -> None:
     console.print(hof)
     if summary["best"]:
         console.print(f"[bold green]best[/] ({summary['best']['fitness']:.4f}): {summary['best']['formula']}")
+    if summary.get("refine"):
+        _print_refine(summary["refine"])
+
+
+def _print_refine(state: dict) -> None:
+    """The rounds of ``lossforge refine`` stored in a study, one table per finished round."""
+    for r in state["results"]:
+        t = Table(title=f"refine round {r['round']}: {r['steps']} steps, seeds {r['seeds']}, "
+                        f"keep {r['keep']} (validation {state['metric']})")
+        for col in ("rank", "mean", "std", "invalid", "search fitness", "formula"):
+            t.add_column(col, overflow="fold")
+        for s in r["standings"]:
+            t.add_row(str(s["rank"]) + (" *" if s["kept"] else ""), _fmt(s["mean"]),
+                      _fmt(s["std"]), str(s["invalid"]),
+                      _fmt(state["search_fitness"].get(s["loss"], math.nan)), s["loss"])
+        console.print(t)
+    if state["results"]:
+        console.print(f"[bold green]refined best[/]: {state['survivors'][0]}")
+
+
+@app.command()
+@guarded
+def refine(
+    study: str = typer.Argument(..., help="Study file (a finished or stopped search)."),
+    top: int = typer.Option(8, "--top", help="Best distinct trained losses to race."),
+    round_: Optional[List[str]] = typer.Option(
+        None, "--round", help="STEPS:SEEDS:KEEP (repeatable), e.g. 240:3:4; default: halve --top "
+                              "each round, doubling the steps and adding a seed."),
+    restart: bool = typer.Option(False, "--restart", help="Discard a stored refinement."),
+    format: str = typer.Option("table", "--format", help="table or json"),
+):
+    """Retrain a study's best losses longer, on fresh seeds, keeping the best of each round
+    (successive halving on the validation split); each round is saved in the study."""
+    from lossforge.refine import RoundSpec, refine_study
+
+    rounds = [RoundSpec.parse(r) for r in round_ or []]
+    with console.status("refining") as status:
+        def progress(i, done, total, formula):
+            status.update(f"refine round {i + 1}: {done}/{total} trainings ({formula})")
+
+        state = refine_study(study, rounds or None, top=top, restart=restart, progress=progress)
+    if format == "json":
+        print(json.dumps(state))
+    else:
+        _print_refine(state)
 
 
 @app.command()

@@ -140,6 +140,7 @@ class Study:
             "hall_of_fame": [{"formula": h.formula, "fitness": h.fitness, "size": h.size}
                              for h in self.hall_of_fame[:top]],
             "stats": self.stats,
+            "refine": self.store.meta("refine"),  # lossforge refine's races (None before any)
         }
 
     def close(self) -> None:
