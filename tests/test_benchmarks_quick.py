@@ -36,3 +36,11 @@ def test_screening_quick():
                 "n", "threads"):
         assert key in out
     assert out["agreement"] > 0.9
+
+
+def test_search_vs_random_quick():
+    out = _last_json("search_vs_random.py")
+    assert out["seeds"] == [0] and len(out["autoloss_zero_best_per_seed"]) == 1
+    for key in ("autoloss_zero_best", "random_best"):
+        assert 0.0 <= out[key] <= 1.0  # accuracies of trained losses
+    assert out["autoloss_zero_trained"][0] >= 1 and out["random_trained"][0] >= 1
