@@ -8,9 +8,15 @@ CMA-ES starts from the zero vector with σ = 1.2 (the paper's settings); populat
 for the JSON state (replayed history).
 
 **Invariant check** (TaylorGLO's code, optional there, on by default here): with
-``dL/dp = c1 + ch·p + chh·p² + chy·y·p + cy·y + cyy·y²`` (:func:`taylor_coefficients`),
-a solution is rejected when ``cy + cyy + chy/n < (n-2)(c1 + ch/n + chh/n²)``, ``n`` =
-``num_classes`` (pass the task's number of classes). Rejected solutions are never proposed:
+``∂f/∂p = c1 + ch·p + chh·p² + chy·y·p + cy·y + cyy·y²`` (:func:`taylor_coefficients`; the loss
+is ``-Σ f``), a solution is rejected when ``cy + cyy + chy/n < (n-2)(c1 + ch/n + chh/n²)``, ``n`` =
+``num_classes`` (pass the task's number of classes). Checked against the authors' code
+(``TaylorGLOGenerationStarter.swift`` in cognizant-ai-labs/TaylorGLO): the same coefficients and
+inequality, with its genome storing the six coefficients before the two centres (θ0, θ1); there a
+violating solution scores fitness 0. Caution: at a uniform prediction ``p = 1/n`` the true logit's
+gradient through the softmax is proportional to ``∂f/∂p(1, 1/n) − ∂f/∂p(0, 1/n) = cy + cyy +
+chy/n`` alone; the right-hand side does not enter it, and in our MNIST reproduction most of the best
+solutions violate the invariant (RESULTS.md, TaylorGLO section). Rejected solutions are never proposed:
 ``ask`` returns only the solutions that pass, and CMA-ES is told ``PENALTY + violation`` for the
 others (the violation amount ranks them, pulling the search back to the feasible side).
 :attr:`TaylorGLO.n_rejected` counts them, :attr:`TaylorGLO.last_rejected` lists the latest
@@ -33,7 +39,7 @@ from lossforge.search.random import SeededStrategy, sig_round, taylor_expr
 
 
 def taylor_coefficients(theta: list[float]) -> dict[str, float]:
-    """Coefficients of ``dL/dp = c1 + ch·p + chh·p² + chy·y·p + cy·y + cyy·y²`` (TaylorGLO code)."""
+    """Coefficients of ``∂f/∂p = c1 + ch·p + chh·p² + chy·y·p + cy·y + cyy·y²`` (TaylorGLO code)."""
     if len(theta) != 8:
         raise ValueError(f"TaylorGLO has 8 parameters, got {len(theta)}")
     t0, t1, t2, t3, t4, t5, t6, t7 = (float(t) for t in theta)
