@@ -7,6 +7,8 @@ directly with the candidate loss; the score is the improvement of the task's own
 differentiated, so non-differentiable metrics work. Defaults follow the third-party settings of
 FIELD.md (5 samples, 500 SGD steps, lr 1e-3, momentum 0.9, threshold 0.6 for accuracy);
 :func:`calibrate` checks that hand-made losses pass and lowers the threshold if they do not.
+Box slots: the metric is the mean IoU with the real target boxes, and every second probe box
+starts small and inside its target (:func:`~lossforge.evaluation.probes.box_lrp_start`).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from lossforge.evaluation.candidate import REJECTED_LRP, Candidate
-from lossforge.evaluation.probes import Probe
+from lossforge.evaluation.probes import Probe, box_lrp_start
 from lossforge.evaluation.stage import StageStats, timed
 from lossforge.expr import Expr
 from lossforge.expr import kernels as K
@@ -120,6 +122,8 @@ class LossRejection:
     def __init__(self, probe: Probe, metric: Metric, config: LRPConfig = LRPConfig()):
         self.probe, self.metric, self.config = probe, metric, config
         self.init = probe.random_pred(torch.Generator().manual_seed(config.seed))
+        if probe.kind == "box":
+            self.init = box_lrp_start(self.init)
         self.stats = StageStats(self.name)
 
     def score(self, expr: Expr) -> float | None:

@@ -9,7 +9,8 @@ against a fixed ``anchor`` box each (the probe's target boxes when it was built;
 labels keeps the anchors): centre ``anchor centre + BOX_JITTER * x[:, :2] * anchor size``, size
 ``anchor size * exp(BOX_JITTER * x[:, 2:])``. Standard-normal ``x`` thus starts as the target box
 jittered by about half its size (most overlap it, some do not), as the proposals a detector's box
-loss is trained on overlap their ground truth.
+loss is trained on overlap their ground truth. The loss-rejection protocol starts every second box
+small and inside its target instead (:func:`box_lrp_start`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,28 @@ from lossforge.tasks import BOX, CLASSIFICATION, Task
 
 #: Scale of the random box parameters of box probes (see the module docstring).
 BOX_JITTER = 0.5
+
+
+#: Box LRP starts (:func:`box_lrp_start`): centre jitter factor and the size parameter of the
+#: small boxes (``exp(BOX_JITTER * BOX_SMALL_SIZE)`` ≈ 0.29 of the target's sides, or smaller).
+BOX_SMALL_JITTER = 0.2
+BOX_SMALL_SIZE = -2.5
+
+
+def box_lrp_start(x: torch.Tensor) -> torch.Tensor:
+    """The loss-rejection protocol's starting box parameters from standard-normal ``x (B, 4)``:
+    rows 0, 2, 4 … unchanged (jittered around the target); rows 1, 3, 5 … small boxes inside their
+    target (centre jitter × :data:`BOX_SMALL_JITTER`, size parameter ``BOX_SMALL_SIZE - |x|/2``).
+
+    Why: a loss that only shrinks the enclosing box ``e`` or the union ``u`` improves the IoU of
+    boxes that start larger than their target, but has no gradient on a box inside it (there
+    ``e = u`` = the target's area); such losses passed the protocol from jittered starts alone and
+    then trained detectors to mAP 0. IoU-like losses grow the small boxes."""
+    out = x.clone()
+    small = torch.arange(x.shape[0], device=x.device) % 2 == 1
+    out[small, :2] = x[small, :2] * BOX_SMALL_JITTER
+    out[small, 2:] = BOX_SMALL_SIZE - x[small, 2:].abs() / 2
+    return out
 
 
 def decode_boxes(x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
