@@ -69,6 +69,19 @@ def run_search(job: tuple[str, int, dict]) -> dict:
     return summarise(path, strategy, seed, time.perf_counter() - start)
 
 
+def reference_fitness(a: dict) -> float | None:
+    """The proxy fitness of the reference loss (``--reference``), trained as the funnel trains a
+    candidate (proxy steps, seed 0, validation split)."""
+    args = argparse.Namespace(**a)
+    if not args.reference:
+        return None
+    torch.set_num_threads(1)
+    task = get_task(args.task)
+    r = train(task, args.reference, steps=args.proxy_steps or task.proxy.steps, seed=0,
+              splits=("val",))
+    return r.val[args.metric] if r.status == OK else None
+
+
 def summarise(path: Path, strategy: str, seed: int, seconds: float) -> dict:
     study = load_study(path)
     try:
@@ -81,6 +94,8 @@ def summarise(path: Path, strategy: str, seed: int, seconds: float) -> dict:
         top = study.best
         return {"strategy": strategy, "seed": seed, "explored": len(rows),
                 "trained": len(study.trained()), "seconds": seconds,
+                "fitnesses": [r.fitness for r in rows if r.status == "trained"
+                              and r.fitness is not None],
                 "best": None if top is None else top.fitness,
                 "formula": None if top is None else top.formula,
                 "curve": [best_so_far[max(0, int(round(f * len(rows))) - 1)] if rows else None
@@ -130,6 +145,9 @@ def main() -> None:
     ap.add_argument("--proxy-steps", type=int, default=None, help="default: the task's")
     ap.add_argument("--lrp-steps", type=int, default=None, help="default: FIELD.md's 500")
     ap.add_argument("--retrain", type=int, default=0, help="fresh seeds per search's best loss")
+    ap.add_argument("--reference", default="ce",
+                    help="hand-made loss whose proxy fitness is the bar (count of trained "
+                         "candidates above it); '' for none")
     ap.add_argument("--jobs", type=int, default=1, help="searches run in parallel processes")
     ap.add_argument("--out", default=None, help="study files (default: a new temporary folder)")
     ap.add_argument("--quick", action="store_true", help="digits, tiny budgets (< 1 minute)")
@@ -144,20 +162,27 @@ def main() -> None:
     a = vars(args)
     jobs = [(s, seed, a) for seed in seeds for s in STRATEGIES]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        ref = pool.submit(reference_fitness, a)
         rows = list(pool.map(run_search, jobs))
+        ref = ref.result()
         retrained = list(pool.map(retrain, [(r["formula"], a) for r in rows])) \
             if args.retrain else [[] for _ in rows]
 
     print(f"{args.task} / {args.metric}: {args.budget} explored candidates per search, "
           f"same funnel, search seeds {seeds}")
     curve_head = "".join(f"{f'@{int(f * 100)}%':>8}" for f in CURVE_AT)
-    print(f"{'strategy':<15}{'seed':>5}{'best':>8}{'retrain':>9}{'trained':>8}{'s':>6}"
+    if ref is not None:
+        print(f"reference {args.reference}: proxy fitness {ref:.4f} (column '>ref': trained "
+              "candidates above it)")
+    print(f"{'strategy':<15}{'seed':>5}{'best':>8}{'retrain':>9}{'trained':>8}{'>ref':>6}{'s':>6}"
           f"{curve_head}  best formula")
     for r, rt in zip(rows, retrained):
         r["retrained"] = float(np.nanmean(rt)) if rt and not np.isnan(rt).all() else None
+        r["above_reference"] = None if ref is None else sum(f > ref for f in r["fitnesses"])
         curve = "".join(f"{fmt(v):>8}" for v in r["curve"])
+        above = "—" if ref is None else str(r["above_reference"])
         print(f"{r['strategy']:<15}{r['seed']:>5}{fmt(r['best']):>8}{fmt(r['retrained']):>9}"
-              f"{r['trained']:>8}{r['seconds']:>6.0f}{curve}  {r['formula']}")
+              f"{r['trained']:>8}{above:>6}{r['seconds']:>6.0f}{curve}  {r['formula']}")
 
     def per(strategy: str, key: str) -> list:
         return [r[key] for r in rows if r["strategy"] == strategy]
@@ -170,7 +195,10 @@ def main() -> None:
                "autoloss_zero_best_per_seed": best["autoloss-zero"],
                "random_best_per_seed": best["random"],
                "autoloss_zero_trained": per("autoloss-zero", "trained"),
-               "random_trained": per("random", "trained"), "studies": args.out}
+               "random_trained": per("random", "trained"), "reference": args.reference,
+               "reference_fitness": ref,
+               "autoloss_zero_above_reference": per("autoloss-zero", "above_reference"),
+               "random_above_reference": per("random", "above_reference"), "studies": args.out}
     if args.retrain:
         rt = {s: [np.nan if v is None else v for v in per(s, "retrained")] for s in STRATEGIES}
         print(f"best loss retrained ({args.retrain} fresh seeds, validation): "
