@@ -3,7 +3,6 @@ no traceback unless ``--debug``."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from typing import List, Optional
@@ -11,6 +10,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from lossforge.console_tables import console, print_comparison, print_refine, print_study
 
 class _OneLineErrors(typer.core.TyperGroup):
     """Usage errors (unknown command or option, bad value) as one line, not a boxed panel."""
@@ -38,7 +39,6 @@ class _OneLineErrors(typer.core.TyperGroup):
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   cls=_OneLineErrors, help="lossforge: discover loss functions automatically.")
-console = Console(emoji=False)
 err_console = Console(stderr=True, emoji=False)
 _state = {"debug": False}
 
@@ -113,10 +113,6 @@ def tasks_cmd():
     console.print(table)
 
 
-def _fmt(v: float, digits: int = 4) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
 @app.command()
 @guarded
 def evaluate(
@@ -171,26 +167,6 @@ def evaluate(
     print_comparison(result)
 
 
-def print_comparison(result) -> None:
-    """The evaluate table: one row per loss, mean ± std per metric, Δ vs baseline with p-value."""
-    table = Table(title=f"{result.task} — {result.split} split, {len(result.seeds)} seed(s), "
-                        f"{result.steps} steps; Δ and Welch p vs {result.baseline}")
-    table.add_column("loss", overflow="fold")
-    table.add_column("runs")
-    for m in result.metrics:
-        arrow = "↑" if result.higher_is_better[m] else "↓"
-        table.add_column(f"{m} {arrow}", justify="right")
-    for row in result.rows:
-        cells = [row.loss, f"{row.runs - row.invalid}/{row.runs}"]
-        for m in result.metrics:
-            cell = f"{_fmt(row.mean[m])} ± {_fmt(row.std[m])}"
-            if row.loss != result.baseline:
-                cell += f"\nΔ {row.delta[m]:+.4f} (p={_fmt(row.p_value[m], 3)})"
-            cells.append(cell)
-        table.add_row(*cells)
-    console.print(table)
-
-
 def _run_search(make_study, title: str, fmt: str, path: str, budget: Optional[int],
                 workers: Optional[int], dask: Optional[str], timeout: Optional[float]):
     """Run ``make_study(progress, executor)`` with the live view (off for json) and the executor."""
@@ -211,7 +187,7 @@ def _run_search(make_study, title: str, fmt: str, path: str, budget: Optional[in
     finally:
         if executor is not None:
             executor.shutdown()
-    _print_study(study, top=10, fmt=fmt)
+    print_study(study, top=10, fmt=fmt)
     study.close()
 
 
@@ -315,54 +291,8 @@ def show(
     from lossforge.study import load_study
 
     s = load_study(study)
-    _print_study(s, top=top, fmt=format)
+    print_study(s, top=top, fmt=format)
     s.close()
-
-
-def _print_study(study, top: int, fmt: str) -> None:
-    summary = study.summary(top=top)
-    if fmt == "json":
-        print(json.dumps(summary))
-        return
-    console.print(f"[bold]{summary['path']}[/]: task {summary['task']}, metric {summary['metric']}, "
-                  f"strategy {summary['strategy']} (space {summary['space']}), seed {summary['seed']}; "
-                  f"explored {summary['explored']}/{summary['budget']}")
-    if summary["joint"] or summary["slot"] != "loss":
-        fixed = ", ".join(f"{k}={v}" for k, v in summary["fixed"].items()) or "defaults"
-        console.print("searching every loss slot jointly" if summary["joint"] else
-                      f"searched slot {summary['slot']} (other slots: {fixed})")
-    funnel = Table(title="funnel")
-    for col in ("stage", "in", "out", "seconds"):
-        funnel.add_column(col, justify="right" if col != "stage" else "left")
-    for name, st in summary["stats"].items():
-        funnel.add_row(name, str(st["in"]), str(st["out"]), f"{st['seconds']:.1f}")
-    console.print(funnel)
-    hof = Table(title="hall of fame (Pareto: fitness vs size)")
-    for col in ("rank", "fitness", "size", "formula"):
-        hof.add_column(col, overflow="fold")
-    for i, h in enumerate(summary["hall_of_fame"], 1):
-        hof.add_row(str(i), f"{h['fitness']:.4f}", str(h["size"]), h["formula"])
-    console.print(hof)
-    if summary["best"]:
-        console.print(f"[bold green]best[/] ({summary['best']['fitness']:.4f}): {summary['best']['formula']}")
-    if summary.get("refine"):
-        _print_refine(summary["refine"])
-
-
-def _print_refine(state: dict) -> None:
-    """The rounds of ``lossforge refine`` stored in a study, one table per finished round."""
-    for r in state["results"]:
-        t = Table(title=f"refine round {r['round']}: {r['steps']} steps, seeds {r['seeds']}, "
-                        f"keep {r['keep']} (validation {state['metric']})")
-        for col in ("rank", "mean", "std", "invalid", "search fitness", "formula"):
-            t.add_column(col, overflow="fold")
-        for s in r["standings"]:
-            t.add_row(str(s["rank"]) + (" *" if s["kept"] else ""), _fmt(s["mean"]),
-                      _fmt(s["std"]), str(s["invalid"]),
-                      _fmt(state["search_fitness"].get(s["loss"], math.nan)), s["loss"])
-        console.print(t)
-    if state["results"]:
-        console.print(f"[bold green]refined best[/]: {state['survivors'][0]}")
 
 
 @app.command()
@@ -389,7 +319,7 @@ def refine(
     if format == "json":
         print(json.dumps(state))
     else:
-        _print_refine(state)
+        print_refine(state)
 
 
 @app.command()
