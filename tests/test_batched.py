@@ -391,3 +391,17 @@ def test_funnel_screening_batched_equals_reference():
     (ref, ref_stats), (bat, bat_stats) = results
     assert ref_stats == bat_stats
     assert sum(a == b for a, b in zip(ref, bat)) >= len(ref) - 1
+
+
+def test_class_softmax_and_its_backward_equal_torch_up_to_rounding():
+    from lossforge.evaluation.batched.program import _class_softmax, _class_softmax_backward
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(30, 5, 10), (4, 2, 7, 6, 6)]:  # classes last; with spatial dims
+        X = (torch.randn(*shape, generator=gen) * 20).requires_grad_(True)  # large logits too
+        ref = torch.softmax(X, dim=2)
+        g = torch.randn(*shape, generator=gen)
+        (dref,) = torch.autograd.grad(ref, X, g)
+        soft = _class_softmax(X.detach())
+        assert torch.allclose(soft, ref, atol=1e-6, rtol=1e-5)
+        assert torch.allclose(_class_softmax_backward(g, soft), dref, atol=1e-5, rtol=1e-4)

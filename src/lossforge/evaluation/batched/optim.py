@@ -32,7 +32,7 @@ def optimise(prog: Program, init: torch.Tensor, config) -> tuple[torch.Tensor, t
         if config.optimizer == "sgd":
             buf = None
             for _ in range(config.steps):
-                values, g = step(X, True)
+                values, g = step(X, True, fast_softmax=True)
                 alive.logical_and_(torch.isfinite(values))
                 if momentum != 0:
                     if buf is None:
@@ -46,7 +46,7 @@ def optimise(prog: Program, init: torch.Tensor, config) -> tuple[torch.Tensor, t
             m = torch.zeros_like(X)
             v = torch.zeros_like(X)
             for t in range(1, config.steps + 1):
-                values, g = step(X, True)
+                values, g = step(X, True, fast_softmax=True)
                 alive.logical_and_(torch.isfinite(values))
                 m.lerp_(g, 1 - beta1)
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)

@@ -183,13 +183,16 @@ class Program(_Compiler):
         out[self._order] = t
         return out
 
-    def _step(self, X, grad, bound=None):
-        """(values in root order, gradients in candidate order)."""
+    def _step(self, X, grad, bound=None, fast_softmax=False):
+        """(values in root order, gradients in candidate order). ``fast_softmax``: use
+        :func:`_class_softmax` (equal to torch's up to rounding; the LRP's many steps) instead of
+        torch's kernels (bit-for-bit the reference's: GEC fingerprints and checks, where chaotic
+        expressions amplify a last-bit difference into another 2-digit fingerprint)."""
         b = bound or self._bound
         soft = None
         for v, view in b.var_views:
             if v == "p":
-                soft = torch.softmax(X, dim=2)
+                soft = _class_softmax(X) if fast_softmax else torch.softmax(X, dim=2)
                 view.copy_(soft)
             else:
                 view.copy_(X)
@@ -226,7 +229,8 @@ class Program(_Compiler):
         for v, E, plan, buf in b.var_pulls:
             gv = _pull(E, plan, buf)
             if v == "p":
-                gv = torch._softmax_backward_data(gv, soft, 2, X.dtype)
+                gv = (_class_softmax_backward(gv, soft) if fast_softmax
+                      else torch._softmax_backward_data(gv, soft, 2, X.dtype))
             dX = gv.clone() if dX is None and v != "p" else (gv if dX is None else dX + gv)
         if dX is None:
             dX = torch.zeros_like(X)
@@ -237,6 +241,27 @@ class _Bound:
     """Per-step buffers and views of a :class:`Program` (see ``_bind_buffers``)."""
 
     __slots__ = ("var_views", "levels", "var_pulls", "roots")
+
+
+def _class_softmax(X: torch.Tensor) -> torch.Tensor:
+    """``torch.softmax(X, dim=2)`` over the classes of ``X (P, B, C, *spatial)``. Without spatial
+    dimensions (classes last): max-shifted ``exp`` divided by its sum taken as a product with a
+    ones vector: the same values up to float rounding (~1e-7), and several times faster on CPU than
+    torch's kernel for a few classes (measured on (1000, 5, 10): ~8x; a softmax with its backward
+    was ~30% of an LRP step). With spatial dimensions torch's kernels are the faster ones."""
+    if X.dim() != 3:
+        return torch.softmax(X, dim=2)
+    e = (X - X.amax(dim=2, keepdim=True)).exp_()
+    return e.div_(e @ torch.ones(X.shape[2], 1, dtype=X.dtype, device=X.device))
+
+
+def _class_softmax_backward(g: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """The gradient with respect to ``X`` of :func:`_class_softmax`, given ``g`` with respect to
+    its output ``soft``: ``soft * (g - sum_c(g * soft))``."""
+    if soft.dim() != 3:
+        return torch._softmax_backward_data(g, soft, 2, soft.dtype)
+    ones = torch.ones(soft.shape[2], 1, dtype=soft.dtype, device=soft.device)
+    return soft * (g - (g * soft) @ ones)
 
 
 def _bind_plan(plan, buf):
