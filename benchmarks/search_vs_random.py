@@ -51,7 +51,15 @@ def strategy_options(strategy: str, args) -> dict:
         options["population_size"] = args.population
         if args.tournament is not None:
             options["tournament_size"] = args.tournament
+        if args.remove is not None:
+            options["remove"] = args.remove
     return options
+
+
+def study_path(args, strategy: str, seed: int) -> Path:
+    """``OUT/<strategy>[-<remove>]_s<seed>.db`` (random search's files serve every variant)."""
+    tag = f"-{args.remove}" if strategy != "random" and args.remove else ""
+    return Path(args.out) / f"{strategy}{tag}_s{seed}.db"
 
 
 def run_search(job: tuple[str, int, dict]) -> dict:
@@ -62,7 +70,7 @@ def run_search(job: tuple[str, int, dict]) -> dict:
     lrp = LRPConfig() if args.lrp_steps is None else LRPConfig(steps=args.lrp_steps)
     funnel = FunnelConfig(lrp=lrp, proxy=ProxyStageConfig(steps=args.proxy_steps))
     start = time.perf_counter()
-    path = Path(args.out) / f"{strategy}_s{seed}.db"
+    path = study_path(args, strategy, seed)
     LossSearch(task=args.task, metric=args.metric, strategy=strategy, budget=args.budget,
                seed=seed, storage=path, funnel=funnel,
                strategy_options=strategy_options(strategy, args)).run().close()
@@ -141,6 +149,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated search seeds")
     ap.add_argument("--population", type=int, default=10)
     ap.add_argument("--tournament", type=int, default=None, help="default: the strategy's (5)")
+    ap.add_argument("--remove", choices=["oldest", "worst"], default=None,
+                    help="which member evolution removes (default: the strategy's, oldest)")
     ap.add_argument("--generation", type=int, default=25, help="candidates per generation")
     ap.add_argument("--proxy-steps", type=int, default=None, help="default: the task's")
     ap.add_argument("--lrp-steps", type=int, default=None, help="default: FIELD.md's 500")

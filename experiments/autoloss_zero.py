@@ -46,7 +46,7 @@ LABELS = {"fwiou": "FWIoU", "gacc": "gAcc", "macc": "mAcc", "biou": "BIoU", "mio
 #: The paper's VOC numbers for cross-entropy (FIELD.md), for scale only.
 PAPER_CE = {"fwiou": 91.3, "gacc": 95.2, "macc": 87.3, "biou": 70.6, "miou": 78.7, "bf1": 65.3}
 
-FULL = dict(metrics="miou,fwiou,gacc,macc,biou,bf1", budget=1500, generation=25, population=20,
+FULL = dict(metrics="miou,fwiou,gacc,macc,biou,bf1", budget=1500, generation=10, population=20,
             tournament=5, proxy_steps=60, lrp_steps=200, seeds=5, retrain_steps=400, vs_seeds=3,
             search_minutes=12.0, ablation_n=100, ablation_naive=10)
 QUICK = dict(metrics="miou,biou,bf1", budget=16, generation=8, population=3, tournament=2,

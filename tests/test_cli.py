@@ -233,3 +233,16 @@ def test_workers_and_dask_give_the_in_process_study(tiny_study, tmp_path, execut
     assert result.exit_code == 0, result.output
     assert H.rows_key(load_study(path)) == H.rows_key(load_study(tiny_study[0]))
     assert json.loads(result.stdout)["hall_of_fame"] == json.loads(tiny_study[1].stdout)["hall_of_fame"]
+
+
+def test_strategy_options_reach_the_study_and_bad_ones_fail(tmp_path):
+    s = tmp_path / "o.db"
+    result = invoke("search", *TINY, "--study", s, "--option", "remove=worst",
+                    "--option", "tournament_size=3", "--format", "json")
+    assert result.exit_code == 0, result.output
+    opts = load_study(s).settings["strategy_options"]
+    assert opts["remove"] == "worst" and opts["tournament_size"] == 3  # JSON number, not text
+    one_line_error(invoke("search", *TINY, "--study", tmp_path / "p.db", "--option", "remove"),
+                   "--option", "KEY=VALUE")
+    one_line_error(invoke("search", *TINY, "--study", tmp_path / "q.db", "--option", "colour=red"),
+                   "colour")

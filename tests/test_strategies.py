@@ -172,6 +172,26 @@ def test_autoloss_zero_regularised_population():
     assert s.population[-1] == (kids[1], -6.0)
 
 
+def test_autoloss_zero_warns_when_a_generation_would_replace_the_population(caplog):
+    with caplog.at_level("WARNING", logger="lossforge.search.evolution"):
+        search.get("autoloss-zero", seed=0, population_size=10, batch_size=25)
+    assert "replace the whole population" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lossforge.search.evolution"):
+        search.get("autoloss-zero", seed=0, population_size=10, batch_size=25, remove="worst")
+        search.get("autoloss-zero", seed=0, population_size=40, batch_size=10)
+    assert caplog.text == ""
+
+
+def test_autoloss_zero_remove_worst_keeps_the_best_seen():
+    s = search.get("autoloss-zero", seed=0, population_size=3, batch_size=4, remove="worst")
+    while not s.initialised:
+        s.tell([(e, 0.5) for e in s.ask(4)])
+    kids = s.ask(4)
+    s.tell([(kids[0], 0.9), (kids[1], 0.1), (kids[2], 0.8), (kids[3], 0.2)])
+    assert sorted(f for _e, f in s.population) == [0.5, 0.8, 0.9]
+
+
 def test_aging_screens_then_keeps_the_best():
     s = search.get("aging", seed=0, initial_size=6, population_size=3, batch_size=4)
     c = s.ask(4)

@@ -197,6 +197,21 @@ _DASK = typer.Option(None, "--dask", help="Train on a Dask cluster: scheduler AD
 _TIMEOUT = typer.Option(None, "--timeout", help="Seconds one candidate may train; longer: failed.")
 
 
+def strategy_options(pairs: List[str]) -> dict:
+    """``KEY=VALUE`` texts -> options; a VALUE that parses as JSON is read as JSON (numbers,
+    true/false, lists), else kept as text."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            fail(f"--option {pair!r}: expected KEY=VALUE, e.g. remove=worst")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 @app.command()
 @guarded
 def search(
@@ -215,6 +230,9 @@ def search(
     population: Optional[int] = typer.Option(None, "--population", help="Strategy population size."),
     generation: Optional[int] = typer.Option(None, "--generation-size",
                                              help="Candidates per generation (per ask)."),
+    option: List[str] = typer.Option([], "--option", help=(
+        "KEY=VALUE strategy option (repeatable; VALUE read as JSON when it parses), e.g. "
+        "remove=worst, tournament_size=10, check_invariant=false.")),
     slot: Optional[str] = typer.Option(None, "--slot", help="Loss slot to search (tasks with several, e.g. box)."),
     fixed: List[str] = typer.Option([], "--fixed", help="SLOT=LOSS for another slot (repeatable)."),
     joint: bool = typer.Option(False, "--joint", help="Search every slot at once (autoloss-zero, random)."),
@@ -239,6 +257,7 @@ def search(
         cfg = replace(cfg, lrp=replace(cfg.lrp, steps=lrp_steps))
     cfg = replace(cfg, use_lrp=not no_lrp, use_gec=not no_gec)
     options = {k: v for k, v in (("population_size", population), ("batch_size", generation)) if v}
+    options.update(strategy_options(option))
     fixed_losses = slot_assignments(fixed, "--fixed")
     # settings are checked (task, metric, strategy, slots, study file) before any worker starts
     run = LossSearch(task=task, storage=study, metric=metric, strategy=strategy, budget=budget,

@@ -124,7 +124,7 @@ def run_search(out: Path, budget: int, console: Console):
 
         return LossSearch(task="digits", metric="accuracy", strategy="autoloss-zero",
                           budget=budget, seed=0, storage=path, funnel=funnel,
-                          strategy_options={"batch_size": 40, "population_size": 20},
+                          strategy_options={"batch_size": 40, "population_size": 20, "remove": "worst"},
                           progress=progress).run()
 
 
