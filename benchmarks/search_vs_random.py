@@ -7,9 +7,10 @@ both strategies run with that seed: evolution's random initial population is the
 stream of graphs random search starts with (a paired design: what differs is what evolution
 does once initialised).
 
-Printed: one row per (strategy, seed) — best proxy fitness, candidates trained, explored,
-seconds — the best-so-far curve at a few fractions of the budget, the paired differences, and
-with ``--retrain N`` each search's best loss retrained with N fresh seeds (validation split, the
+Printed: one row per (strategy, seed) — best proxy fitness, candidates trained (and how many
+beat the ``--reference`` loss's proxy fitness), minutes spent in the funnel's stages (from the
+study file, so resumed runs count in full) — the best-so-far curve at a few fractions of the
+budget, the paired differences, and with ``--retrain N`` each search's best loss retrained with N fresh seeds (validation split, the
 proxy's steps): the best of many proxy fitnesses is optimistically biased (each loss is scored
 with one training seed), the retrained mean is not. Last line: one JSON object
 (``autoloss_zero_best`` and ``random_best``: means over the seeds; per-seed lists; ``trained``).
@@ -100,8 +101,10 @@ def summarise(path: Path, strategy: str, seed: int, seconds: float) -> dict:
                 best = r.fitness if best is None else max(best, r.fitness)
             best_so_far.append(best)
         top = study.best
+        stage_seconds = sum(st["seconds"] for st in study.stats.values())
         return {"strategy": strategy, "seed": seed, "explored": len(rows),
                 "trained": len(study.trained()), "seconds": seconds,
+                "stage_seconds": stage_seconds,
                 "fitnesses": [r.fitness for r in rows if r.status == "trained"
                               and r.fitness is not None],
                 "best": None if top is None else top.fitness,
@@ -184,7 +187,7 @@ def main() -> None:
     if ref is not None:
         print(f"reference {args.reference}: proxy fitness {ref:.4f} (column '>ref': trained "
               "candidates above it)")
-    print(f"{'strategy':<15}{'seed':>5}{'best':>8}{'retrain':>9}{'trained':>8}{'>ref':>6}{'s':>6}"
+    print(f"{'strategy':<15}{'seed':>5}{'best':>8}{'retrain':>9}{'trained':>8}{'>ref':>6}{'min':>6}"
           f"{curve_head}  best formula")
     for r, rt in zip(rows, retrained):
         r["retrained"] = float(np.nanmean(rt)) if rt and not np.isnan(rt).all() else None
@@ -192,7 +195,7 @@ def main() -> None:
         curve = "".join(f"{fmt(v):>8}" for v in r["curve"])
         above = "—" if ref is None else str(r["above_reference"])
         print(f"{r['strategy']:<15}{r['seed']:>5}{fmt(r['best']):>8}{fmt(r['retrained']):>9}"
-              f"{r['trained']:>8}{above:>6}{r['seconds']:>6.0f}{curve}  {r['formula']}")
+              f"{r['trained']:>8}{above:>6}{r['stage_seconds'] / 60:>6.1f}{curve}  {r['formula']}")
 
     def per(strategy: str, key: str) -> list:
         return [r[key] for r in rows if r["strategy"] == strategy]
