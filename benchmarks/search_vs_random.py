@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -163,6 +164,8 @@ def main() -> None:
                          "candidates above it); '' for none")
     ap.add_argument("--jobs", type=int, default=1, help="searches run in parallel processes")
     ap.add_argument("--out", default=None, help="study files (default: a new temporary folder)")
+    ap.add_argument("--results", default=None,
+                    help="write the autoloss-zero-vs-random section of this RESULTS.md")
     ap.add_argument("--quick", action="store_true", help="digits, tiny budgets (< 1 minute)")
     args = ap.parse_args()
     if args.quick:
@@ -217,7 +220,57 @@ def main() -> None:
         print(f"best loss retrained ({args.retrain} fresh seeds, validation): "
               + paired(rt["autoloss-zero"], rt["random"]))
         summary.update(autoloss_zero_retrained=rt["autoloss-zero"], random_retrained=rt["random"])
+    if args.results:
+        write_results(Path(args.results), args, rows, summary)
     print(json.dumps(summary))
+
+
+def write_results(path: Path, args, rows: list[dict], summary: dict) -> None:
+    """The ``autoloss-zero-vs-random`` section of RESULTS.md (experiments/results.py plumbing)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import results as R
+
+    head = ["strategy", "seed", "best proxy", "best retrained", "trained", "> ref",
+            "stage min"] + [f"best @{int(f * 100)}%" for f in CURVE_AT] + ["best loss"]
+    body = [[r["strategy"], r["seed"], fmt(r["best"]), fmt(r.get("retrained")), r["trained"],
+             "—" if r.get("above_reference") is None else r["above_reference"],
+             f"{r['stage_seconds'] / 60:.1f}", *[fmt(v) for v in r["curve"]],
+             f"`{r['formula']}`"] for r in rows]
+    minutes = {s: sum(r["stage_seconds"] for r in rows if r["strategy"] == s) / 60
+               for s in STRATEGIES}
+    best = {s: [r["best"] for r in rows if r["strategy"] == s] for s in STRATEGIES}
+    md = [f"## AutoLoss-Zero vs random search, paired seeds (`{args.task}`, {args.metric})\n",
+          R.provenance(summary["seeds"], "benchmark"),
+          f"Each search explores {args.budget} candidates through the same funnel (checks, GEC, "
+          f"LRP, proxy of {args.proxy_steps or 'the task default'} steps); for each seed both "
+          "strategies share the initial random stream (evolution's initial population is random "
+          f"search's first draws). Evolution: population {args.population}, generations of "
+          f"{args.generation}, removal {args.remove or 'oldest'}. 'best retrained': the search's "
+          f"best loss trained with {args.retrain} fresh seeds (validation split, proxy steps) — "
+          "the best of many single-seed proxy fitnesses is optimistically biased. '> ref': "
+          f"trained candidates whose proxy fitness beats {args.reference or 'no reference'} "
+          f"({fmt(summary.get('reference_fitness'))}). 'stage min': minutes in the funnel's "
+          "stages, from the study file.\n",
+          R.table(head, body),
+          f"- Best proxy fitness: autoloss-zero {R.mean_std(best['autoloss-zero'])}, random "
+          f"{R.mean_std(best['random'])}; "
+          + paired(best["autoloss-zero"], best["random"]) + ".",
+          ]
+    if args.retrain:
+        md.append("- Best loss retrained: autoloss-zero "
+                  f"{R.mean_std(summary['autoloss_zero_retrained'])}, random "
+                  f"{R.mean_std(summary['random_retrained'])}; "
+                  + paired(summary["autoloss_zero_retrained"], summary["random_retrained"]) + ".")
+    if summary.get("reference_fitness") is not None:
+        md.append(f"- Trained candidates above {args.reference}: autoloss-zero "
+                  f"{summary['autoloss_zero_above_reference']}, random "
+                  f"{summary['random_above_reference']}.")
+    trained = {s: sum(r["trained"] for r in rows if r["strategy"] == s) for s in STRATEGIES}
+    md.append(f"- Compute: the budget counts explored candidates (the paper's unit), not time. "
+              f"Over all seeds autoloss-zero trained {trained['autoloss-zero']} candidates in "
+              f"{minutes['autoloss-zero']:.0f} stage-minutes, random search {trained['random']} in "
+              f"{minutes['random']:.0f}.")
+    R.write_section("autoloss-zero-vs-random", "\n".join(md) + "\n", path)
 
 
 if __name__ == "__main__":
