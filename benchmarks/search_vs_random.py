@@ -252,6 +252,11 @@ def write_results(path: Path, args, rows: list[dict], summary: dict) -> None:
           f"({fmt(summary.get('reference_fitness'))}). 'stage min': minutes in the funnel's "
           "stages, from the study file.\n",
           R.table(head, body),
+          *(["Note: with removal 'oldest' and generations at least as large as the population, "
+             "each generation's children replace the whole population (the strategy warns); a "
+             "population several times the generation size is the intended setting.\n"]
+            if (args.remove or "oldest") == "oldest" and args.generation >= args.population
+            else []),
           f"- Best proxy fitness: autoloss-zero {R.mean_std(best['autoloss-zero'])}, random "
           f"{R.mean_std(best['random'])}; "
           + paired(best["autoloss-zero"], best["random"]) + ".",
