@@ -15,6 +15,7 @@ from pathlib import Path
 from lossforge.evaluation.funnel import FunnelConfig
 from lossforge.evaluation.lrp import LRPConfig
 from lossforge.evaluation.proxy import ProxyStageConfig
+from lossforge.search.strategy import parse_options
 from lossforge.study import LossSearch
 
 
@@ -27,9 +28,9 @@ def main() -> None:
     ap.add_argument("--proxy-steps", type=int, default=60)
     ap.add_argument("--lrp-steps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--option", action="append", default=[], help="strategy option key=int")
+    ap.add_argument("--option", action="append", default=[], help="strategy option KEY=VALUE")
     args = ap.parse_args()
-    options = {k: int(v) for k, v in (o.split("=") for o in args.option)}
+    options = parse_options(args.option, "--option")
     path = Path(tempfile.mkdtemp(prefix="lossforge-progress-")) / "study.db"
     funnel = FunnelConfig(lrp=LRPConfig(steps=args.lrp_steps), proxy=ProxyStageConfig(steps=args.proxy_steps))
     study = LossSearch(task=args.task, metric=args.metric, strategy=args.strategy, budget=args.budget,

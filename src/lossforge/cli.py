@@ -197,21 +197,6 @@ _DASK = typer.Option(None, "--dask", help="Train on a Dask cluster: scheduler AD
 _TIMEOUT = typer.Option(None, "--timeout", help="Seconds one candidate may train; longer: failed.")
 
 
-def strategy_options(pairs: List[str]) -> dict:
-    """``KEY=VALUE`` texts -> options; a VALUE that parses as JSON is read as JSON (numbers,
-    true/false, lists), else kept as text."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            fail(f"--option {pair!r}: expected KEY=VALUE, e.g. remove=worst")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
 @app.command()
 @guarded
 def search(
@@ -246,6 +231,7 @@ def search(
 
     from lossforge.evaluation.funnel import FunnelConfig
     from lossforge.loss_spec import slot_assignments
+    from lossforge.search.strategy import parse_options
     from lossforge.study import LossSearch
 
     if budget <= 0:
@@ -257,7 +243,7 @@ def search(
         cfg = replace(cfg, lrp=replace(cfg.lrp, steps=lrp_steps))
     cfg = replace(cfg, use_lrp=not no_lrp, use_gec=not no_gec)
     options = {k: v for k, v in (("population_size", population), ("batch_size", generation)) if v}
-    options.update(strategy_options(option))
+    options.update(parse_options(option, "--option"))
     fixed_losses = slot_assignments(fixed, "--fixed")
     # settings are checked (task, metric, strategy, slots, study file) before any worker starts
     run = LossSearch(task=task, storage=study, metric=metric, strategy=strategy, budget=budget,

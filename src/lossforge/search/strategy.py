@@ -7,12 +7,29 @@ JSON-serialisable state, RNG included, so that ``load_state_dict`` continues a s
 """
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from typing import Any
 
 from lossforge.expr import Expr
 
 Fitness = float | None
+
+
+def parse_options(pairs: list[str], what: str = "option") -> dict[str, Any]:
+    """``["remove=worst", "tournament_size=10"]`` -> strategy options; a VALUE that parses as JSON
+    is read as JSON (numbers, true/false, lists), else kept as text. ``ValueError`` naming ``what``
+    for an item that is not ``KEY=VALUE``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what} {pair!r}: expected KEY=VALUE, e.g. remove=worst")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 class Strategy(ABC):
