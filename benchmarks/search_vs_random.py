@@ -27,7 +27,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -71,12 +70,11 @@ def run_search(job: tuple[str, int, dict]) -> dict:
     args = argparse.Namespace(**a)
     lrp = LRPConfig() if args.lrp_steps is None else LRPConfig(steps=args.lrp_steps)
     funnel = FunnelConfig(lrp=lrp, proxy=ProxyStageConfig(steps=args.proxy_steps))
-    start = time.perf_counter()
     path = study_path(args, strategy, seed)
     LossSearch(task=args.task, metric=args.metric, strategy=strategy, budget=args.budget,
                seed=seed, storage=path, funnel=funnel,
                strategy_options=strategy_options(strategy, args)).run().close()
-    return summarise(path, strategy, seed, time.perf_counter() - start)
+    return summarise(path, strategy, seed)
 
 
 def reference_fitness(a: dict) -> float | None:
@@ -92,7 +90,7 @@ def reference_fitness(a: dict) -> float | None:
     return r.val[args.metric] if r.status == OK else None
 
 
-def summarise(path: Path, strategy: str, seed: int, seconds: float) -> dict:
+def summarise(path: Path, strategy: str, seed: int) -> dict:
     study = load_study(path)
     try:
         rows = sorted(study.candidates, key=lambda r: r.id)
@@ -104,7 +102,7 @@ def summarise(path: Path, strategy: str, seed: int, seconds: float) -> dict:
         top = study.best
         stage_seconds = sum(st["seconds"] for st in study.stats.values())
         return {"strategy": strategy, "seed": seed, "explored": len(rows),
-                "trained": len(study.trained()), "seconds": seconds,
+                "trained": len(study.trained()),
                 "stage_seconds": stage_seconds,
                 "fitnesses": [r.fitness for r in rows if r.status == "trained"
                               and r.fitness is not None],

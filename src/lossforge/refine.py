@@ -18,6 +18,7 @@ non-finite run ranked last). Contract:
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +26,7 @@ from typing import Any, Callable
 from lossforge.evaluation.halving import HalvingRound, successive_halving
 from lossforge.storage import Store
 from lossforge.study import Study
+from lossforge.tasks import get as get_task
 
 META_KEY = "refine"
 
@@ -101,8 +103,6 @@ def refine_study(path: str | Path, rounds: list[RoundSpec] | None = None, top: i
     store = Store.open(path)
     try:
         study = Study(store)
-        from lossforge.tasks import get as get_task
-
         task = get_task(study.settings["task"])
         proxy_steps = int(study.settings["funnel"]["proxy"].get("steps") or task.proxy.steps)
         rounds = list(rounds) if rounds else default_rounds(top, proxy_steps)
@@ -144,8 +144,6 @@ def refine_study(path: str | Path, rounds: list[RoundSpec] | None = None, top: i
 
 def _jsonable(obj: Any) -> Any:
     """``obj`` as it reads back from the study's JSON (tuples become lists)."""
-    import json
-
     return json.loads(json.dumps(obj))
 
 
