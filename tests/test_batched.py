@@ -310,6 +310,26 @@ def test_chunking_and_duplicates_do_not_change_results():
     assert batched.chunk_size(exprs, big) < batched.chunk_size(exprs, probe)
 
 
+def test_lrp_never_moves_the_shared_initial_predictions():
+    """Regression: a chunk of one candidate optimised a *view* of the stage's initial
+    predictions, so every later LRP started from already optimised predictions and rejected
+    nearly everything (a whole search's LRP depended on whether some chunk held one candidate)."""
+    probe = _seg_probe(samples=2, classes=4, size=8)
+    cfg = LRPConfig(steps=25, lr=0.1, threshold=0.05)
+    stage = LossRejection(probe, _miou(4), cfg)
+    before = stage.init.clone()
+    exprs = [parse("-sum_c(y * log(p))"), parse("square(p - y)")]
+    singles = [batched.lrp_scores([e], probe, stage.metric, cfg, stage.init) for e in exprs]
+    assert torch.equal(stage.init, before)
+    chunked = batched.lrp_scores(exprs, probe, stage.metric, cfg, stage.init, chunk=1)
+    assert torch.equal(stage.init, before)
+    assert chunked == [s[0] for s in singles]
+    for e, (ok, score) in zip(exprs, chunked):
+        assert ok and score == pytest.approx(lrp_score(e, probe, stage.metric, cfg, before),
+                                             abs=1e-6)
+        assert score > 0         # the cross-entropy and MSE both improve the probe's mIoU
+
+
 def test_other_stages_run_unchanged():
     seen = []
 

@@ -73,7 +73,11 @@ def _resolve_device(stage, device) -> torch.device:
 
 
 def _stacked(pred: torch.Tensor, n: int, device, dtype) -> torch.Tensor:
-    return pred.to(device=device, dtype=dtype).unsqueeze(0).expand(n, *pred.shape).contiguous()
+    """``n`` stacked copies of ``pred``, as a new tensor: callers update it in place (the LRP's
+    optimiser), which must never reach ``pred`` (for ``n == 1`` a plain ``expand().contiguous()``
+    would return a view of it)."""
+    out = pred.to(device=device, dtype=dtype).unsqueeze(0).expand(n, *pred.shape)
+    return out.clone(memory_format=torch.contiguous_format)
 
 
 def _reference_value(expr: Expr, probe: Probe, pred: torch.Tensor) -> torch.Tensor:
