@@ -56,7 +56,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def compare(name, make_stage, exprs, sub, decision, chunk=None):
+def compare(name, make_stage, exprs, sub, decision, chunk=None, threads=1):
     """Time the reference on ``sub`` (two halves around the batched run) and the batched path
     on every expression; returns a result row."""
     half = len(sub) // 2
@@ -75,7 +75,7 @@ def compare(name, make_stage, exprs, sub, decision, chunk=None):
     rss0 = peak_rss_mib()
     batched.clear_cache()   # no compiled expressions from an earlier stage: time it all
     t = time.perf_counter()
-    batched.run_stage(stage, cands, chunk=chunk)
+    batched.run_stage(stage, cands, chunk=chunk, threads=threads)
     t_bat = time.perf_counter() - t
     t_ref += ref_part(sub[half:])
     same = sum(decision(ref_cands[i]) == decision(cands[i]) for i in sub)
@@ -97,8 +97,8 @@ def main(argv=None) -> dict:
                     help="candidates of the segmentation LRP (default: all; quick 60)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: on a shared machine, OpenMP threads "
-                         "that wait for a busy core stall every parallel kernel)")
+                    help="torch intra-op threads of both paths (default 1: on a shared machine, "
+                         "OpenMP threads that wait for a busy core stall every parallel kernel)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     # the reference checks convert a tensor that requires grad to a float (harmless)
@@ -125,14 +125,16 @@ def main(argv=None) -> dict:
     seg_cfg = LRPConfig(steps=200, threshold=0.01)
 
     status = (lambda c: c.status)
+    t = args.threads
     rows = [
-        compare("checks", lambda: Checks(gec_probe), exprs, subsample(n, k_gec), status),
+        compare("checks", lambda: Checks(gec_probe), exprs, subsample(n, k_gec), status,
+                threads=t),
         compare("gec", lambda: GradientEquivalence(gec_probe), exprs, subsample(n, k_gec),
-                lambda c: c.fingerprint),
+                lambda c: c.fingerprint, threads=t),
         compare("lrp-cls", lambda: LossRejection(cls, accuracy, cls_cfg), exprs,
-                subsample(n, k_lrp), status),
+                subsample(n, k_lrp), status, threads=t),
         compare("lrp-seg", lambda: LossRejection(seg, miou, seg_cfg), exprs[:n_seg],
-                subsample(n_seg, k_seg), status),
+                subsample(n_seg, k_seg), status, threads=t),
     ]
     print()
     print(f"{'stage':8} {'reference (per candidate)':>27} {'batched':>26} {'speedup':>8} "
