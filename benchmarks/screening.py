@@ -15,6 +15,7 @@ after the batched run, so that a change of machine load affects both sides alike
 
     python benchmarks/screening.py            # 1,000 candidates (several minutes)
     python benchmarks/screening.py --quick    # a smaller run (under a minute)
+    python benchmarks/screening.py --processes 2   # + the classification LRP on 2 CPU processes
 
 The last line printed is one JSON object with the headline numbers.
 """
@@ -87,6 +88,27 @@ def compare(name, make_stage, exprs, sub, decision, chunk=None, threads=1):
             "rss_before_mib": rss0, "rss_after_mib": peak_rss_mib()}
 
 
+def parallel(make_stage, exprs, processes: int, threads: int, repeats: int = 2) -> dict:
+    """The batched LRP on one process vs on ``processes`` (``run_stage(processes=)``: shares in
+    forked children), alternated ``repeats`` times so that load changes affect both alike."""
+    seconds = {1: 0.0, processes: 0.0}
+    decisions = {}
+    for _ in range(repeats):
+        for k in (1, processes):
+            cands = [Candidate(e) for e in exprs]
+            batched.clear_cache()
+            t = time.perf_counter()
+            batched.run_stage(make_stage(), cands, threads=threads, processes=k)
+            seconds[k] += time.perf_counter() - t
+            decisions[k] = [c.status for c in cands]
+    n = repeats * len(exprs)
+    return {"processes": processes, "one_per_s": n / seconds[1],
+            "parallel_per_s": n / seconds[processes],
+            "ratio": seconds[1] / seconds[processes],
+            "same": decisions[1] == decisions[processes],
+            "children_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smaller run (under a minute)")
@@ -99,6 +121,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads of both paths (default 1: on a shared machine, "
                          "OpenMP threads that wait for a busy core stall every parallel kernel)")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="also time the batched classification LRP shared by this many CPU "
+                         "processes (run_stage(processes=N)) against one process")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     # the reference checks convert a tensor that requires grad to a float (harmless)
@@ -144,6 +169,12 @@ def main(argv=None) -> dict:
               f"{r['bat_per_s']:10.1f}/s ({r['bat_n']:5d} in {r['bat_s']:6.1f}s) "
               f"{r['speedup']:7.1f}x {r['same']:4d}/{r['compared']:<4d} {r['passed']:7d} "
               f"{r['rss_after_mib']:5.0f} MiB")
+    par = None
+    if args.processes > 1:
+        par = parallel(lambda: LossRejection(cls, accuracy, cls_cfg), exprs, args.processes, t)
+        print(f"lrp-cls on {par['processes']} processes: {par['parallel_per_s']:.1f}/s vs "
+              f"{par['one_per_s']:.1f}/s on one ({par['ratio']:.2f}x, alternated twice; same "
+              f"decisions: {par['same']}; largest child {par['children_peak_rss_mib']:.0f} MiB)")
     agree_n = sum(r["same"] for r in rows if r["stage"] != "checks")
     total = sum(r["compared"] for r in rows if r["stage"] != "checks")
     by = {r["stage"]: r for r in rows}
@@ -159,6 +190,11 @@ def main(argv=None) -> dict:
         "threads": torch.get_num_threads(),
         "load_average": round(load, 2),
     }
+    if par is not None:
+        result.update({"processes": par["processes"],
+                       "lrp_cls_processes_per_s": round(par["parallel_per_s"], 1),
+                       "lrp_cls_processes_ratio": round(par["ratio"], 2),
+                       "lrp_cls_processes_same": par["same"]})
     print(f"\nagreement (GEC fingerprints, LRP decisions): {agree_n}/{total}; "
           f"peak RSS {result['peak_rss_mib']:.0f} MiB")
     print(json.dumps(result))

@@ -330,6 +330,32 @@ def test_lrp_never_moves_the_shared_initial_predictions():
         assert score > 0         # the cross-entropy and MSE both improve the probe's mIoU
 
 
+def test_forked_lrp_shares_give_the_same_scores_and_stats():
+    from lossforge.evaluation.batched import forked
+
+    assert forked.shares(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert forked.shares(2, 2) == [(0, 1), (1, 2)]
+    probe = synthetic_probe("classification", 5, 10, seed=5)
+    cfg = LRPConfig(steps=30, lr=0.05, threshold=0.2)
+    metric = _accuracy()
+    exprs = _exprs(3 * forked.MIN_SHARE + 2, seed=21)
+    stage = LossRejection(probe, metric, cfg)
+    one = batched.lrp_scores(exprs, probe, metric, cfg, stage.init)
+    three = batched.forked_lrp_scores(exprs, probe, metric, cfg, stage.init, processes=3)
+    assert three == one
+    assert any(s is not None and s >= 0.2 for _, s in one)   # some pass, some do not
+    cands = [Candidate(e) for e in exprs]
+    batched.run_stage(stage, cands, processes=2)
+    ref_stage = LossRejection(probe, metric, cfg)
+    ref = [Candidate(e) for e in exprs]
+    batched.run_stage(ref_stage, ref)
+    assert [_fields(c) for c in cands] == [_fields(c) for c in ref]
+    assert [c.lrp_score for c in cands] == [c.lrp_score for c in ref]
+    assert (stage.stats.n_in, stage.stats.n_out) == (ref_stage.stats.n_in, ref_stage.stats.n_out)
+    with pytest.raises(ValueError, match="processes"):
+        batched.forked_lrp_scores(exprs, probe, metric, cfg, stage.init, processes=0)
+
+
 def test_other_stages_run_unchanged():
     seen = []
 

@@ -44,7 +44,8 @@ Modules (each states its contract at its top):
 * :mod:`.program` — :class:`Program`: binding to a probe, forward and explicit backward;
 * :mod:`.chunks` — memory-budgeted chunking of a population into programs;
 * :mod:`.optim` — :func:`optimise`, the LRP's SGD/Adam on every candidate at once;
-* :mod:`.stages` — checks/GEC/LRP runners, :func:`run_stage`, :func:`torch_threads`.
+* :mod:`.stages` — checks/GEC/LRP runners, :func:`run_stage`, :func:`torch_threads`;
+* :mod:`.forked` — the LRP of a population split over several CPU processes (``processes=``).
 
 The names below are re-exported here; module-level settings (``MEMORY_BUDGET``,
 ``MATERIALIZE_NUMEL``, ...) are read from the module that defines them.
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 from lossforge.evaluation.batched.chunks import MAX_CHUNK, MEMORY_BUDGET, chunk_size
 from lossforge.evaluation.batched.compile import clear_cache
+from lossforge.evaluation.batched.forked import forked_lrp_scores
 from lossforge.evaluation.batched.kernels import _BW, _FW, EPS  # noqa: F401 (_BW, _FW: tests)
 from lossforge.evaluation.batched.optim import optimise
 from lossforge.evaluation.batched.program import MATERIALIZE_NUMEL, Program
@@ -62,5 +64,6 @@ from lossforge.evaluation.batched.stages import (
 from lossforge.evaluation.batched.stages import _format_fingerprint  # noqa: F401 (tests)
 
 __all__ = ["Program", "UnsupportedExpr", "run_stage", "checks_reasons", "fingerprints",
-           "lrp_scores", "optimise", "chunk_size", "supported", "clear_cache", "torch_threads",
+           "lrp_scores", "forked_lrp_scores", "optimise", "chunk_size", "supported",
+           "clear_cache", "torch_threads",
            "MEMORY_BUDGET", "MAX_CHUNK", "MATERIALIZE_NUMEL", "DEFAULT_THREADS", "EPS"]

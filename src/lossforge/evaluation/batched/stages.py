@@ -167,11 +167,18 @@ def lrp_scores(exprs: list[Expr], probe: Probe, metric, config, init: torch.Tens
     return [res[w] for w in where]
 
 
-def _run_lrp(stage, candidates: list[Candidate], device, chunk) -> None:
+def _run_lrp(stage, candidates: list[Candidate], device, chunk, processes: int = 1) -> None:
     with timed(stage.stats):
         pending = [c for c in candidates if not c.done]
-        found = lrp_scores([c.expr for c in pending], stage.probe, stage.metric, stage.config,
-                           stage.init, device, chunk)
+        exprs = [c.expr for c in pending]
+        if processes > 1:
+            from lossforge.evaluation.batched.forked import forked_lrp_scores
+
+            found = forked_lrp_scores(exprs, stage.probe, stage.metric, stage.config, stage.init,
+                                      processes, device, chunk)
+        else:
+            found = lrp_scores(exprs, stage.probe, stage.metric, stage.config, stage.init,
+                               device, chunk)
         for c, (ok, score) in zip(pending, found):
             stage.decide(c, score if ok else stage.score(c.expr))
 
@@ -204,7 +211,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 # ---- entry point --------------------------------------------------------------------------------
 def run_stage(stage, candidates: list[Candidate], device=None, chunk: int | None = None,
-              threads: int | None = DEFAULT_THREADS) -> None:
+              threads: int | None = DEFAULT_THREADS, processes: int = 1) -> None:
     """Run the screening ``stage`` on ``candidates`` with the vectorised path.
 
     ``stage``: a :class:`~lossforge.evaluation.checks.Checks`,
@@ -215,7 +222,9 @@ def run_stage(stage, candidates: list[Candidate], device=None, chunk: int | None
     has one, else the device of its probe), e.g. ``"cuda"``; ``chunk``: candidates per vectorised
     pass (default: sized by :data:`~lossforge.evaluation.batched.chunks.MEMORY_BUDGET`);
     ``threads``: torch intra-op threads while a screening stage runs (default
-    :data:`DEFAULT_THREADS`, restored after; ``None``: leave the setting as it is).
+    :data:`DEFAULT_THREADS`, restored after; ``None``: leave the setting as it is);
+    ``processes``: CPU processes sharing the LRP (:mod:`~.forked`: this one and ``processes - 1``
+    forked children, one thread each; same results).
     """
     from lossforge.evaluation.checks import Checks
     from lossforge.evaluation.gec import GradientEquivalence
@@ -229,6 +238,6 @@ def run_stage(stage, candidates: list[Candidate], device=None, chunk: int | None
             _run_gec(stage, candidates, _resolve_device(stage, device), chunk)
     elif isinstance(stage, LossRejection):
         with torch_threads(threads):
-            _run_lrp(stage, candidates, _resolve_device(stage, device), chunk)
+            _run_lrp(stage, candidates, _resolve_device(stage, device), chunk, processes)
     else:
         stage(candidates)
