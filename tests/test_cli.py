@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import lfhelpers as H
 from lossforge import cli
-from lossforge import execution as E
+from lossforge import dask_executor as D
 from lossforge.study import load_study
 
 runner = CliRunner()
@@ -206,7 +206,7 @@ def test_executor_options(tmp_path, monkeypatch):
     one_line_error(invoke("search", *TINY, "--study", s, "--workers", "2", "--dask", "local:2"),
                    "either --workers")
     one_line_error(invoke("search", *TINY, "--study", s, "--timeout", "-1"), "--timeout must be")
-    monkeypatch.setattr(E, "CONNECT_TIMEOUT", 1.0)
+    monkeypatch.setattr(D, "CONNECT_TIMEOUT", 1.0)
     one_line_error(invoke("search", *TINY, "--study", s, "--dask", "tcp://127.0.0.1:9"),
                    "could not reach the Dask scheduler", "local:N")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import lfhelpers as H
+from lossforge import dask_executor as D
 from lossforge import execution as E
 from lossforge import tasks
 from lossforge.evaluation.candidate import FAILED, TRAINED
@@ -71,7 +72,7 @@ def test_missing_dask_names_the_extra(monkeypatch):
 
 
 def test_unreachable_scheduler_is_one_clear_error(monkeypatch):
-    monkeypatch.setattr(E, "CONNECT_TIMEOUT", 1.0)
+    monkeypatch.setattr(D, "CONNECT_TIMEOUT", 1.0)
     start = time.monotonic()
     with pytest.raises(RuntimeError) as err:
         E.make_executor(dask="tcp://127.0.0.1:9")
@@ -163,7 +164,7 @@ def test_dask_two_process_cluster_with_killed_workers(tmp_path, reference):
     """``local:2``: a worker killed once ⇒ its task is re-run elsewhere and the candidate is
     trained; a candidate that kills every worker ⇒ KilledWorker ⇒ failed; the rest as in-process
     (the same study with ``--dask local:2`` unharmed: test_cli)."""
-    dask = E.DaskExecutor("local:2", allowed_failures=1)
+    dask = D.DaskExecutor("local:2", allowed_failures=1)
     try:
         ex = H.CrashingExecutor(dask, always={0}, once={1}, marker=str(tmp_path / "crashed"))
         study = search(tmp_path / "s.db", ex)
