@@ -439,6 +439,32 @@ def test_funnel_screening_batched_equals_reference():
     assert sum(a == b for a, b in zip(ref, bat)) >= len(ref) - 1
 
 
+def test_screening_does_not_depend_on_how_the_population_is_split():
+    """A search screens a generation at a time: the stages' decisions must not depend on the
+    generation sizes (one call with every candidate vs calls of 1, 2, 3, ... candidates)."""
+    import lfhelpers  # registers tiny-blobs
+    from lossforge import tasks
+    from lossforge.evaluation.funnel import Funnel
+
+    task = tasks.get("tiny-blobs")
+    exprs = _population(losses_only=True)[:30] + [parse("-sum_c(y * log(p))")]
+    results = []
+    for sizes in ([len(exprs)], [1, 2, 3, 1, 5, 1, 4, 1, 9, 1, 1, 2]):
+        funnel = Funnel(task, "accuracy", lfhelpers.FAST)
+        screens = [s for s in funnel.stages if s is not funnel.proxy]
+        cands, start = [], 0
+        for size in sizes:
+            part = [Candidate(e) for e in exprs[start:start + size]]
+            start += size
+            for stage in screens:
+                batched.run_stage(stage, part)
+            cands += part
+        assert start == len(exprs)
+        results.append([(_fields(c), c.lrp_score) for c in cands])
+    assert results[0] == results[1]
+    assert sum(c[0][0] == PENDING for c in results[0]) >= 2      # some pass every screen
+
+
 def test_class_softmax_and_its_backward_equal_torch_up_to_rounding():
     from lossforge.evaluation.batched.program import _class_softmax, _class_softmax_backward
 
