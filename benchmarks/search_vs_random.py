@@ -37,6 +37,7 @@ from scipy import stats
 from lossforge.evaluation.funnel import FunnelConfig
 from lossforge.evaluation.lrp import LRPConfig
 from lossforge.evaluation.proxy import ProxyStageConfig
+from lossforge.search.strategy import parse_options
 from lossforge.study import LossSearch, load_study
 from lossforge.tasks import get as get_task
 from lossforge.training import OK, train
@@ -54,12 +55,16 @@ def strategy_options(strategy: str, args) -> dict:
             options["tournament_size"] = args.tournament
         if args.remove is not None:
             options["remove"] = args.remove
+        options.update(parse_options(args.option or []))
     return options
 
 
 def study_path(args, strategy: str, seed: int) -> Path:
-    """``OUT/<strategy>[-<remove>]_s<seed>.db`` (random search's files serve every variant)."""
-    tag = f"-{args.remove}" if strategy != "random" and args.remove else ""
+    """``OUT/<strategy>[-<remove>][-<tag>]_s<seed>.db`` (random search's files serve every
+    variant of evolution)."""
+    tag = ""
+    if strategy != "random":
+        tag = "".join(f"-{t}" for t in (args.remove, args.tag) if t)
     return Path(args.out) / f"{strategy}{tag}_s{seed}.db"
 
 
@@ -153,6 +158,10 @@ def main() -> None:
     ap.add_argument("--tournament", type=int, default=None, help="default: the strategy's (5)")
     ap.add_argument("--remove", choices=["oldest", "worst"], default=None,
                     help="which member evolution removes (default: the strategy's, oldest)")
+    ap.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="another autoloss-zero option (repeatable), e.g. unique=false")
+    ap.add_argument("--tag", default=None,
+                    help="names this evolution variant: its study files and RESULTS.md section")
     ap.add_argument("--generation", type=int, default=25, help="candidates per generation")
     ap.add_argument("--proxy-steps", type=int, default=None, help="default: the task's")
     ap.add_argument("--lrp-steps", type=int, default=None, help="default: FIELD.md's 500")
@@ -170,6 +179,7 @@ def main() -> None:
         args.task, args.metric, args.budget, args.generation, args.seeds = \
             "digits", "accuracy", 60, 20, "0"
         args.population, args.proxy_steps, args.lrp_steps = 4, 30, 60
+    parse_options(args.option or [], "--option")   # a bad KEY=VALUE fails here, not in a worker
     args.out = args.out or tempfile.mkdtemp(prefix="lossforge-vs-random-")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -237,13 +247,16 @@ def write_results(path: Path, args, rows: list[dict], summary: dict) -> None:
     minutes = {s: sum(r["stage_seconds"] for r in rows if r["strategy"] == s) / 60
                for s in STRATEGIES}
     best = {s: [r["best"] for r in rows if r["strategy"] == s] for s in STRATEGIES}
-    md = [f"## AutoLoss-Zero vs random search, paired seeds (`{args.task}`, {args.metric})\n",
+    variant = f", variant `{args.tag}`" if args.tag else ""
+    md = [f"## AutoLoss-Zero vs random search, paired seeds (`{args.task}`, {args.metric}"
+          f"{variant})\n",
           R.provenance(summary["seeds"], "benchmark"),
           f"Each search explores {args.budget} candidates through the same funnel (checks, GEC, "
           f"LRP, proxy of {args.proxy_steps or 'the task default'} steps); for each seed both "
           "strategies share the initial random stream (evolution's initial population is random "
           f"search's first draws). Evolution: population {args.population}, generations of "
-          f"{args.generation}, removal {args.remove or 'oldest'}. 'best retrained': the search's "
+          f"{args.generation}, removal {args.remove or 'oldest'}"
+          + "".join(f", {o}" for o in args.option or []) + ". 'best retrained': the search's "
           f"best loss trained with {args.retrain} fresh seeds (validation split, proxy steps) — "
           "the best of many single-seed proxy fitnesses is optimistically biased. '> ref': "
           f"trained candidates whose proxy fitness beats {args.reference or 'no reference'} "
@@ -273,7 +286,8 @@ def write_results(path: Path, args, rows: list[dict], summary: dict) -> None:
               f"Over all seeds autoloss-zero trained {trained['autoloss-zero']} candidates in "
               f"{minutes['autoloss-zero']:.0f} stage-minutes, random search {trained['random']} in "
               f"{minutes['random']:.0f}.")
-    R.write_section("autoloss-zero-vs-random", "\n".join(md) + "\n", path)
+    section = "autoloss-zero-vs-random" + (f"-{args.tag}" if args.tag else "")
+    R.write_section(section, "\n".join(md) + "\n", path)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from lossforge.expr import kernels as K
 from lossforge.expr.export import evaluate
 from lossforge.search.cmaes import CMAReplay
 from lossforge.search.glo import coefficient_form
+from lossforge.search.strategy import Scored, scored
 from lossforge.search.taylor import invariant_holds, invariant_margin, taylor_coefficients
 from lossforge.zoo import taylorglo
 
@@ -190,6 +191,39 @@ def test_autoloss_zero_remove_worst_keeps_the_best_seen():
     kids = s.ask(4)
     s.tell([(kids[0], 0.9), (kids[1], 0.1), (kids[2], 0.8), (kids[3], 0.2)])
     assert sorted(f for _e, f in s.population) == [0.5, 0.8, 0.9]
+
+
+def test_autoloss_zero_keeps_one_member_per_equivalence_class():
+    s = search.get("autoloss-zero", seed=0, population_size=4, batch_size=4)
+    big, small, other = (parse("-(y * log(p)) * (y + y * 0)"), parse("-(y * log(p))"),
+                         parse("square(p - y)"))
+    s.tell([(big, Scored(0.7, "A")), (other, Scored(0.5, "B"))])
+    s.tell([(small, Scored(0.7, "A"))])           # same class, smaller: takes big's place
+    assert s.population == [(small, 0.7), (other, 0.5)] and s.classes == ["A", "B"]
+    s.tell([(big, Scored(0.7, "A"))])             # same class, larger: dropped
+    assert s.population == [(small, 0.7), (other, 0.5)]
+    s.tell([(big, 0.7), (big, scored(0.7, None))])  # class unknown: inserted as before
+    assert len(s.population) == 4 and s.classes[2:] == [None, None]
+    assert scored(None, "A") is None and isinstance(scored(0.1, "A"), float)
+    s2 = search.get("autoloss-zero", seed=0, population_size=4, batch_size=4)
+    s2.load_state_dict(roundtrip(s.state_dict()))
+    assert s2.population == s.population and s2.classes == s.classes
+    old = roundtrip(s.state_dict())               # a state saved before classes were kept
+    old["population"] = [m[:2] for m in old["population"]]
+    s2.load_state_dict(old)
+    assert s2.population == s.population and s2.classes == [None] * 4
+    plain = search.get("autoloss-zero", seed=0, population_size=4, batch_size=4, unique=False)
+    plain.tell([(big, Scored(0.7, "A")), (small, Scored(0.7, "A"))])
+    assert len(plain.population) == 2
+
+
+def test_autoloss_zero_tournament_ties_go_to_the_smaller_expression():
+    s = search.get("autoloss-zero", seed=3, population_size=2, batch_size=1, tournament_size=2)
+    big, small = parse("-(y * log(p)) * (y + y * 0)"), parse("-(y * log(p))")
+    s.tell([(big, 0.7), (small, 0.7)])
+    assert all(s._tournament() is small for _ in range(5))
+    s.population = [(big, 0.8), (small, 0.7)]
+    assert s._tournament() is big                 # fitness first
 
 
 def test_aging_screens_then_keeps_the_best():

@@ -17,6 +17,7 @@ from lossforge.evaluation.candidate import (FAILED, GEC_HIT, INVALID, REJECTED_C
                                             REJECTED_LRP, TRAINED, Candidate)
 from lossforge.evaluation.funnel import Funnel, FunnelConfig
 from lossforge.expr import Expr, parse
+from lossforge.search.strategy import scored
 from lossforge.storage import Row, Store, StudyFileError
 from lossforge.tasks import Task
 from lossforge.tasks import get as get_task
@@ -337,7 +338,8 @@ class LossSearch:
             for i, c in enumerate(cands):  # GEC hits resolve last: commit whatever is still open
                 self._commit(store, generation, todo[i], exprs[todo[i]], c)
         rows = store.generation_rows(generation)
-        strategy.tell([(exprs[s], rows[s].fitness) for s in range(len(exprs))])
+        strategy.tell([(exprs[s], scored(rows[s].fitness, rows[s].fingerprint))
+                       for s in range(len(exprs))])
         seconds = {k: funnel_stage.stats.seconds - before[k]
                    for k, funnel_stage in (("checks", funnel.checks), ("gec", funnel.gec),
                                            ("lrp", funnel.lrp), ("proxy", funnel.proxy))}

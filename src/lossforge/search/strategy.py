@@ -16,6 +16,24 @@ from lossforge.expr import Expr
 Fitness = float | None
 
 
+class Scored(float):
+    """A fitness that also names its candidate's gradient-equivalence class: ``fingerprint`` (the
+    GEC fingerprint; ``None`` when unknown). It is a ``float`` for every strategy; strategies that
+    keep one member per class (``autoloss-zero``'s ``unique``) read ``fingerprint``."""
+
+    fingerprint: str | None
+
+    def __new__(cls, value: float, fingerprint: str | None = None) -> "Scored":
+        obj = super().__new__(cls, value)
+        obj.fingerprint = fingerprint
+        return obj
+
+
+def scored(fitness: float | None, fingerprint: str | None) -> Fitness:
+    """``fitness`` with its equivalence class attached (``None`` stays ``None``)."""
+    return None if fitness is None else Scored(fitness, fingerprint)
+
+
 def parse_options(pairs: list[str], what: str = "option") -> dict[str, Any]:
     """``["remove=worst", "tournament_size=10"]`` -> strategy options; a VALUE that parses as JSON
     is read as JSON (numbers, true/false, lists), else kept as text. ``ValueError`` naming ``what``
