@@ -139,12 +139,17 @@ def fmt(v) -> str:
 
 
 def paired(a: list[float], b: list[float]) -> str:
-    """Mean paired difference, wins, and the paired t-test's p (needs ≥ 2 seeds)."""
+    """Mean and median paired difference, wins, the paired t-test's p and the Wilcoxon
+    signed-rank test's p (two-sided, exact for few seeds; it does not assume normal differences:
+    one very large win inflates the t-test's variance) — both need ≥ 2 seeds."""
     d = np.asarray(a, float) - np.asarray(b, float)
     wins = int((d > 0).sum())
-    text = f"mean difference {d.mean():+.4f}, autoloss-zero ahead on {wins} of {len(d)} seeds"
+    text = (f"mean difference {d.mean():+.4f} (median {np.median(d):+.4f}), autoloss-zero ahead "
+            f"on {wins} of {len(d)} seeds")
     if len(d) >= 2 and np.std(d) > 0:
         text += f", paired t-test p = {stats.ttest_rel(a, b).pvalue:.3f}"
+    if len(d) >= 2 and np.any(d != 0):
+        text += f", Wilcoxon signed-rank p = {stats.wilcoxon(a, b).pvalue:.3f}"
     return text
 
 
