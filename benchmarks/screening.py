@@ -15,7 +15,7 @@ after the batched run, so that a change of machine load affects both sides alike
 
     python benchmarks/screening.py            # 1,000 candidates (several minutes)
     python benchmarks/screening.py --quick    # a smaller run (under a minute)
-    python benchmarks/screening.py --processes 2   # + the classification LRP on 2 CPU processes
+    python benchmarks/screening.py --processes 2   # + the LRPs shared by 2 CPU processes
 
 The last line printed is one JSON object with the headline numbers.
 """
@@ -169,12 +169,15 @@ def main(argv=None) -> dict:
               f"{r['bat_per_s']:10.1f}/s ({r['bat_n']:5d} in {r['bat_s']:6.1f}s) "
               f"{r['speedup']:7.1f}x {r['same']:4d}/{r['compared']:<4d} {r['passed']:7d} "
               f"{r['rss_after_mib']:5.0f} MiB")
-    par = None
+    par = par_seg = None
     if args.processes > 1:
         par = parallel(lambda: LossRejection(cls, accuracy, cls_cfg), exprs, args.processes, t)
-        print(f"lrp-cls on {par['processes']} processes: {par['parallel_per_s']:.1f}/s vs "
-              f"{par['one_per_s']:.1f}/s on one ({par['ratio']:.2f}x, alternated twice; same "
-              f"decisions: {par['same']}; largest child {par['children_peak_rss_mib']:.0f} MiB)")
+        par_seg = parallel(lambda: LossRejection(seg, miou, seg_cfg), exprs[:min(n_seg, 200)],
+                           args.processes, t)
+        for name, r in (("lrp-cls", par), ("lrp-seg", par_seg)):
+            print(f"{name} on {r['processes']} processes: {r['parallel_per_s']:.1f}/s vs "
+                  f"{r['one_per_s']:.1f}/s on one ({r['ratio']:.2f}x, alternated twice; same "
+                  f"decisions: {r['same']}; largest child {r['children_peak_rss_mib']:.0f} MiB)")
     agree_n = sum(r["same"] for r in rows if r["stage"] != "checks")
     total = sum(r["compared"] for r in rows if r["stage"] != "checks")
     by = {r["stage"]: r for r in rows}
@@ -194,7 +197,10 @@ def main(argv=None) -> dict:
         result.update({"processes": par["processes"],
                        "lrp_cls_processes_per_s": round(par["parallel_per_s"], 1),
                        "lrp_cls_processes_ratio": round(par["ratio"], 2),
-                       "lrp_cls_processes_same": par["same"]})
+                       "lrp_cls_processes_same": par["same"],
+                       "lrp_seg_processes_per_s": round(par_seg["parallel_per_s"], 1),
+                       "lrp_seg_processes_ratio": round(par_seg["ratio"], 2),
+                       "lrp_seg_processes_same": par_seg["same"]})
     print(f"\nagreement (GEC fingerprints, LRP decisions): {agree_n}/{total}; "
           f"peak RSS {result['peak_rss_mib']:.0f} MiB")
     print(json.dumps(result))
