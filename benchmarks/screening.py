@@ -122,8 +122,8 @@ def main(argv=None) -> dict:
                     help="torch intra-op threads of both paths (default 1: on a shared machine, "
                          "OpenMP threads that wait for a busy core stall every parallel kernel)")
     ap.add_argument("--processes", type=int, default=1,
-                    help="also time the batched classification LRP shared by this many CPU "
-                         "processes (run_stage(processes=N)) against one process")
+                    help="also time the batched LRPs (classification, segmentation) shared by "
+                         "this many CPU processes (run_stage(processes=N)) against one process")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     # the reference checks convert a tensor that requires grad to a float (harmless)

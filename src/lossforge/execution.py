@@ -9,11 +9,13 @@
   kills its process breaks the pool: the jobs that were running are re-run one at a time in a
   quarantine process, which finds the culprit; it is re-run ``max_retries`` times and then fails
   (status ``failed``), the others finish normally. Workers exit when the study process dies;
-* ``dask=ADDRESS`` — :class:`~lossforge.dask_executor.DaskExecutor` on a Dask distributed cluster (``tcp://host:8786``, or
-  ``local:N`` for a ``LocalCluster`` of N single-threaded worker processes, or a ``Client``).
+* ``dask=ADDRESS`` — :class:`~lossforge.dask_executor.DaskExecutor` on a Dask distributed cluster
+  (``tcp://host:8786``, or ``local:N`` for a ``LocalCluster`` of N single-threaded worker
+  processes, or a ``Client``).
   Dask's scheduler re-runs the tasks of a lost worker itself; a task that takes down
   ``allowed_failures + 1`` workers raises ``KilledWorker`` (status ``failed``). ``dask[distributed]``
-  is an optional extra (``pip install lossforge[dask]``), imported only here and only when asked.
+  is an optional extra (``pip install lossforge[dask]``), imported only by that module and only
+  when asked.
 
 ``timeout`` (seconds, any executor) bounds one candidate's evaluation: a job that runs longer
 stops at its next model or loss forward pass and its candidate is marked ``failed`` with reason

@@ -38,8 +38,9 @@ def shares(n: int, k: int) -> list[tuple[int, int]]:
 
 
 def _screen_share(bounds: tuple[int, int]) -> list[tuple[bool, float | None]]:
-    """In a forked child: the LRP scores of one share of the job inherited from the parent."""
-    assert _JOB is not None, "forked_lrp_scores' job is only visible in its forked children"
+    """The LRP scores of one share of the current job (``_JOB``: set by
+    :func:`forked_lrp_scores` in this process, inherited by its forked children)."""
+    assert _JOB is not None, "_screen_share runs only inside forked_lrp_scores"
     exprs, probe, metric, config, init, chunk = _JOB
     start, stop = bounds
     with torch_threads(1):

@@ -170,15 +170,11 @@ def lrp_scores(exprs: list[Expr], probe: Probe, metric, config, init: torch.Tens
 def _run_lrp(stage, candidates: list[Candidate], device, chunk, processes: int = 1) -> None:
     with timed(stage.stats):
         pending = [c for c in candidates if not c.done]
-        exprs = [c.expr for c in pending]
-        if processes > 1:
-            from lossforge.evaluation.batched.forked import forked_lrp_scores
+        # forked_lrp_scores is lrp_scores in this process for processes=1 (or a small population)
+        from lossforge.evaluation.batched.forked import forked_lrp_scores
 
-            found = forked_lrp_scores(exprs, stage.probe, stage.metric, stage.config, stage.init,
-                                      processes, device, chunk)
-        else:
-            found = lrp_scores(exprs, stage.probe, stage.metric, stage.config, stage.init,
-                               device, chunk)
+        found = forked_lrp_scores([c.expr for c in pending], stage.probe, stage.metric,
+                                  stage.config, stage.init, processes, device, chunk)
         for c, (ok, score) in zip(pending, found):
             stage.decide(c, score if ok else stage.score(c.expr))
 
