@@ -1,5 +1,7 @@
 """Tasks, proxy training and `evaluate` on real (tiny) trainings."""
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -131,3 +133,28 @@ def test_eval_every_records_a_validation_curve_without_changing_the_run():
     assert all(0.0 <= c["accuracy"] <= 1.0 for c in curved.val_curve)
     assert curved.val == plain.val and curved.loss_curve == plain.loss_curve  # same training
     assert plain.val_curve == []
+
+
+class SlowInitBlobs(BlobsTask):
+    """Model initialisation pauses between layers, so concurrent threads would interleave draws."""
+
+    def make_model(self) -> nn.Module:
+        first = nn.Linear(2, 8)
+        time.sleep(0.005)
+        return nn.Sequential(first, nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_models_trained_in_threads_at_once_match_the_serial_runs():
+    """An in-process Dask cluster runs proxy trainings in threads of one process: their model
+    initialisations must not share torch's global RNG draws."""
+    task = SlowInitBlobs()
+    serial = {s: train(task, "ce", steps=5, seed=s).val for s in range(6)}
+    threaded: dict[int, dict] = {}
+    threads = [threading.Thread(target=lambda s=s: threaded.__setitem__(
+        s, train(task, "ce", steps=5, seed=s).val)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert threaded == serial
+    assert len({tuple(v.values()) for v in serial.values()}) > 1  # the seeds give different models

@@ -46,12 +46,15 @@ class TrainResult:
         return asdict(self)
 
 
+def batch_generator(seed: int) -> torch.Generator:
+    """The generator of a run's batch order and training subset (seeded with ``seed + 1``)."""
+    return torch.Generator().manual_seed(seed + 1)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch's global RNG (model initialisation) and return a generator for batch sampling."""
     torch.manual_seed(seed)
-    gen = torch.Generator()
-    gen.manual_seed(seed + 1)
-    return gen
+    return batch_generator(seed)
 
 
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
@@ -111,13 +114,13 @@ def train(task: Task | str, loss: str | Expr | nn.Module | dict, *, steps: int |
     loaded = load_losses(loss, task)
     data = task.data()
     dev = torch.device(device)
-    gen = seed_everything(seed)
+    gen = batch_generator(seed)
     x, y = data.train.x, data.train.y
     if train_fraction < 1.0:
         keep = torch.randperm(len(x), generator=gen)[: max(1, int(round(train_fraction * len(x))))]
         x, y = x[keep], y[keep]
     x, y = x.to(dev), y.to(dev)
-    model = task.make_model().to(dev)
+    model = task.seeded_model(seed).to(dev)
     criterion = loaded.module.to(dev)
     opt = make_optimizer(model.parameters(), cfg)
     result = TrainResult(loaded.name, seed, cfg.steps, 0, OK)

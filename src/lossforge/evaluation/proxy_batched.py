@@ -9,7 +9,7 @@ in-process) uses :func:`in_process_results` to train its pending candidates in c
 
 How it works.
 
-* **Model.** ``torch.manual_seed(seed)`` then ``task.make_model()``, as the sequential path does:
+* **Model.** ``task.seeded_model(seed)``, as the sequential path does:
   every copy starts from the same initialisation. Its parameters are stacked into leaf tensors
   ``(K, *shape)``; one forward pass computes all K copies on the shared input minibatch, with one
   of two engines (:mod:`~lossforge.evaluation.stacked_forward`; :func:`batched_engine` picks the
@@ -91,8 +91,8 @@ from lossforge.expr.export import ExprLoss, loss_value
 from lossforge.loss_spec import LoadedLoss, load_loss
 from lossforge.tasks import CLASSIFICATION, Task, check_output_shape
 from lossforge.tasks import get as get_task
-from lossforge.training import (INVALID, OK, TrainResult, batch_indices, make_optimizer,
-                                seed_everything)
+from lossforge.tasks.base import isolated_global_rng
+from lossforge.training import INVALID, OK, TrainResult, batch_generator, batch_indices, make_optimizer
 
 __all__ = ["DEFAULT_CHUNK", "ENGINES", "FAILED", "batched_engine", "in_process_results",
            "supports_batched", "train_batched"]
@@ -139,9 +139,8 @@ def batched_engine(task: Task | str) -> str | None:
 def _probe(task: Task, engine: str) -> bool:
     try:
         x = task.data().train.x[:4]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = task.make_model()
+        with isolated_global_rng():
+            model = task.seeded_model(0)
             if _has_running_stats(model):
                 return False
             before = {n: b.clone() for n, b in model.named_buffers()}
@@ -253,9 +252,9 @@ def train_batched(task: Task | str, losses: Sequence[Expr | str | nn.Module], *,
     loaded = [load_loss(spec, task) for spec in losses]
     data = task.data()
     dev = torch.device(device)
-    gen = seed_everything(seed)
+    gen = batch_generator(seed)
     x, y = data.train.x.to(dev), data.train.y.to(dev)
-    model = task.make_model().to(dev)
+    model = task.seeded_model(seed).to(dev)
     model.train()
     crit = _Losses(task, loaded, dev)
     n = len(loaded)

@@ -7,6 +7,8 @@ same attributes. Nothing in the engine special-cases a built-in task.
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -28,6 +30,18 @@ SIGNATURES: dict[str, frozenset[str]] = {
     REGRESSION: frozenset({"f", "y"}),
     BOX: frozenset({"i", "u", "e"}),
 }
+
+
+GLOBAL_RNG_LOCK = threading.RLock()
+"""Held while code seeds and draws from torch's process-wide RNG (model initialisation)."""
+
+
+@contextmanager
+def isolated_global_rng():
+    """Run the body with torch's global RNG state saved and restored after, holding
+    :data:`GLOBAL_RNG_LOCK` throughout so no other thread's draws interleave."""
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+        yield
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,19 @@ class Task:
         """A freshly initialised model (initialisation uses the global torch RNG)."""
         raise NotImplementedError
 
+    def seeded_model(self, seed: int) -> nn.Module:
+        """A fresh model whose weights depend on ``seed`` alone, in any thread.
+
+        Seeds torch's global RNG with ``seed`` and builds the model while holding
+        :data:`GLOBAL_RNG_LOCK`, so jobs that run at once in threads of one process (an in-process
+        Dask cluster) cannot interleave their draws. The global RNG is left seeded for what
+        follows (dropout masks in training); those later draws are reproducible only when one job
+        runs per process at a time.
+        """
+        with GLOBAL_RNG_LOCK:
+            torch.manual_seed(seed)
+            return self.make_model()
+
     # --- defaults ------------------------------------------------------------------------------
     @property
     def variables(self) -> frozenset[str]:
@@ -179,9 +206,8 @@ class Task:
         order = torch.randperm(len(train.x), generator=gen)
         found: list[torch.Tensor] = []
         have = 0
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
-            model = self.make_model()
+        with isolated_global_rng(), torch.no_grad():
+            model = self.seeded_model(seed)
             model.eval()
             for lo in range(0, min(len(order), 64 * max(n, 1)), 64):
                 idx = order[lo:lo + 64]
