@@ -3,7 +3,10 @@
 Contract. :class:`DaskExecutor` follows the ``concurrent.futures`` protocol of
 :mod:`lossforge.execution` (``make_executor(dask=...)`` builds it): a job runs in a worker through
 :func:`~lossforge.execution.run_job` (same per-candidate ``timeout``, same task parcels, so the
-same study contents as in-process). Dask's scheduler re-runs the tasks of a lost worker itself; a
+same study contents as in-process; a cluster whose workers are threads of one process
+— ``processes=False`` — gives it too for models without dropout: model initialisation is
+serialised by :data:`~lossforge.tasks.base.GLOBAL_RNG_LOCK`, but dropout masks draw from torch's
+process-wide RNG). Dask's scheduler re-runs the tasks of a lost worker itself; a
 task that takes down ``allowed_failures + 1`` workers raises ``KilledWorker`` (the candidate's
 status becomes ``failed``). ``dask[distributed]`` is an optional extra
 (``pip install lossforge[dask]``), imported only when an executor is made.
