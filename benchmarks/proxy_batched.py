@@ -12,7 +12,10 @@ Prints a table and, as the last line, one JSON object with ``digits_speedup`` an
 ``shapes_seg_speedup`` (sequential wall time / batched wall time) and the per-second figures.
 
     python benchmarks/proxy_batched.py [--tasks digits,shapes-seg] [--candidates 16] [--chunk 16]
-        [--steps N] [--repeats 1] [--threads 1] [--quick]
+        [--steps N] [--repeats 1] [--threads 1] [--quick] [--roofline]
+
+``--roofline`` also times what bounds the ratio on a CPU: digits' costliest convolution, 16 copies
+one at a time vs one grouped convolution, next to a large matrix product (the core's peak).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import time
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from lossforge import search, tasks, zoo
 from lossforge.evaluation.checks import Checks
@@ -95,6 +99,31 @@ def bench_task(name: str, k: int, chunk: int, steps: int | None, repeats: int) -
             "median_metric_diff": sorted(diffs)[len(diffs) // 2] if diffs else 0.0}
 
 
+def roofline(k: int = 16, n: int = 64, reps: int = 20) -> dict:
+    """What bounds batching on a CPU: the time of ``digits``' costliest layer (conv 16→32, 3×3,
+    on ``(n, 16, 8, 8)``), forward + backward, for ``k`` copies run one after the other vs as one
+    grouped convolution, next to a large matrix product (the core's practical peak)."""
+    def per_call(fn) -> float:
+        for _ in range(3):
+            fn()
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - start) / reps
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    peak = 2 * 1024 ** 3 / per_call(lambda: a @ b) / 1e9
+    xs = [torch.randn(n, 16, 8, 8, requires_grad=True) for _ in range(k)]
+    ws = [torch.randn(32, 16, 3, 3, requires_grad=True) for _ in range(k)]
+    xg = torch.cat(xs, 1).detach().requires_grad_(True)
+    wg = torch.cat(ws, 0).detach().requires_grad_(True)
+    one_by_one = per_call(lambda: [F.conv2d(x, w, padding=1).sum().backward() for x, w in zip(xs, ws)])
+    grouped = per_call(lambda: F.conv2d(xg, wg, padding=1, groups=k).sum().backward())
+    flop = 3 * 2 * n * 8 * 8 * 32 * 16 * 9 * k  # forward + the two backward products
+    return {"sgemm_gflops": peak, "sequential_conv_gflops": flop / one_by_one / 1e9,
+            "grouped_conv_gflops": flop / grouped / 1e9, "grouped_vs_sequential": one_by_one / grouped}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="digits,shapes-seg")
@@ -104,9 +133,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="under a minute: few steps, 8 candidates")
+    ap.add_argument("--roofline", action="store_true",
+                    help="also time digits' conv layer: 16 copies one by one vs grouped, vs sgemm")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    roof = roofline(min(args.candidates, 16)) if args.roofline else None
     quick_steps = {"digits": 30, "shapes-seg": 4}
     rows = []
     for name in args.tasks.split(","):
@@ -124,7 +156,13 @@ def main() -> None:
               f"{r['seq_per_s']:>9.3f}{r['batched_per_s']:>11.3f}{r['speedup']:>8.2f}x"
               f"{r['cpu_speedup']:>6.2f}x{r['same_status']:>8}/{r['candidates']:<4}"
               f"{r['max_metric_diff']:>15.4f}")
-    summary = {"threads": torch.get_num_threads()}
+    if roof:
+        print(f"roofline: sgemm {roof['sgemm_gflops']:.1f} GFLOP/s; digits' conv layer, forward + "
+              f"backward: {roof['sequential_conv_gflops']:.1f} GFLOP/s one copy at a time, "
+              f"{roof['grouped_conv_gflops']:.1f} GFLOP/s as one grouped convolution "
+              f"({roof['grouped_vs_sequential']:.2f}x)")
+    summary = {"threads": torch.get_num_threads(),
+               **({f"roofline_{key}": round(v, 3) for key, v in roof.items()} if roof else {})}
     for r in rows:
         key = r["task"].replace("-", "_")
         summary.update({f"{key}_speedup": round(r["speedup"], 3),

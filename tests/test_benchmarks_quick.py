@@ -11,8 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _last_json(script: str) -> dict:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
+def _last_json(script: str, *extra: str) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     last = proc.stdout.strip().splitlines()[-1]
@@ -44,3 +44,14 @@ def test_search_vs_random_quick():
     for key in ("autoloss_zero_best", "random_best"):
         assert 0.0 <= out[key] <= 1.0  # accuracies of trained losses
     assert out["autoloss_zero_trained"][0] >= 1 and out["random_trained"][0] >= 1
+
+
+@pytest.mark.slow
+def test_proxy_batched_quick_with_the_roofline():
+    out = _last_json("proxy_batched.py", "--tasks", "digits", "--roofline")
+    assert out["digits_same_status"] == out["digits_candidates"] and out["digits_speedup"] > 0
+    assert out["shapes_seg_speedup"] is None  # not run: the key is there for scripts
+    roof = {k: v for k, v in out.items() if k.startswith("roofline_")}
+    assert all(v > 0 for v in roof.values()) and len(roof) == 4
+    seq, grouped = out["roofline_sequential_conv_gflops"], out["roofline_grouped_conv_gflops"]
+    assert out["roofline_grouped_vs_sequential"] == pytest.approx(grouped / seq, rel=0.01)
