@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lossforge.expr import ops, parse, spaces
+from lossforge.expr import dag as D
 from lossforge.expr import variation as V
 from lossforge.expr.expr import apply, var
 
@@ -202,15 +203,15 @@ def test_dag_to_expr_by_hand():
         {"op": "add", "in": [2, 5]},     # 7: unused
         {"op": "neg", "in": [6]},        # 8 (root): -(y * log(p))
     ])
-    assert str(V.dag_to_expr(g)) == "sum_c(-(y * log(p)))"
+    assert str(D.dag_to_expr(g)) == "sum_c(-(y * log(p)))"
     g["orientation"] = -1
-    e = V.dag_to_expr(g)
+    e = D.dag_to_expr(g)
     assert e is apply("neg", apply("sum_c", parse("-(y * log(p))")))
     assert spaces.get("nlfs").is_valid(e)
     g2 = _genome([{"op": "sub", "in": [1, 3]}] + [{"op": "abs", "in": [4]}] * 3
                  + [{"op": "mul", "in": [0, 4]}])
-    assert str(V.dag_to_expr(g2)) == "sum_c(y * (p - (-1)))"
-    assert V.dag_to_expr(g2).constants() == [-1.0]
+    assert str(D.dag_to_expr(g2)) == "sum_c(y * (p - (-1)))"
+    assert D.dag_to_expr(g2).constants() == [-1.0]
 
 
 def test_random_dags_are_valid_json_and_acyclic():
@@ -218,13 +219,13 @@ def test_random_dags_are_valid_json_and_acyclic():
     r = rng(10)
     n_unary_hidden = n_hidden = n_unary_root = 0
     for _ in range(120):
-        g = V.random_dag(space, r)
+        g = D.random_dag(space, r)
         assert json.loads(json.dumps(g)) == g
         assert len(g["nodes"]) == 5 and g["orientation"] == 1
         for k, node in enumerate(g["nodes"]):
             assert all(0 <= i < 4 + k for i in node["in"])
             assert len(node["in"]) == ops.get(node["op"]).arity
-        e = V.dag_to_expr(g)
+        e = D.dag_to_expr(g)
         assert space.is_valid(e) and e.op == "sum_c"
         assert parse(str(e)) is e
         n_hidden += 4
@@ -238,13 +239,13 @@ def test_random_dags_are_valid_json_and_acyclic():
 def test_dag_mutation_changes_the_loss_and_stays_valid():
     space = spaces.get("nlfs", variables=("f", "y"))
     r = rng(11)
-    g = V.random_dag(space, r)
+    g = D.random_dag(space, r)
     assert g["inputs"] == ["y", "f", "1", "-1"]
     for _ in range(80):
-        child = V.mutate_dag(g, space, r)
+        child = D.mutate_dag(g, space, r)
         assert child is not g
-        assert V.dag_to_expr(child) is not V.dag_to_expr(g)
-        assert space.is_valid(V.dag_to_expr(child))
+        assert D.dag_to_expr(child) is not D.dag_to_expr(g)
+        assert space.is_valid(D.dag_to_expr(child))
         for k, node in enumerate(child["nodes"]):
             assert all(0 <= i < 4 + k for i in node["in"])
             assert len(node["in"]) == ops.get(node["op"]).arity
@@ -254,16 +255,16 @@ def test_dag_mutation_changes_the_loss_and_stays_valid():
 def test_dag_mutation_kinds():
     space = spaces.get("nlfs")
     r = rng(12)
-    g = V.random_dag(space, r)
+    g = D.random_dag(space, r)
     # only op changes: arities of all nodes stay, wiring stays
     for _ in range(20):
-        child = V.mutate_dag(g, space, r, probs=(1, 0, 0))
+        child = D.mutate_dag(g, space, r, probs=(1, 0, 0))
         assert [n["in"] for n in child["nodes"]] == [n["in"] for n in g["nodes"]]
         # only rewiring: ops stay
-        child = V.mutate_dag(g, space, r, probs=(0, 1, 0))
+        child = D.mutate_dag(g, space, r, probs=(0, 1, 0))
         assert [n["op"] for n in child["nodes"]] == [n["op"] for n in g["nodes"]]
         # only switching: exactly one node changed arity
-        child = V.mutate_dag(g, space, r, probs=(0, 0, 1))
+        child = D.mutate_dag(g, space, r, probs=(0, 0, 1))
         changed = [len(a["in"]) != len(b["in"]) for a, b in zip(child["nodes"], g["nodes"])]
         assert sum(changed) == 1
     assert g == json.loads(json.dumps(g))  # the parent is never modified in place

@@ -9,7 +9,7 @@ Following NLFS (Morgan & Hougen 2024):
 2. **Cycles** — for each child: draw ``sample_size`` members *with replacement* (paper 20,
    default 10), the fittest is the parent, the child is one NLFS mutation of it (70 % change an
    op, 15 % rewire an input, 15 % switch unary/binary; see
-   :func:`lossforge.expr.variation.mutate_dag`).
+   :func:`lossforge.expr.dag.mutate_dag`).
 3. **Aging** — ``tell`` appends each evaluated child and removes the oldest member.
 
 An ``ask`` during screening returns only random cells, so screening may overshoot
@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable
 
-from lossforge.expr import variation as V
+from lossforge.expr import dag as D
 from lossforge.expr.expr import Expr
 from lossforge.expr.spaces import SearchSpace
 from lossforge.search.random import SeededStrategy, clean_fitness
@@ -72,7 +72,7 @@ class AgingEvolution(SeededStrategy):
         if self.orient is None:
             return genome
         genome["orientation"] = 1
-        o = self.orient(V.dag_to_expr(genome))
+        o = self.orient(D.dag_to_expr(genome))
         if o in (1, -1):
             genome["orientation"] = int(o)
         return genome
@@ -91,12 +91,12 @@ class AgingEvolution(SeededStrategy):
         out: list[Expr] = []
         for _ in range(int(n)):
             if self.phase == "screen":
-                genome = V.random_dag(self.space, self.rng)
+                genome = D.random_dag(self.space, self.rng)
             else:
-                genome = V.mutate_dag(self._parent(), self.space, self.rng,
+                genome = D.mutate_dag(self._parent(), self.space, self.rng,
                                       probs=tuple(self.config["mutation_probs"]))
             genome = self._oriented(genome)
-            expr = V.dag_to_expr(genome)
+            expr = D.dag_to_expr(genome)
             self.pending.append([str(expr), genome])
             out.append(expr)
         del self.pending[:-MAX_PENDING]  # asked but never told: forget the oldest
@@ -137,7 +137,7 @@ class AgingEvolution(SeededStrategy):
         if not pool:
             return None
         t, g, f = max(pool, key=lambda m: m[2])
-        return V.dag_to_expr(g), f
+        return D.dag_to_expr(g), f
 
     # ---- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

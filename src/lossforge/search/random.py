@@ -5,7 +5,7 @@ nothing: the baseline the evolutionary strategies must beat at equal budget.
 
 * tree spaces: :func:`~lossforge.expr.variation.random_expr` (ramped half-and-half, depth
   ``min_depth``..``max_depth``);
-* DAG spaces (NLFS): :func:`~lossforge.expr.variation.random_dag`;
+* DAG spaces (NLFS): :func:`~lossforge.expr.dag.random_dag`;
 * parametric spaces (TaylorGLO): ``θ ~ N(0, sigma²)`` per parameter through
   ``lossforge.zoo.taylorglo``.
 
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from lossforge.expr import spaces as _spaces
+from lossforge.expr import dag as D
 from lossforge.expr import variation as V
 from lossforge.expr.expr import Expr, var
 from lossforge.expr.spaces import SearchSpace
@@ -151,7 +152,7 @@ class RandomSearch(SeededStrategy):
         if sp.kind in ("tree", "product"):  # product: one expression per slot (joint search)
             return V.random_expr(sp, self.rng, min_depth=c["min_depth"], max_depth=c["max_depth"])
         if sp.kind == "dag":
-            return V.dag_to_expr(V.random_dag(sp, self.rng))
+            return D.dag_to_expr(D.random_dag(sp, self.rng))
         theta = self.rng.normal(0.0, float(c["sigma"]), size=sp.n_params)
         return taylor_expr([sig_round(t, 6) for t in theta], sp)
 
