@@ -12,10 +12,11 @@ Prints a table and, as the last line, one JSON object with ``digits_speedup`` an
 ``shapes_seg_speedup`` (sequential wall time / batched wall time) and the per-second figures.
 
     python benchmarks/proxy_batched.py [--tasks digits,shapes-seg] [--candidates 16] [--chunk 16]
-        [--steps N] [--repeats 1] [--threads 1] [--quick] [--roofline]
+        [--steps N] [--repeats 1] [--threads 1] [--quick] [--roofline] [--profile]
 
 ``--roofline`` also times what bounds the ratio on a CPU: digits' costliest convolution, 16 copies
-one at a time vs one grouped convolution, next to a large matrix product (the core's peak).
+one at a time vs one grouped convolution, next to a large matrix product (the core's peak);
+``--profile`` prints torch.profiler's operator table of one batched step of ``--chunk`` copies.
 """
 from __future__ import annotations
 
@@ -124,6 +125,31 @@ def roofline(k: int = 16, n: int = 64, reps: int = 20) -> dict:
             "grouped_conv_gflops": flop / grouped / 1e9, "grouped_vs_sequential": one_by_one / grouped}
 
 
+def profile_step(name: str, k: int, rows: int = 8) -> str:
+    """``torch.profiler``'s table of the operators of 5 training steps of ``k`` copies of the task's
+    model in one batched pass (forward, a stand-in loss, backward), by self CPU time."""
+    from torch.profiler import profile
+
+    from lossforge.evaluation.proxy_batched import batched_engine
+    from lossforge.evaluation.stacked_forward import make_forward, stack_parameters
+
+    task = tasks.get(name)
+    model = task.seeded_model(0)
+    params = stack_parameters(model, k, "cpu")
+    forward = make_forward(model, batched_engine(task))
+    x = task.data().train.x[:task.proxy.batch_size]
+
+    def step():
+        forward(params, x).square().mean().backward()
+
+    for _ in range(3):
+        step()
+    with profile() as prof:
+        for _ in range(5):
+            step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="digits,shapes-seg")
@@ -135,10 +161,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="under a minute: few steps, 8 candidates")
     ap.add_argument("--roofline", action="store_true",
                     help="also time digits' conv layer: 16 copies one by one vs grouped, vs sgemm")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print torch.profiler's top operators of one batched training step")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     roof = roofline(min(args.candidates, 16)) if args.roofline else None
+    if args.profile:
+        for name in args.tasks.split(","):
+            print(f"{name}: one batched step of {args.chunk} copies, torch.profiler\n"
+                  f"{profile_step(name, args.chunk)}")
     quick_steps = {"digits": 30, "shapes-seg": 4}
     rows = []
     for name in args.tasks.split(","):
