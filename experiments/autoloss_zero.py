@@ -572,13 +572,22 @@ def render(args, mode, metrics, seeds, vs_seeds, ours, rnd, losses, table_md, ve
                f"{FULL['seeds']} retraining seeds of {FULL['retrain_steps']} steps, "
                f"{FULL['vs_seeds']} search seeds for the comparison, ablation on "
                f"{FULL['ablation_n']} candidates.\n")
-    out.append(claims(ours, rnd, vs_best, per_loss, losses, abl, verdict))
+    out.append(claims(ours, rnd, vs_best, per_loss, losses, abl, verdict, args.proxy_steps))
     return "\n".join(out)
 
 
-def claims(ours, rnd, vs_best, per_loss, losses, abl, verdict) -> str:
+def _span(values) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
+def claims(ours, rnd, vs_best, per_loss, losses, abl, verdict, proxy_steps: int) -> str:
     """One line per paper claim, stated from the numbers, with a verdict."""
     lines = []
+    searched = [s for s in ours if s["seed"] == 0] or [{"explored": 0, "trained": 0}]
+    scale = (f"{_span([s['explored'] for s in searched])} explored candidates and "
+             f"{_span([s['trained'] for s in searched])} proxy trainings of {proxy_steps} steps "
+             "per search")
     near = [v for v in verdict if v["near"]]
     status = ("not testable: no search trained a loss" if not verdict else
               "reproduced" if len(near) == len(verdict) else
@@ -588,11 +597,10 @@ def claims(ours, rnd, vs_best, per_loss, losses, abl, verdict) -> str:
                  "own metric or not distinguishable from the best (Welch p ≥ 0.05 over the "
                  "retraining seeds)."
                  + ("" if status == "reproduced" else
-                    " What this run tried: one search per metric from scratch, a few hundred "
-                    "explored candidates and a few dozen proxy trainings of a few dozen steps each; "
-                    "a proxy that short ranks losses by how fast they fit, while the retraining is "
-                    "longer. Not tried yet: the full mode's larger budgets and population, longer "
-                    "proxies, several search seeds per metric."))
+                    f" What this run tried: one search per metric from scratch, {scale}; a "
+                    "proxy shorter than the retraining ranks losses by how fast they fit. Not "
+                    "tried yet: the full mode's larger budgets and population, longer proxies, "
+                    "several search seeds per metric."))
 
     def test_miou(key):
         b = vs_best.get(key)
