@@ -320,5 +320,3 @@ def _typeset(expr, path: Path) -> dict[str, str | None]:
         path.unlink(missing_ok=True)
         return {"latex": latex, "png": None}
 
-
-# --- the page -----------------------------------------------------------------------------------

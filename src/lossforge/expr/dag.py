@@ -22,9 +22,9 @@ import numpy as np
 
 from lossforge.expr.expr import Expr, apply, const, format_number, var
 from lossforge.expr.spaces import LABEL, SearchSpace
+from lossforge.expr.variation import VariationError
 
 __all__ = ["dag_inputs", "dag_to_expr", "mutate_dag", "random_dag"]
-from lossforge.expr.variation import VariationError
 
 
 def dag_inputs(space: SearchSpace) -> list[str]:
