@@ -249,10 +249,9 @@ def test_metrics_on_perfect_predictions(task):
 
 
 def test_short_training_beats_the_untrained_model(task):
-    from lossforge.training import evaluate_model, seed_everything, train
+    from lossforge.training import evaluate_model, train
 
-    seed_everything(0)
-    untrained = evaluate_model(task, task.make_model(), task.data().val, 64, "cpu")["map"]
+    untrained = evaluate_model(task, task.seeded_model(0), task.data().val, 64, "cpu")["map"]
     result = train(task, "cls=focal; box=giou", steps=60, batch_size=16, seed=0, splits=("val",))
     assert result.status == "ok"
     assert result.val["map"] > untrained + 0.05, (result.val, untrained)

@@ -51,12 +51,6 @@ def batch_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed + 1)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch's global RNG (model initialisation) and return a generator for batch sampling."""
-    torch.manual_seed(seed)
-    return batch_generator(seed)
-
-
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
