@@ -15,6 +15,13 @@ FAILED = "failed"                     # the evaluation itself crashed (worker di
 
 FINAL = (REJECTED_CHECKS, GEC_HIT, REJECTED_LRP, INVALID, TRAINED, FAILED)
 
+#: The funnel's stages, in the order a candidate meets them. Every module that lists stages
+#: (funnel, study stats, live view, report) uses this tuple.
+STAGES = ("checks", "gec", "lrp", "proxy")
+#: The status a candidate gets when a stage stops it (the proxy stage ends in ``TRAINED``,
+#: ``INVALID`` or ``FAILED``).
+STOPPED_BY = {"checks": REJECTED_CHECKS, "gec": GEC_HIT, "lrp": REJECTED_LRP}
+
 
 @dataclass
 class Candidate:
