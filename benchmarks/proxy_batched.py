@@ -4,7 +4,7 @@ For each task, the same K candidate losses (the zoo's expression losses, then se
 of the AutoLoss-Zero space that pass the funnel's checks) are trained with the task's proxy
 settings (``--steps`` shortens them), seed 0, val split scored: once one after the other with
 :func:`lossforge.training.train` (what the proxy stage does without batching), once in chunks of
-``--chunk`` with :func:`lossforge.evaluation.proxy_batched.train_batched`. Runs alternate (repeats
+``--chunk`` with :func:`lossforge.training.stacked.train_batched`. Runs alternate (repeats
 swap the order) so that noise from other processes hits both. Also reports the CPU time of this
 process (less sensitive to other load on a shared machine) and whether the outcomes agree.
 
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from lossforge import search, tasks, zoo
 from lossforge.evaluation.checks import Checks
 from lossforge.evaluation.probes import task_probe
-from lossforge.evaluation.proxy_batched import supports_batched, train_batched
+from lossforge.training.stacked import supports_batched, train_batched
 from lossforge.expr import spaces
 from lossforge.training import OK, train
 
@@ -130,8 +130,8 @@ def profile_step(name: str, k: int, rows: int = 8) -> str:
     model in one batched pass (forward, a stand-in loss, backward), by self CPU time."""
     from torch.profiler import profile
 
-    from lossforge.evaluation.proxy_batched import batched_engine
-    from lossforge.evaluation.stacked_forward import make_forward, stack_parameters
+    from lossforge.training.stacked import batched_engine
+    from lossforge.training.stacked_forward import make_forward, stack_parameters
 
     task = tasks.get(name)
     model = task.seeded_model(0)

@@ -3,7 +3,7 @@
 The paper (FIELD.md) reports naive evolution 1×; + LRP ~700×; + GEC ~1000×; + stop for invalid
 loss values ~5000×. This measures the same cumulative ablation on our implementation
 (``naive / lrp / gec / invalid_stop / batched / batched_proxy``), side by side in one process;
-the configurations and how they are charged are documented in :mod:`lossforge.efficiency`, which
+the configurations and how they are charged are documented in :mod:`lossforge.ablation`, which
 ``experiments/autoloss_zero.py`` shares.
 
     python benchmarks/search_efficiency.py            # full run (~5-10 minutes)
@@ -22,7 +22,7 @@ import warnings
 import torch
 
 from lossforge import tasks
-from lossforge.efficiency import measure
+from lossforge.ablation import measure
 from lossforge.evaluation.lrp import LRPConfig
 
 

@@ -28,14 +28,14 @@ import torch
 
 from lossforge import tasks
 from lossforge.evaluation.funnel import FunnelConfig
-from lossforge.evaluation.proxy import _safe_job
+from lossforge.evaluation.proxy import safe_proxy_job
 from lossforge.execution import make_executor
 from lossforge.study import LossSearch
 
 
 def warm_up(executor, task, workers: int) -> None:
     """Start every worker and load the task's data in it (short trainings, in parallel)."""
-    futures = [executor.submit(_safe_job, (task, "-sum_c(y * log(p))", task.default_metric, 2, i,
+    futures = [executor.submit(safe_proxy_job, (task, "-sum_c(y * log(p))", task.default_metric, 2, i,
                                            "cpu")) for i in range(2 * workers)]
     for f in futures:
         f.result()
@@ -81,7 +81,7 @@ def run(label: str, workers: int | None, args, funnel: FunnelConfig, workdir: Pa
     finally:
         executor.shutdown()
     stats = study.stats
-    key = sorted((r.generation, r.slot, r.formula, r.status, r.fitness) for r in study.candidates)
+    key = sorted((r.generation, r.position, r.formula, r.status, r.fitness) for r in study.candidates)
     study.close()
     cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
     return {"label": label, "wall": wall, "proxy": stats["proxy"]["seconds"],

@@ -11,7 +11,7 @@ Writes the ``autoloss-zero`` section of ``RESULTS.md`` and its figures under ``r
    search of the paper (no GEC, no LRP: every candidate that passes the checks is trained; as many
    proxy trainings as ours ran).
 4. **The efficiency ablation** (naive / + LRP / + GEC / + invalid stop / + batching), measured by
-   :func:`lossforge.efficiency.measure` (shared with ``benchmarks/search_efficiency.py``).
+   :func:`lossforge.ablation.measure` (shared with ``benchmarks/search_efficiency.py``).
 
     python experiments/autoloss_zero.py --quick                 # smoke test, ~1 minute
     python experiments/autoloss_zero.py                         # full mode, ≤ 3 h on 2 cores
@@ -145,10 +145,10 @@ def retrain(job: dict) -> dict:
 
 
 def ablation(job: dict) -> dict:
-    """The efficiency ablation on the experiment's task (``lossforge.efficiency.measure``)."""
+    """The efficiency ablation on the experiment's task (``lossforge.ablation.measure``)."""
     import warnings
 
-    from lossforge.efficiency import measure
+    from lossforge.ablation import measure
 
     _init_worker()
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
@@ -527,7 +527,7 @@ def render(args, mode, metrics, seeds, vs_seeds, ours, rnd, losses, table_md, ve
         out.append("Skipped (`--ablation-n 0`).\n")
     else:
         s, rows = abl["summary"], abl["rows"]
-        out.append(f"`lossforge.efficiency.measure` (also `benchmarks/search_efficiency.py`) on "
+        out.append(f"`lossforge.ablation.measure` (also `benchmarks/search_efficiency.py`) on "
                    f"`{s['task']}` / mIoU: one seeded stream of random losses of the "
                    f"`autoloss-zero` space; {rows['naive']['n']} candidates proxy-trained by "
                    f"'naive', {rows['lrp']['n']} through each funnel configuration; proxy "

@@ -26,11 +26,11 @@ def _round(x):
 
 def study_rows(study) -> list[dict]:
     """One dict per stored candidate: position, formula, status, fitness and metrics, rounded."""
-    return [{"generation": r.generation, "position": r.slot, "proposed": r.proposed,
+    return [{"generation": r.generation, "position": r.position, "proposed": r.proposed,
              "formula": r.formula, "status": r.status, "fitness": _round(r.fitness),
              "fingerprint": r.fingerprint, "same_as": r.same_as,
              "metrics": _round(r.details.get("metrics", {}))}
-            for r in sorted(study.candidates, key=lambda r: (r.generation, r.slot))]
+            for r in sorted(study.candidates, key=lambda r: (r.generation, r.position))]
 
 
 def digits_search(path: Path) -> list[dict]:

@@ -114,5 +114,5 @@ class CrashingExecutor(Executor):
 
 def rows_key(study):
     """What must match between two runs of the same search (row order and ids aside)."""
-    return sorted((r.generation, r.slot, r.proposed, r.formula, r.status, r.fitness, r.fingerprint,
+    return sorted((r.generation, r.position, r.proposed, r.formula, r.status, r.fitness, r.fingerprint,
                    r.same_as) for r in study.candidates)

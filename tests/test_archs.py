@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lossforge import tasks
-from lossforge.evaluation.proxy_batched import supports_batched
+from lossforge.training.stacked import supports_batched
 from lossforge.tasks import check_output_shape, models
 
 

@@ -16,13 +16,14 @@ import torch
 
 from lossforge import metrics as M
 from lossforge.evaluation import batched
+from lossforge.evaluation.batched.vjp import BACKWARD, FORWARD
 from lossforge.evaluation.candidate import PENDING, Candidate
 from lossforge.evaluation.checks import Checks, ChecksConfig
 from lossforge.evaluation.gec import GradientEquivalence
 from lossforge.evaluation.lrp import LossRejection, LRPConfig, lrp_score
 from lossforge.evaluation.probes import Probe, synthetic_probe
 from lossforge.expr import apply, ops, parse, spaces, var, variation
-from lossforge.expr.export import loss_value
+from lossforge.expr.interpret import loss_value
 from lossforge.tasks import Metric
 
 # the reference's checks convert a tensor that requires grad to a float (harmless)
@@ -113,15 +114,15 @@ def test_hand_written_derivatives_are_autograd_bit_for_bit():
     y = torch.randn(3000, generator=gen)
     y[5] = 2.0                                # a tie for max/min
     g = torch.randn(3000, generator=gen)
-    for name, bw in batched._BW.items():
+    for name, bw in BACKWARD.items():
         spec = ops.OPS[name]
         args = [x, y][:spec.arity]
         xs = [a.clone().requires_grad_() for a in args]
         want = torch.autograd.grad(spec.torch_fn(*xs), xs, g)
         out = torch.empty(3000)
         ref = spec.torch_fn(*args)
-        if name in batched._FW:
-            saved = batched._FW[name](args, out)
+        if name in FORWARD:
+            saved = FORWARD[name](args, out)
         else:
             out.copy_(ref)
             saved = None
@@ -166,7 +167,7 @@ def test_unsupported_expressions():
     assert not batched.supported(parse("y * y"), probe)
     assert not batched.supported(parse("f * y"), probe)
     assert batched.supported(parse("z * y"), probe)
-    with pytest.raises(batched.UnsupportedExpr):
+    with pytest.raises(batched.UnsupportedExprError):
         batched.Program([parse("y * 2")], probe)
 
 
@@ -405,15 +406,18 @@ def test_cuda_matches_cpu():
     assert agree >= 0.95 * len(exprs)
 
 
-def test_fingerprint_text_matches_gec():
+def test_fingerprint_text_is_the_same_from_a_tensor_and_from_its_floats():
+    # the reference formats a tensor of norms, the batched path the same norms as Python floats
     from lossforge.evaluation.gec import format_fingerprint
 
     rows = [[0.0012345, 3.0, 1e-9, 12345.678], [1.0, float("inf"), 2.0, 3.0],
             [float("nan"), 1.0, 1.0, 1.0], [5e-5, 0.0, 9.95, 9.949999]]
     for row in rows:
         want = format_fingerprint(torch.tensor(row, dtype=torch.float32))
-        got = batched._format_fingerprint(torch.tensor(row, dtype=torch.float32).tolist())
+        got = format_fingerprint(torch.tensor(row, dtype=torch.float32).tolist())
         assert got == want
+    assert format_fingerprint(torch.tensor([0.0012345, 3.0])) == "1.2e-03,3.0e+00"
+    assert format_fingerprint(torch.tensor([1.0, float("inf")])) is None
 
 
 def test_funnel_screening_batched_equals_reference():
@@ -466,7 +470,7 @@ def test_screening_does_not_depend_on_how_the_population_is_split():
 
 
 def test_class_softmax_and_its_backward_equal_torch_up_to_rounding():
-    from lossforge.evaluation.batched.program import _class_softmax, _class_softmax_backward
+    from lossforge.evaluation.batched.program import class_softmax, class_softmax_backward
 
     gen = torch.Generator().manual_seed(0)
     for shape in [(30, 5, 10), (4, 2, 7, 6, 6)]:  # classes last; with spatial dims
@@ -474,6 +478,6 @@ def test_class_softmax_and_its_backward_equal_torch_up_to_rounding():
         ref = torch.softmax(X, dim=2)
         g = torch.randn(*shape, generator=gen)
         (dref,) = torch.autograd.grad(ref, X, g)
-        soft = _class_softmax(X.detach())
+        soft = class_softmax(X.detach())
         assert torch.allclose(soft, ref, atol=1e-6, rtol=1e-5)
-        assert torch.allclose(_class_softmax_backward(g, soft), dref, atol=1e-5, rtol=1e-4)
+        assert torch.allclose(class_softmax_backward(g, soft), dref, atol=1e-5, rtol=1e-4)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import lfhelpers as H
 from lossforge import cli
-from lossforge import dask_executor as D
+from lossforge.execution import dask as D
 from lossforge.study import load_study
 
 runner = CliRunner()
@@ -64,11 +64,32 @@ def test_evaluate_on_digits_and_save_it_in_a_study(tiny_study, tmp_path):
     out = json.loads(result.stdout)
     assert out["task"] == "digits" and out["seeds"] == [0, 1] and out["steps"] == 20
     assert [r["loss"] for r in out["rows"]] == ["ce", "focal"]
-    assert load_study(copy).store.meta("evaluation") == out
+    assert load_study(copy).meta("evaluation") == out
     report = invoke("report", copy, "-o", tmp_path / "report")
     assert report.exit_code == 0, report.output
     page = (tmp_path / "report" / "index.html").read_text()
     assert "Evaluation on digits" in page and "focal" in page
+
+
+def test_verbs_are_plain_functions_that_return_data(tiny_study, tmp_path):
+    from lossforge.cli.catalog import task_entries, zoo_entries
+    from lossforge.cli.search import make_search
+    from lossforge.cli.study import export_loss, study_summary
+
+    path, result = tiny_study
+    assert study_summary(path) == json.loads(result.stdout)
+    assert "focal" in {e["name"] for e in zoo_entries()}
+    assert "digits" in {t["task"] for t in task_entries()}
+    (written,) = export_loss(path, tmp_path / "best.py", rank=1, name="Best")
+    assert written.path.read_text() and written.cls == "Best"
+    assert written.formula == json.loads(result.stdout)["hall_of_fame"][0]["formula"]
+    with pytest.raises(ValueError, match="--rank must be between"):
+        export_loss(path, tmp_path / "x.py", rank=999)
+    run = make_search("tiny-blobs", tmp_path / "new.db", budget=4, proxy_steps=7, use_lrp=False,
+                      generation_size=4, options=["remove=worst"])
+    assert run.funnel.proxy.steps == 7 and not run.funnel.use_lrp
+    assert run.strategy_options == {"batch_size": 4, "remove": "worst"}
+    assert not (tmp_path / "new.db").exists()  # checked, nothing written
 
 
 def test_search_json_is_quiet_then_show_and_export_for_plain_torch(tiny_study, tmp_path):
@@ -125,10 +146,10 @@ def test_live_view_is_shown_on_stderr_with_the_funnel_and_hall_of_fame(tmp_path)
     assert "best" in result.stdout
 
 
-def test_search_view_starts_from_the_file_and_counts_each_slot_once(tiny_study):
+def test_search_view_starts_from_the_file_and_counts_each_position_once(tiny_study):
     from rich.console import Console
 
-    from lossforge.live import SearchView
+    from lossforge.cli.live import SearchView
 
     path, _ = tiny_study
     study = load_study(path)
@@ -139,10 +160,10 @@ def test_search_view_starts_from_the_file_and_counts_each_slot_once(tiny_study):
     assert view.counts["rejected-checks"] == stats["checks"]["in"] - stats["checks"]["out"]
     assert [(f, s, formula) for f, s, formula in view.hall_of_fame()] == \
         [(h.fitness, h.size, h.formula) for h in study.hall_of_fame]
-    event = {"explored": 17, "budget": 24, "generation": 2, "slot": 0, "status": "trained",
+    event = {"explored": 17, "budget": 24, "generation": 2, "position": 0, "status": "trained",
              "formula": "p", "fitness": 2.0, "size": 1, "reason": ""}
     view.update(event)
-    view.update(event)  # the study may report a slot twice
+    view.update(event)  # the study may report a position twice
     assert view.explored == 17 and view.counts["trained"] == stats["proxy"]["out"] + 1
     assert view.hall_of_fame()[0] == (2.0, 1, "p")
     console = Console(record=True, width=120)
@@ -217,6 +238,18 @@ def test_evaluate_bad_input():
     one_line_error(invoke("evaluate", "--task", "digits", "--loss", "ce", "--seeds", "0"), "--seeds")
     one_line_error(invoke("evaluate", "--task", "digits", "--loss", "ce", "--study", "nope.db"),
                    "does not exist")
+
+
+@pytest.mark.parametrize("command", [["show", "STUDY"], ["zoo"], ["resume", "STUDY"],
+                                     ["search", "--task", "tiny-blobs", "--study", "STUDY"],
+                                     ["evaluate", "--task", "digits", "--loss", "ce"],
+                                     ["refine", "STUDY"]])
+def test_unknown_format_names_the_valid_ones(tmp_path, command):
+    study = tmp_path / "s.db"
+    args = [study if a == "STUDY" else a for a in command]
+    line = one_line_error(invoke(*args, "--format", "yaml"), "'yaml'", "'table'", "'json'")
+    assert "--format" in line
+    assert not study.exists()  # refused before anything ran
 
 
 def test_debug_shows_the_traceback(tmp_path):

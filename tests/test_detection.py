@@ -9,9 +9,9 @@ import torch
 
 from lossforge import tasks, zoo
 from lossforge.data.shapes_det import DET_CLASSES, render_det, shapes_det
-from lossforge.detection import DetectionGrid, box_iou, coco_map, iou_terms, nms, nms_keep
 from lossforge.expr import parse
-from lossforge.tasks.detection import ShapesDet
+from lossforge.tasks.detection import (DetectionGrid, ShapesDet, box_iou, coco_map, iou_terms, nms,
+                                       nms_keep)
 
 SMALL = dict(n_train=64, n_val=32, n_test=32)
 
@@ -249,9 +249,9 @@ def test_metrics_on_perfect_predictions(task):
 
 
 def test_short_training_beats_the_untrained_model(task):
-    from lossforge.training import evaluate_model, train
+    from lossforge.training import score_model, train
 
-    untrained = evaluate_model(task, task.seeded_model(0), task.data().val, 64, "cpu")["map"]
+    untrained = score_model(task, task.seeded_model(0), task.data().val, 64, "cpu")["map"]
     result = train(task, "cls=focal; box=giou", steps=60, batch_size=16, seed=0, splits=("val",))
     assert result.status == "ok"
     assert result.val["map"] > untrained + 0.05, (result.val, untrained)

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 import lfhelpers as H
-from lossforge import dask_executor as D
+from lossforge.execution import dask as D
 from lossforge import execution as E
+from lossforge.execution import jobs
 from lossforge import tasks
 from lossforge.evaluation.candidate import FAILED, TRAINED
-from lossforge.evaluation.proxy import _result, _safe_job
+from lossforge.evaluation.proxy import _result, safe_proxy_job
 from lossforge.study import LossSearch, load_study
 
 distributed = pytest.importorskip("distributed")
@@ -87,14 +88,14 @@ def test_task_pickles_without_its_cached_data_and_loads_it_once_per_worker():
     task = tasks.get("digits")
     task.data()
     assert len(pickle.dumps(task)) > 300_000  # the data travels with a plain pickle
-    parcel = E._Parcels().wrap((task, "formula"))
+    parcel = jobs.Parcels().wrap((task, "formula"))
     blob = pickle.dumps(parcel)
     assert len(blob) < 5_000
     first, second = pickle.loads(blob)[0], pickle.loads(blob)[0]
     assert first is second and first is not task and isinstance(first, type(task))
     assert "_data" in vars(task) and "_data" not in vars(first)  # the original keeps its cache
     assert first.data().train.x.shape == task.data().train.x.shape  # reloaded, same data
-    assert E._unwrap(parcel)[0] is task  # in-process executors hand over the object itself
+    assert jobs.unwrap(parcel)[0] is task  # in-process executors hand over the object itself
 
 
 # --- same seed, same study ------------------------------------------------------------------------
@@ -117,10 +118,10 @@ def test_timeout_fails_the_candidate_with_reason_timeout(tmp_path, inproc_client
     slow = tasks.get("slow-blobs")  # 25 steps of 10 ms forward passes: > 0.25 s
     job = (slow, "-sum_c(y * log(p))", "accuracy", 25, 0, "cpu")
     for ex in (E.make_executor(timeout=0.1), E.make_executor(dask=inproc_client, timeout=0.1)):
-        out = _result(ex.submit(_safe_job, job))
+        out = _result(ex.submit(safe_proxy_job, job))
         assert out["status"] == FAILED and out["reason"].startswith("timeout:"), out
-        assert _result(ex.submit(_safe_job, (slow, "-sum_c(y * log(p))", "accuracy", 2, 0,
-                                             "cpu")))["status"] == TRAINED  # within the limit
+        assert _result(ex.submit(safe_proxy_job, (slow, "-sum_c(y * log(p))", "accuracy", 2, 0,
+                                                  "cpu")))["status"] == TRAINED  # within the limit
         ex.shutdown()
     study = search(tmp_path / "t.db", E.make_executor(timeout=0.1), budget=4, task="slow-blobs")
     proxied = [r for r in study.candidates if "proxy" in r.details["seconds"]]
@@ -133,8 +134,8 @@ def test_timeout_fails_the_candidate_with_reason_timeout(tmp_path, inproc_client
 def _check_crash_study(crashed, reference, ex):
     """Submission 0 always kills its worker, submission 1 once; everything else as the reference."""
     always, once = ex.formulas[0], ex.formulas[1]
-    ref = {(r.generation, r.slot): r for r in reference.candidates if r.generation == 0}
-    rows = {(r.generation, r.slot): r for r in crashed.candidates}
+    ref = {(r.generation, r.position): r for r in reference.candidates if r.generation == 0}
+    rows = {(r.generation, r.position): r for r in crashed.candidates}
     assert crashed.explored == 8 and set(rows) == set(ref)
     failed = [k for k, r in rows.items() if r.status == FAILED]
     assert len(failed) == 1 and rows[failed[0]].formula == always
@@ -156,7 +157,7 @@ def test_process_pool_isolates_a_job_that_kills_its_worker(tmp_path, reference):
     finally:
         ex.shutdown()
     reason = _check_crash_study(study, reference, ex)
-    assert "WorkerCrashed" in reason and "3 times" in reason
+    assert "WorkerCrashedError" in reason and "3 times" in reason
 
 
 @pytest.mark.slow
@@ -171,8 +172,8 @@ def test_dask_two_process_cluster_with_killed_workers(tmp_path, reference):
         reason = _check_crash_study(study, reference, ex)
         assert "KilledWorker" in reason
         # the cluster has recovered: it still evaluates
-        assert _result(dask.submit(_safe_job, (tasks.get("tiny-blobs"), "sum_c(square(p - y))",
-                                               "accuracy", 5, 0, "cpu")))["status"] == TRAINED
+        job = (tasks.get("tiny-blobs"), "sum_c(square(p - y))", "accuracy", 5, 0, "cpu")
+        assert _result(dask.submit(safe_proxy_job, job))["status"] == TRAINED
     finally:
         dask.shutdown()
 

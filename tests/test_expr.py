@@ -16,8 +16,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lossforge.expr import Expr, apply, const, export, ops, parse, var
+from lossforge.expr import Expr, apply, const, ops, parse, var
 from lossforge.expr import kernels as K
+from lossforge.expr.interpret import interpret
 
 # ---- random expressions ----------------------------------------------------------------------
 UNARY = ops.names(arity=1) + list(ops.AGGREGATIONS)
@@ -74,14 +75,14 @@ def reliable_points(e: Expr, env: dict[str, torch.Tensor], mask=None) -> np.ndar
     shape = next(iter(env.values())).shape
     env32 = {k: v.float() for k, v in env.items()}
     with torch.no_grad():
-        v64 = full(export.evaluate(e, env, mask), shape)
-        v32 = full(export.evaluate(e, env32, mask), shape).astype(np.float64)
+        v64 = full(interpret(e, env, mask), shape)
+        v32 = full(interpret(e, env32, mask), shape).astype(np.float64)
         ok = np.isfinite(v64) & np.isfinite(v32)
         with np.errstate(all="ignore"):
             ok &= np.abs(v64 - v32) <= 1e-3 * (1.0 + np.abs(v64))
         for node in e.nodes():
             if node.op in DISCONTINUOUS:
-                arg = full(export.evaluate(node.args[0], env, mask), shape)
+                arg = full(interpret(node.args[0], env, mask), shape)
                 with np.errstate(all="ignore"):
                     ok &= ~(np.abs(arg) <= 1e-6)
     return ok
@@ -235,8 +236,8 @@ def test_simplify_is_equivalent_and_no_larger(e, seed):
     ok = reliable_points(e, env) & reliable_points(s, env)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        a = full(export.evaluate(e, env), shape)
-        b = full(export.evaluate(s, env), shape)
+        a = full(interpret(e, env), shape)
+        b = full(interpret(s, env), shape)
     np.testing.assert_allclose(b[ok], a[ok], rtol=1e-6, atol=1e-9,
                                err_msg=f"{e}  simplified to  {s}")
 

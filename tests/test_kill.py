@@ -51,8 +51,8 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     done, ref = load_study(path), load_study(reference)
     rows, ref_rows = done.candidates, ref.candidates
     assert done.explored == 36 == len(rows)
-    assert len({(r.generation, r.slot) for r in rows}) == 36
-    key = lambda r: (r.generation, r.slot, r.proposed, r.formula, r.status, r.fitness)
+    assert len({(r.generation, r.position) for r in rows}) == 36
+    key = lambda r: (r.generation, r.position, r.proposed, r.formula, r.status, r.fitness)
     assert sorted(map(key, rows)) == sorted(map(key, ref_rows))
     generations = [g for g, _ in done.store.checkpoints()]
     assert generations == list(range(len(generations))) and len(generations) == 6

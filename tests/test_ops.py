@@ -13,6 +13,7 @@ import torch
 
 from lossforge.expr import apply, export, ops, var
 from lossforge.expr import kernels as K
+from lossforge.expr.interpret import interpret
 
 EPS = ops.EPS
 # Values at and around every guarded point (0, +-EPS), moderate and large magnitudes.
@@ -200,7 +201,7 @@ def test_masked_aggregations_through_evaluate():
     target[0, :, :2] = 255
     e = parse("mean_bs(p * y) / mean_bs(p)")
     env, mask = K.prepare_classification(logits, target)
-    got = export.evaluate(e, env, mask)
+    got = interpret(e, env, mask)
     valid = target != 255
     p = torch.softmax(logits, 1).permute(0, 2, 3, 1)[valid]  # (V, C)
     y = torch.nn.functional.one_hot(target[valid], 3).double()

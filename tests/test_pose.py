@@ -13,7 +13,7 @@ from lossforge.data.shapes_pose import MARGIN, heatmaps, render_pose, shapes_pos
 from lossforge.evaluation.probes import task_probe
 from lossforge.expr import parse
 from lossforge.tasks.pose import ShapesPose, decode
-from lossforge.training import evaluate_model, train
+from lossforge.training import score_model, train
 
 SMALL = dict(n_train=64, n_val=16, n_test=16)
 MSE = "mean_c(square(f - y))"
@@ -127,7 +127,7 @@ def test_predict_on_perfect_heatmaps_returns_exact_coordinates():
 def test_short_training_beats_untrained_model():
     start = time.process_time()  # CPU seconds: wall time depends on the machine's load
     t = ShapesPose(n_train=512, n_val=128, n_test=16, width=8)
-    untrained = evaluate_model(t, t.seeded_model(0), t.data().val, 128, "cpu")["pck"]
+    untrained = score_model(t, t.seeded_model(0), t.data().val, 128, "cpu")["pck"]
     r = train(t, MSE, steps=80, batch_size=32, lr=1e-2, seed=0, splits=("val",))
     assert r.status == "ok"
     assert r.val["pck"] > untrained + 0.1, (untrained, r.val)

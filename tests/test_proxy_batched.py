@@ -1,4 +1,4 @@
-"""Batched proxy training (``evaluation/proxy_batched.py``) against the sequential ``train``."""
+"""Batched proxy training (``training/stacked.py``) against the sequential ``train``."""
 import math
 
 import pytest
@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from lossforge.data import DataSplits, Split
-from lossforge.evaluation import proxy_batched as PB
 from lossforge.evaluation.candidate import FAILED, INVALID, TRAINED, Candidate
 from lossforge.evaluation.proxy import ProxyStageConfig, ProxyTraining
 from lossforge.expr import parse
 from lossforge.tasks import Metric, ProxyConfig, Task, models
 from lossforge.training import OK, train
+from lossforge.training import stacked as PB
 
 ACC = {"accuracy": Metric("accuracy", lambda p, t: float((p == t).mean()))}
 #: Non-finite from the first step / after a few steps (sequentially: steps_done 0 and 4).

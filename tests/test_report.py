@@ -13,6 +13,7 @@ import lfhelpers as H
 from lossforge import report as R
 from lossforge.comparison import evaluate
 from lossforge.expr import parse
+from lossforge.report import figures as F
 from lossforge.storage import Store
 from lossforge.study import LossSearch
 
@@ -106,12 +107,23 @@ def test_every_plot_has_axis_labels(written):
                            for o in fig.axes), name
 
 
+def test_the_funnel_plot_has_a_bar_per_stage_in_stage_order(written):
+    from lossforge.evaluation.candidate import STAGES
+
+    assert set(F.STAGE_LOOK) == set(STAGES)
+    _, path = written
+    ax = R.make_figures(R.read_study(path), top=0)["funnel"].axes[0]
+    labels = [tick.get_text() for tick in ax.get_xticklabels()]
+    assert labels == (["explored"] + [F.STAGE_LOOK[st][1] for st in STAGES]
+                      + ["invalid", "failed"])
+
+
 def test_probe_matches_cross_entropy_and_squared_error():
-    xs, values, grads = R.probe_curve(parse(R.CE), num_classes=4, points=9)
+    xs, values, grads = R.probe_curve(parse(F.CE), num_classes=4, points=9)
     for t, v, g in zip(xs, values, grads):
         assert v == pytest.approx(-math.log(t + 1e-6), rel=1e-4)  # protected log
         assert g == pytest.approx(-1 / (t + 1e-6), rel=1e-4)
-    xs, values, grads = R.probe_curve(parse(R.MSE), num_classes=4, points=7)
+    xs, values, grads = R.probe_curve(parse(F.MSE), num_classes=4, points=7)
     for r, v, g in zip(xs, values, grads):
         assert v == pytest.approx(r * r) and g == pytest.approx(2 * r)
 

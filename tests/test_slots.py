@@ -21,7 +21,7 @@ from lossforge.evaluation.proxy import ProxyStageConfig
 from lossforge.expr import kernels as K
 from lossforge.expr import parse
 from lossforge.expr.bundle import Bundle, parse_bundle
-from lossforge.loss_spec import load_loss, load_source_file
+from lossforge.training.loss_spec import load_loss, load_source_file
 from lossforge.study import LossSearch, load_study, resume
 from lossforge.tasks import LossSlot, Metric, ProxyConfig, Task
 from lossforge.training import train
@@ -290,7 +290,7 @@ def test_search_box_slot_resume_and_export(task, tmp_path):
     study = resume(path, task=task)
     assert study.explored == 8
     rows = study.candidates
-    assert len({(r.generation, r.slot) for r in rows}) == 8
+    assert len({(r.generation, r.position) for r in rows}) == 8
     for r in rows:
         assert parse(r.formula).variables() <= {"i", "u", "e"}
     with pytest.raises(Exception, match="slot"):

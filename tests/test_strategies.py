@@ -11,8 +11,8 @@ import torch
 from lossforge import search
 from lossforge.expr import parse, spaces
 from lossforge.expr import kernels as K
-from lossforge.expr.export import evaluate
-from lossforge.search.cmaes import CMAReplay
+from lossforge.expr.interpret import interpret
+from lossforge.search._cma import CMAReplay
 from lossforge.search.glo import coefficient_form
 from lossforge.search.strategy import Scored, scored
 from lossforge.search.taylor import invariant_holds, invariant_margin, taylor_coefficients
@@ -27,7 +27,7 @@ ENV, _ = K.prepare_classification(_LOGITS, _TARGET)
 
 def per_sample(expr):
     """Per-sample loss: the element-wise value, broadcast, averaged over classes."""
-    v = evaluate(expr, ENV)
+    v = interpret(expr, ENV)
     return v.expand(_LOGITS.shape).mean(dim=1)
 
 
@@ -93,6 +93,133 @@ def test_registry():
         search.get("aging", "glo")
     with pytest.raises(ValueError, match="kind"):
         search.get("taylor", "autoloss-zero")
+
+
+# ---- strategies describe themselves; a user strategy runs a search ------------------------------
+def test_strategies_declare_what_a_search_needs_to_know():
+    from lossforge.evaluation.funnel import FunnelConfig
+
+    assert {n for n, c in search.STRATEGIES.items() if c.can_search_jointly()} == \
+        {"autoloss-zero", "random"}
+    assert [n for n, c in search.STRATEGIES.items() if c.needs_label] == ["taylor"]
+    assert {n: c.default_space for n, c in search.STRATEGIES.items()} == {
+        "autoloss-zero": "autoloss-zero", "aging": "nlfs", "glo": "glo", "taylor": "taylor",
+        "random": "autoloss-zero"}
+    cfg = FunnelConfig()
+    assert search.get_class("aging").funnel_overrides(cfg, "classification").checks.integrity
+    for name in search.names():  # only NLFS changes the funnel, and only on classification slots
+        assert search.get_class(name).funnel_overrides(cfg, "box") == cfg
+        assert search.get_class(name).funnel_overrides(cfg, None) == cfg
+    with pytest.raises(TypeError, match="Strategy subclass"):
+        search.register(dict)
+
+
+class CycleSearch(search.Strategy):
+    """A user strategy defined only here: it cycles through hand-written losses, scaled by a
+    growing factor on each lap; its state is two numbers."""
+
+    name = "test-cycle"
+    default_space = "autoloss-zero"
+    space_kinds = ("tree",)
+    FORMULAS = ["-sum_c(y * log(p))", "sum_c(square(p - y))", "sum_c(abs(p - y))",
+                "-sum_c(y * square(1 - p) * log(p))", "-sum_c(y * p)"]
+
+    def __init__(self, space=None, seed=0, classes=None, lap_scale=2.0):
+        self.space, self.seed = space, seed
+        self.classes, self.lap_scale = classes, lap_scale
+        self.i, self.told = 0, 0
+
+    @classmethod
+    def task_options(cls, task):
+        return {"classes": task.num_classes}
+
+    @classmethod
+    def funnel_overrides(cls, config, slot_kind):
+        from dataclasses import replace
+
+        return replace(config, use_lrp=False)
+
+    @property
+    def batch_size(self):
+        return 3
+
+    def ask(self, n):
+        out = []
+        for _ in range(n):
+            lap, k = divmod(self.i, len(self.FORMULAS))
+            out.append(parse(f"{self.lap_scale ** lap} * ({self.FORMULAS[k]})"))
+            self.i += 1
+        return out
+
+    def tell(self, results):
+        self.told += len(results)
+
+    def state_dict(self):
+        return {"i": self.i, "told": self.told}
+
+    def load_state_dict(self, state):
+        self.i, self.told = state["i"], state["told"]
+
+
+def test_a_strategy_defined_in_a_test_file_searches_resumes_and_exports(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import lfhelpers as H
+    from lossforge.cli import app
+    from lossforge.study import LossSearch, load_study, resume
+
+    monkeypatch.setattr(search, "STRATEGIES", dict(search.STRATEGIES))  # registered for this test
+    assert search.register(CycleSearch) is CycleSearch
+    assert "test-cycle" in search.names()
+    path = tmp_path / "cycle.db"
+    run = LossSearch(task="tiny-blobs", storage=path, strategy="test-cycle", budget=6,
+                     funnel=H.FAST)
+    assert run.space == "autoloss-zero" and run.funnel.use_lrp is False  # its declared traits
+    run.check()
+    assert not path.exists()  # checking writes nothing
+    with pytest.raises(TypeError):
+        LossSearch(task="tiny-blobs", storage=path, strategy="test-cycle",
+                   strategy_options={"colour": 1}).check()
+    with pytest.raises(ValueError, match="joint search supports autoloss-zero and random"):
+        LossSearch(task="tiny-blobs", storage=path, strategy="test-cycle", joint=True)
+    with pytest.raises(ValueError, match="did you mean 'test-cycle'"):
+        LossSearch(task="tiny-blobs", storage=path, strategy="test-cycl")
+
+    study = run.run()
+    assert study.explored == 6 and study.settings["strategy"] == "test-cycle"
+    assert study.settings["funnel"]["use_lrp"] is False
+    study.close()
+    LossSearch(task="tiny-blobs", storage=path, strategy="test-cycle", budget=6,
+               funnel=H.FAST).check()  # the same settings: fine
+    resumed = resume(path, budget=12)
+    assert resumed.explored == 12
+    proposed = [r.proposed for r in sorted(resumed.candidates, key=lambda r: (r.generation,
+                                                                               r.position))]
+    assert proposed == [str(e) for e in CycleSearch().ask(12)]  # the state carried on
+    best = resumed.best
+    assert best is not None
+    resumed.close()
+
+    out = tmp_path / "best_loss.py"
+    result = CliRunner().invoke(app, ["export", str(path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "class SearchedLoss" in out.read_text()
+    reader = load_study(path, readonly=True)
+    assert reader.hall_of_fame[0].formula == best.formula
+    reader.close()
+
+
+@pytest.mark.parametrize("name", ["glo", "taylor"])
+def test_states_written_before_the_entries_rename_still_load(name):
+    s = search.get(name, seed=3, **SMALL[name])
+    run(s, contract_fitness, 3)
+    s.ask(2)  # a generation half asked
+    state = roundtrip(s.state_dict())
+    state["slots"] = state.pop("entries")  # as checkpoints written before named them
+    old = search.get(name, seed=9, **SMALL[name])
+    old.load_state_dict(state)
+    assert old.entries == s.entries
+    assert [str(e) for e in old.ask(4)] == [str(e) for e in s.ask(4)]
 
 
 # ---- the contract, for every strategy ----------------------------------------------------------
@@ -334,7 +461,7 @@ def test_taylor_asks_only_candidates_that_pass_and_penalises_the_rest():
     seen = 0
     for _ in range(6):
         cands = s.ask(8)
-        asked = [sl for sl in s.slots if sl["status"] == "asked"]
+        asked = [e for e in s.entries if e["status"] == "asked"]
         assert len(asked) == len(cands)
         assert all(invariant_holds(sl["theta"], 10) for sl in asked)
         assert all(not invariant_holds(t, 10) for t in s.last_rejected)

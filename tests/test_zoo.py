@@ -196,7 +196,7 @@ def test_baikal_matches_direct_formula(shape, ignore):
 
 def test_baikal_optimum_is_underconfident():
     """FIELD.md: Baikal's optimum puts only p ~ 0.32 on the true class for 10 classes."""
-    from lossforge.expr import export
+    from lossforge.expr import interpret
     from lossforge.expr import kernels as K
 
     # by symmetry the optimum has equal wrong-class logits: scan the true-class logit
@@ -204,12 +204,12 @@ def test_baikal_optimum_is_underconfident():
     logits = torch.zeros(len(a), 10, dtype=torch.float64)
     logits[:, 0] = a
     env, mask = K.prepare_classification(logits, torch.zeros(len(a), dtype=torch.long))
-    per_row = export.evaluate(zoo.get("baikal").expr, env, mask)[:, 0]
+    per_row = interpret.interpret(zoo.get("baikal").expr, env, mask)[:, 0]
     best = int(per_row.argmin())
     p_true = env["p"][best, 0].item()
     assert 0.3 < p_true < 0.34
     # cross-entropy, for contrast, keeps pushing p_true to 1
-    per_row = export.evaluate(zoo.get("ce").expr, env, mask)[:, 0]
+    per_row = interpret.interpret(zoo.get("ce").expr, env, mask)[:, 0]
     assert int(per_row.argmin()) == len(a) - 1
 
 
@@ -240,7 +240,7 @@ def test_taylorglo_matches_direct_formula(shape, ignore):
 def test_taylorglo_gradient_polynomial():
     """dL/dp per element is -(c1 + ch p + chh p^2 + chy y p + cy y + cyy y^2) / N, with the
     coefficients of the TaylorGLO invariant (c1 including its 3 θ4 θ1² term)."""
-    from lossforge.expr import export
+    from lossforge.expr import interpret
     from lossforge.expr import kernels as K
 
     theta = [0.3, -0.7, 1.1, 0.4, -0.9, 1.3, 0.6, -0.5]
@@ -252,7 +252,7 @@ def test_taylorglo_gradient_polynomial():
     env, mask = K.prepare_classification(logits, target)
     p = env["p"].detach().requires_grad_(True)
     y = env["y"]
-    loss = export.loss_value(zoo.taylorglo(theta), {"p": p, "y": y, "z": env["z"]}, mask)
+    loss = interpret.loss_value(zoo.taylorglo(theta), {"p": p, "y": y, "z": env["z"]}, mask)
     (grad,) = torch.autograd.grad(loss, p)
     ref = -(c1 + ch * p + chh * p**2 + chy * y * p + cy * y + cyy * y**2) / p.shape[0]
     torch.testing.assert_close(grad, ref.detach(), rtol=1e-10, atol=1e-12)

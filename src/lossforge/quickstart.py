@@ -146,7 +146,7 @@ def train_with_export(path: Path) -> float:
 
 def main(budget: int = 400) -> int:
     """Zoo, export check, a short search, export of the best loss and a training with it."""
-    from lossforge.console_tables import print_study
+    from lossforge.cli.tables import print_study
 
     console = Console()
     console.print(zoo_table())
@@ -158,7 +158,7 @@ def main(budget: int = 400) -> int:
     out = Path("out")
     out.mkdir(exist_ok=True)
     study = run_search(out, budget, console)
-    print_study(study, top=5, fmt="table")
+    print_study(study.summary(top=5))
     best = study.best
     if best is None:
         console.print("[red]no candidate passed the funnel[/]")

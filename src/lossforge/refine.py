@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lossforge.evaluation.halving import HalvingRound, successive_halving
-from lossforge.storage import Store
-from lossforge.study import Study
+from lossforge.study import Study, load_study
 from lossforge.tasks import get as get_task
 
 META_KEY = "refine"
@@ -100,9 +99,8 @@ def refine_study(path: str | Path, rounds: list[RoundSpec] | None = None, top: i
     round: standings best first) and ``survivors`` (best first, as formulas)."""
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
-    store = Store.open(path)
+    study = load_study(path)
     try:
-        study = Study(store)
         task = get_task(study.settings["task"])
         proxy_steps = int(study.settings["funnel"]["proxy"].get("steps") or task.proxy.steps)
         rounds = list(rounds) if rounds else default_rounds(top, proxy_steps)
@@ -110,7 +108,7 @@ def refine_study(path: str | Path, rounds: list[RoundSpec] | None = None, top: i
         if not chosen:
             raise ValueError(f"{path} has no trained loss to refine; run or resume the search first")
         spec = {"top": top, "rounds": [asdict(r) for r in rounds]}
-        state = store.meta(META_KEY)
+        state = study.meta(META_KEY)
         if state is not None and not restart and \
                 {"top": state["top"], "rounds": state["rounds"]} != _jsonable(spec):
             raise ValueError(f"{path} holds a refinement with other settings (top {state['top']}, "
@@ -120,7 +118,7 @@ def refine_study(path: str | Path, rounds: list[RoundSpec] | None = None, top: i
             state = {**_jsonable(spec), "metric": study.settings["metric"],
                      "search_fitness": dict(chosen), "results": [],
                      "survivors": [f for f, _ in chosen]}
-            store.set_meta(META_KEY, state)
+            study.set_meta(META_KEY, state)
         texts = {f: _loss_text(study, f) for f in state["search_fitness"]}
         formula_of = {t: f for f, t in texts.items()}
         for i in range(len(state["results"]), len(rounds)):
@@ -136,10 +134,10 @@ def refine_study(path: str | Path, rounds: list[RoundSpec] | None = None, top: i
             state["results"].append({"round": i + 1, "steps": done.steps, "seeds": done.seeds,
                                      "keep": done.keep, "standings": standings})
             state["survivors"] = [formula_of[n] for n in done.kept]
-            store.set_meta(META_KEY, state)  # committed: a crash loses at most the running round
+            study.set_meta(META_KEY, state)  # committed: a crash loses at most the running round
         return state
     finally:
-        store.close()
+        study.close()
 
 
 def _jsonable(obj: Any) -> Any:

@@ -1,9 +1,21 @@
 """The study store: one SQLite file per study (stdlib ``sqlite3``, WAL, JSON columns, no pickle).
 
 Tables: ``meta`` (format marker, version, settings), ``candidates`` (one row per explored
-candidate, keyed by ``(generation, slot)``, committed the moment its result exists) and
-``checkpoints`` (strategy state and stage timings after each completed generation). The study
-process is the only writer. A file from elsewhere never executes code: everything is JSON.
+candidate, keyed by ``(generation, position)``, committed the moment its result exists) and
+``checkpoints`` (strategy state and stage timings after each completed generation). A file from
+elsewhere never executes code: everything is JSON.
+
+Contract (as Optuna's ``BaseStorage``): all SQL of the package lives in this module; callers use
+:class:`Store`'s methods, each documented with what it returns and when it commits.
+
+* **Writes commit at once**: every writing method runs in its own transaction, committed before it
+  returns; a crash loses at most the write in progress.
+* **One writer process**: the study process is the only writer; a :class:`Store` object is not
+  shared between threads (``sqlite3`` connections are not). **Readers** (``show``, report, live
+  view) may open the same file concurrently with ``readonly=True`` (WAL mode: they see the last
+  committed state and never block the writer).
+* **Positions**: a candidate's index within its generation is its *position* (the SQLite column
+  keeps its historical name ``slot``: study files of every version open unchanged).
 """
 from __future__ import annotations
 
@@ -48,11 +60,12 @@ class StudyFileError(ValueError):
 
 @dataclass(frozen=True)
 class Row:
-    """One explored candidate as stored."""
+    """One explored candidate as stored: ``position`` is its index within its ``generation``;
+    ``id`` orders the rows as they were committed."""
 
     id: int
     generation: int
-    slot: int
+    position: int
     proposed: str
     formula: str
     size: int
@@ -65,15 +78,19 @@ class Row:
 
 
 class Store:
-    """Read/write access to one study file. Use :meth:`create` or :meth:`open`."""
+    """Read/write access to one study file. Use :meth:`create` or :meth:`open`.
+
+    Not thread-safe: one ``Store`` per thread; one writing process per file (see the module
+    docstring)."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection):
-        self.path, self.conn = path, conn
+        self.path, self._conn = path, conn
 
     # --- opening ----------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, settings: dict[str, Any]) -> "Store":
-        """A new study file at ``path`` (which must not exist) holding ``settings``."""
+        """A new study file at ``path`` (which must not exist: :class:`StudyFileError`) holding
+        ``settings``; parent folders are created. Committed before it returns."""
         path = Path(path)
         if path.exists():
             raise StudyFileError(f"{path} already exists")
@@ -88,7 +105,9 @@ class Store:
 
     @classmethod
     def open(cls, path: str | Path, readonly: bool = False) -> "Store":
-        """Open an existing study; :class:`StudyFileError` if it is missing, not a study, or damaged."""
+        """Open an existing study; :class:`StudyFileError` if it is missing, not a study, damaged,
+        or written by a newer lossforge. ``readonly=True``: a read-only connection (for readers
+        beside a running search; writing methods then raise ``sqlite3.OperationalError``)."""
         path = Path(path)
         if not path.is_file():
             raise StudyFileError(f"study file {path} does not exist")
@@ -111,57 +130,94 @@ class Store:
         return cls(path, conn)
 
     def close(self) -> None:
-        self.conn.close()
+        """Close the connection (everything written is already committed)."""
+        self._conn.close()
 
     # --- meta -----------------------------------------------------------------------------------
     def meta(self, key: str) -> Any:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        """The JSON value stored under ``key``, or ``None`` when there is none."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def set_meta(self, key: str, value: Any) -> None:
-        with self.conn:
-            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        """Store the JSON-serialisable ``value`` under ``key``, replacing any earlier value.
+        Committed before it returns; writing the same value twice is harmless."""
+        with self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                               (key, json.dumps(value)))
 
     @property
     def settings(self) -> dict[str, Any]:
+        """The study's settings (meta ``"settings"``), as the search stored them."""
         return self.meta("settings")
 
     # --- candidates ---------------------------------------------------------------------------
-    def add(self, generation: int, slot: int, proposed: str, formula: str, size: int, status: str,
-            fitness: float | None, fingerprint: str | None, same_as: str | None,
+    def add(self, generation: int, position: int, proposed: str, formula: str, size: int,
+            status: str, fitness: float | None, fingerprint: str | None, same_as: str | None,
             details: dict[str, Any]) -> None:
-        """Commit one explored candidate. A second write of the same slot is ignored (idempotent)."""
-        with self.conn:
-            self.conn.execute(
+        """Commit one explored candidate at ``(generation, position)``; committed before it
+        returns. Idempotent: a second write of the same position is ignored (the first result
+        stays), so a resumed generation may re-commit what it already stored. ``details`` is
+        stored as JSON with non-finite floats as ``null``."""
+        with self._conn:
+            self._conn.execute(
                 "INSERT OR IGNORE INTO candidates (generation, slot, proposed, formula, size, status,"
                 " fitness, fingerprint, same_as, details, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (generation, slot, proposed, formula, size, status, fitness, fingerprint, same_as,
-                 json.dumps(_clean(details), allow_nan=False, default=_json_default), time.time()))
+                (generation, position, proposed, formula, size, status, fitness, fingerprint,
+                 same_as, json.dumps(_clean(details), allow_nan=False, default=_json_default),
+                 time.time()))
 
-    def rows(self, where: str = "", params: tuple = ()) -> list[Row]:
-        sql = "SELECT * FROM candidates " + (f"WHERE {where} " if where else "") + "ORDER BY id"
-        return [_row(r) for r in self.conn.execute(sql, params).fetchall()]
+    def rows(self, status: str | None = None, with_fitness: bool = False) -> list[Row]:
+        """The stored candidates in commit order; only those with ``status`` when given, and only
+        those with a fitness when ``with_fitness``."""
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if with_fitness:
+            where.append("fitness IS NOT NULL")
+        sql = ("SELECT * FROM candidates " + (f"WHERE {' AND '.join(where)} " if where else "")
+               + "ORDER BY id")
+        return [_row(r) for r in self._conn.execute(sql, params).fetchall()]
 
     def generation_rows(self, generation: int) -> dict[int, Row]:
-        return {r.slot: r for r in self.rows("generation = ?", (generation,))}
+        """The stored candidates of ``generation``, keyed by position (missing positions: not
+        evaluated yet)."""
+        rows = self._conn.execute("SELECT * FROM candidates WHERE generation = ? ORDER BY id",
+                                  (generation,)).fetchall()
+        return {r.position: r for r in map(_row, rows)}
 
-    def count(self, where: str = "", params: tuple = ()) -> int:
-        sql = "SELECT count(*) FROM candidates" + (f" WHERE {where}" if where else "")
-        return self.conn.execute(sql, params).fetchone()[0]
+    def count(self) -> int:
+        """How many candidates are stored (explored)."""
+        return self._conn.execute("SELECT count(*) FROM candidates").fetchone()[0]
+
+    def count_before(self, generation: int) -> int:
+        """How many stored candidates belong to generations before ``generation``."""
+        return self._conn.execute("SELECT count(*) FROM candidates WHERE generation < ?",
+                                  (generation,)).fetchone()[0]
+
+    def status_counts(self) -> dict[str, int]:
+        """How many stored candidates ended in each status (statuses with none are absent)."""
+        return dict(self._conn.execute(
+            "SELECT status, count(*) FROM candidates GROUP BY status").fetchall())
 
     # --- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, generation: int, state: dict[str, Any]) -> None:
-        with self.conn:
-            self.conn.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
-                              (generation, json.dumps(state, default=_json_default), time.time()))
+        """Store the JSON ``state`` after ``generation`` completed, replacing an earlier checkpoint
+        of that generation. Committed before it returns."""
+        with self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
+                               (generation, json.dumps(state, default=_json_default), time.time()))
 
     def last_checkpoint(self) -> tuple[int, dict[str, Any]] | None:
-        row = self.conn.execute(
+        """``(generation, state)`` of the latest checkpoint, or ``None`` before the first."""
+        row = self._conn.execute(
             "SELECT generation, state FROM checkpoints ORDER BY generation DESC LIMIT 1").fetchone()
         return None if row is None else (row[0], json.loads(row[1]))
 
     def checkpoints(self) -> list[tuple[int, dict[str, Any]]]:
-        rows = self.conn.execute("SELECT generation, state FROM checkpoints ORDER BY generation")
+        """Every checkpoint as ``(generation, state)``, oldest first."""
+        rows = self._conn.execute("SELECT generation, state FROM checkpoints ORDER BY generation")
         return [(g, json.loads(s)) for g, s in rows.fetchall()]
 
 

@@ -1,41 +1,48 @@
-"""The run loop: ``LossSearch(...).run() -> Study``; ``load_study(path)``; the hall of fame.
+"""The run loop: ``LossSearch(...).run() -> Study``; ``load_study(path)``; ``resume(path)``; the
+hall of fame (:func:`pareto_front`).
 
 One search = one study file. Each generation: the strategy asks for candidates, the funnel screens
 them (all at once) and trains the survivors, every result is committed as it arrives, the
 strategy is told the fitnesses, and its state is checkpointed. A killed search resumes from the
 file: the last checkpoint restores the strategy, the interrupted generation is asked again (the
-same candidates, by determinism) and the slots already stored are not evaluated twice.
+same candidates, by determinism) and the positions already stored are not evaluated twice.
+
+``LossSearch`` knows no strategy by name: what it needs (default space, joint search, label,
+funnel overrides, task-derived options) each strategy class declares
+(:class:`~lossforge.search.strategy.Strategy`). The study file is reached only through
+:class:`~lossforge.storage.Store`'s methods; readers open it with ``load_study(path,
+readonly=True)``.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, TypeVar
 
-from lossforge.evaluation.candidate import (FAILED, GEC_HIT, INVALID, REJECTED_CHECKS,
-                                            REJECTED_LRP, TRAINED, Candidate)
+from lossforge import search
+from lossforge.evaluation.candidate import (FAILED, GEC_HIT, INVALID, STAGES, STOPPED_BY, TRAINED,
+                                            Candidate)
 from lossforge.evaluation.funnel import Funnel, FunnelConfig
 from lossforge.expr import Expr, parse
-from lossforge.search.strategy import scored
+from lossforge.search.strategy import Strategy, scored
 from lossforge.storage import Row, Store, StudyFileError
 from lossforge.tasks import Task
 from lossforge.tasks import get as get_task
 
-#: The search space each strategy uses unless told otherwise.
-DEFAULT_SPACE = {"autoloss-zero": "autoloss-zero", "random": "autoloss-zero", "aging": "nlfs",
-                 "glo": "glo", "taylor": "taylor"}
 #: Settings that must match to continue a study (the budget may grow).
 _FIXED = ("task", "metric", "strategy", "space", "seed", "funnel", "strategy_options", "slot",
           "fixed", "joint")
 #: Values of settings that study files written before they existed hold implicitly.
 _IMPLICIT = {"slot": "loss", "fixed": {}, "joint": False}
-#: Strategies that can search several slots jointly (bundles of expressions).
-JOINT_STRATEGIES = ("autoloss-zero", "random")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class HallOfFameEntry:
+    """One loss of the hall of fame: its formula, search fitness, expression size and metrics."""
+
     formula: str
     fitness: float
     size: int
@@ -52,14 +59,17 @@ class Study:
 
     @property
     def candidates(self) -> list[Row]:
+        """Every explored candidate, in commit order."""
         return self.store.rows()
 
     @property
     def explored(self) -> int:
+        """How many candidates were explored (put through the funnel, GEC hits included)."""
         return self.store.count()
 
     def trained(self) -> list[Row]:
-        return [r for r in self.store.rows("status = ? AND fitness IS NOT NULL", (TRAINED,))]
+        """The trained candidates that have a fitness, in commit order."""
+        return self.store.rows(status=TRAINED, with_fitness=True)
 
     @property
     def best(self) -> Row | None:
@@ -70,45 +80,34 @@ class Study:
 
     @property
     def hall_of_fame(self) -> list[HallOfFameEntry]:
-        """Pareto front of (fitness ↑, expression size ↓) over trained candidates, best first.
-
-        Rule: a loss is kept when no other loss is at least as fit and strictly smaller, or
-        strictly fitter and no larger; among equal formulas the first evaluated is kept.
-        """
-        best_by_size: dict[int, Row] = {}
-        for r in self.trained():
-            cur = best_by_size.get(r.size)
-            if cur is None or r.fitness > cur.fitness:
-                best_by_size[r.size] = r
-        front, top = [], float("-inf")
-        for size in sorted(best_by_size):
-            r = best_by_size[size]
-            if r.fitness > top:
-                front.append(r)
-                top = r.fitness
+        """Pareto front of (fitness ↑, expression size ↓) over trained candidates, best first
+        (:func:`pareto_front`)."""
         return [HallOfFameEntry(r.formula, r.fitness, r.size, r.details.get("metrics", {}))
-                for r in sorted(front, key=lambda r: -r.fitness)]
+                for r in pareto_front(self.trained())]
 
     @property
     def stats(self) -> dict[str, dict[str, float]]:
-        """Per-stage counts (exact, from the stored statuses) and seconds (from checkpoints)."""
-        counts = dict(self.store.conn.execute(
-            "SELECT status, count(*) FROM candidates GROUP BY status").fetchall())
-        total = sum(counts.values())
+        """Per-stage counts (exact, from the stored statuses) and seconds (from checkpoints), in
+        :data:`~lossforge.evaluation.candidate.STAGES` order: ``{stage: {"in", "out", "seconds"}}``,
+        the proxy stage also with ``invalid`` and ``failed``."""
+        counts = self.store.status_counts()
         seconds: dict[str, float] = {}
         for _, state in self.store.checkpoints():
             for name, s in state.get("stage_seconds", {}).items():
                 seconds[name] = seconds.get(name, 0.0) + s
-        checks_out = total - counts.get(REJECTED_CHECKS, 0)
-        gec_out = checks_out - counts.get(GEC_HIT, 0)
-        lrp_out = gec_out - counts.get(REJECTED_LRP, 0)
-        return {
-            "checks": {"in": total, "out": checks_out, "seconds": seconds.get("checks", 0.0)},
-            "gec": {"in": checks_out, "out": gec_out, "seconds": seconds.get("gec", 0.0)},
-            "lrp": {"in": gec_out, "out": lrp_out, "seconds": seconds.get("lrp", 0.0)},
-            "proxy": {"in": lrp_out, "out": counts.get(TRAINED, 0), "invalid": counts.get(INVALID, 0),
-                      "failed": counts.get(FAILED, 0), "seconds": seconds.get("proxy", 0.0)},
-        }
+        out: dict[str, dict[str, float]] = {}
+        n = sum(counts.values())
+        for stage in STAGES:
+            if stage in STOPPED_BY:
+                passed = n - counts.get(STOPPED_BY[stage], 0)
+                out[stage] = {"in": n, "out": passed}
+            else:  # the proxy stage: trained, invalid or failed
+                passed = counts.get(TRAINED, 0)
+                out[stage] = {"in": n, "out": passed, "invalid": counts.get(INVALID, 0),
+                              "failed": counts.get(FAILED, 0)}
+            out[stage]["seconds"] = seconds.get(stage, 0.0)
+            n = passed
+        return out
 
     @property
     def slot(self) -> str:
@@ -144,13 +143,59 @@ class Study:
             "refine": self.store.meta("refine"),  # lossforge refine's races (None before any)
         }
 
+    def meta(self, key: str) -> Any:
+        """The study's stored value under ``key`` (e.g. ``"evaluation"``, ``"refine"``), or
+        ``None``."""
+        return self.store.meta(key)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store the JSON ``value`` under ``key`` (committed at once; needs a writable study)."""
+        self.store.set_meta(key, value)
+
     def close(self) -> None:
         self.store.close()
 
 
-def load_study(path: str | Path) -> Study:
-    """Open a study file (read-only use); clear :class:`StudyFileError` for a bad file."""
-    return Study(Store.open(path))
+def load_study(path: str | Path, readonly: bool = False) -> Study:
+    """Open the study file at ``path``; clear :class:`StudyFileError` for a missing or bad file.
+
+    ``readonly=True`` is the door for readers (report, live view, ``show``): the file is opened
+    read-only when possible (a WAL file whose ``-shm`` is gone needs a writable open: then it is
+    opened normally, and still only read). A reader may run while the search writes."""
+    if not readonly:
+        return Study(Store.open(path))
+    try:
+        return Study(Store.open(path, readonly=True))
+    except StudyFileError:
+        return Study(Store.open(path))  # the real error, if any
+
+
+def pareto_front(entries: Iterable[T], fitness: Callable[[T], float | None] = attrgetter("fitness"),
+                 size: Callable[[T], int] = attrgetter("size")) -> list[T]:
+    """The hall of fame: the Pareto front of (fitness ↑, size ↓) over ``entries``, best first.
+
+    ``entries`` in evaluation order; ``fitness``/``size`` read an entry (default: its attributes of
+    those names); entries without a fitness are skipped. Rule: an entry is kept when no other is at
+    least as fit and strictly smaller, or strictly fitter and no larger; among entries of equal
+    fitness and size the first evaluated is kept. The one implementation behind
+    :attr:`Study.hall_of_fame` and the live view.
+    """
+    best_by_size: dict[int, tuple[float, T]] = {}
+    for e in entries:
+        f = fitness(e)
+        if f is None:
+            continue
+        cur = best_by_size.get(size(e))
+        if cur is None or f > cur[0]:
+            best_by_size[size(e)] = (f, e)
+    front: list[tuple[float, T]] = []
+    top = float("-inf")
+    for s in sorted(best_by_size):
+        f, e = best_by_size[s]
+        if f > top:
+            front.append((f, e))
+            top = f
+    return [e for _f, e in sorted(front, key=lambda fe: -fe[0])]
 
 
 @dataclass
@@ -160,14 +205,15 @@ class LossSearch:
     ``budget``: candidates to explore (put through the funnel, GEC hits included).
     ``executor``: a ``concurrent.futures``-style executor for proxy trainings (default in-process).
     ``progress(study_state)`` is called after every committed result when given (a dict: explored,
-    budget, generation, slot, status, formula, fitness, size, reason; a slot may be reported twice;
-    here "slot" is the candidate's position in its generation).
+    budget, generation, position, status, formula, fitness, size, reason; ``position`` is the
+    candidate's index within its generation, and a position may be reported twice).
 
     Tasks with several loss slots (:meth:`~lossforge.tasks.Task.loss_slots`): ``slot`` names the
     loss slot to search (its kind's variables, probes and LRP metric), ``fixed`` gives the losses
     of other slots during proxy training (slot -> zoo name or formula; the rest use their
     ``default``); or ``joint=True`` searches every slot at once (candidates are
-    :class:`~lossforge.expr.bundle.Bundle` s; strategies ``autoloss-zero`` and ``random``). A
+    :class:`~lossforge.expr.bundle.Bundle` s; strategies that can search jointly, see
+    :meth:`~lossforge.search.strategy.Strategy.can_search_jointly`). A
     single-slot task searches its slot ``"loss"``. ``slot``, ``fixed`` and ``joint`` are settings
     a resumed study must match.
     """
@@ -193,31 +239,28 @@ class LossSearch:
         self.task = get_task(self.task)
         self.metric = self.metric or self.task.default_metric
         self.task.metric(self.metric)  # clear error for an unknown metric
-        if self.strategy not in DEFAULT_SPACE:
-            import difflib
+        try:
+            cls = search.get_class(self.strategy)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+        self.space = self.space or cls.default_space
+        self._resolve_slots(cls)
+        slot_kind = None if self.joint else self.task.slot(self.slot).kind
+        self.funnel = cls.funnel_overrides(self.funnel, slot_kind)
 
-            close = difflib.get_close_matches(self.strategy, list(DEFAULT_SPACE), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown strategy {self.strategy!r}{hint}; strategies: "
-                             f"{', '.join(DEFAULT_SPACE)}")
-        self.space = self.space or DEFAULT_SPACE[self.strategy]
-        self._resolve_slots()
-        if self.strategy == "aging" and not self.joint and \
-                self.task.slot(self.slot).kind == "classification":
-            # NLFS: 2-class integrity check with automatic orientation of every candidate
-            self.funnel = replace(self.funnel, checks=replace(self.funnel.checks, integrity=True))
-
-    def _resolve_slots(self) -> None:
-        """Check ``slot``/``fixed``/``joint`` against the task; clear errors say what to pass."""
-        from lossforge.loss_spec import load_loss
+    def _resolve_slots(self, cls: type[Strategy]) -> None:
+        """Check ``slot``/``fixed``/``joint`` against the task and the strategy class ``cls``;
+        clear errors say what to pass."""
+        from lossforge.training.loss_spec import load_loss
 
         slots = self.task.loss_slots()
         names = [s.name for s in slots]
         listing = ", ".join(f"{s.name} ({s.kind})" for s in slots)
         self.fixed = {str(k): str(v) for k, v in (self.fixed or {}).items()}
         if self.joint:
-            if self.strategy not in JOINT_STRATEGIES:
-                raise ValueError(f"joint search supports autoloss-zero and random, not strategy "
+            if not cls.can_search_jointly():
+                able = [n for n, c in search.STRATEGIES.items() if c.can_search_jointly()]
+                raise ValueError(f"joint search supports {_either(able, 'and')}, not strategy "
                                  f"{self.strategy!r}; or search one slot with slot=")
             if self.fixed:
                 raise ValueError("a joint search searches every slot: fixed= is not allowed")
@@ -230,12 +273,14 @@ class LossSearch:
                                  "joint=True (--joint)")
             self.slot = names[0]
         try:
-            kind = self.task.slot(self.slot).kind
+            searched = self.task.slot(self.slot)
         except KeyError as err:
             raise ValueError(err.args[0]) from None
-        if kind == "box" and self.strategy == "taylor":
-            raise ValueError("the taylor strategy needs a label y: it cannot search a box slot "
-                             "(i, u, e); use autoloss-zero, random, glo or aging")
+        if cls.needs_label and "y" not in searched.variables:
+            able = [n for n, c in search.STRATEGIES.items() if not c.needs_label]
+            variables = ", ".join(sorted(searched.variables))
+            raise ValueError(f"the {self.strategy} strategy needs a label y: it cannot search a "
+                             f"{searched.kind} slot ({variables}); use {_either(able, 'or')}")
         for k, v in self.fixed.items():
             if k == self.slot:
                 raise ValueError(f"slot {k!r} is the searched slot: it cannot be fixed too")
@@ -248,25 +293,48 @@ class LossSearch:
                 "slot": self.slot, "fixed": self.fixed, "joint": self.joint}
 
     # --- opening / resuming ---------------------------------------------------------------------
+    def check(self) -> None:
+        """Validate every setting before any worker starts, writing nothing.
+
+        Task, metric, strategy and slots are checked when the search is made; this adds the
+        strategy's options (``TypeError`` listing them) and, for an existing study file, its
+        stored settings (:class:`StudyFileError` naming the differences). No file is created.
+        """
+        self._make_strategy()
+        path = Path(self.storage)
+        if path.exists():
+            study = load_study(path, readonly=True)
+            try:
+                self._check_settings(study.store)
+            finally:
+                study.close()
+
+    def _check_settings(self, store: Store) -> None:
+        """:class:`StudyFileError` unless ``store`` holds these settings (the budget may differ)."""
+        old, new = store.settings, self.settings()
+        diff = [d for k in _FIXED
+                for d in _differences(k, old.get(k, _IMPLICIT.get(k)), new.get(k))]
+        if diff:
+            detail = "; ".join(f"{k}: study has {a!r}, requested {b!r}" for k, a, b in diff)
+            raise StudyFileError(f"{store.path} was created with other settings ({detail}); use "
+                                 "`lossforge resume` to continue it, or choose a new study file")
+
     def _open_store(self) -> Store:
         path = Path(self.storage)
         if not path.exists():
             return Store.create(path, self.settings())
         store = Store.open(path)
-        old, new = store.settings, self.settings()
-        diff = [d for k in _FIXED
-                for d in _differences(k, old.get(k, _IMPLICIT.get(k)), new.get(k))]
-        if diff:
+        try:
+            self._check_settings(store)
+        except StudyFileError:
             store.close()
-            detail = "; ".join(f"{k}: study has {a!r}, requested {b!r}" for k, a, b in diff)
-            raise StudyFileError(f"{path} was created with other settings ({detail}); use "
-                                 "`lossforge resume` to continue it, or choose a new study file")
+            raise
+        old = store.settings
         if old.get("budget") != self.budget:
             store.set_meta("settings", {**old, "budget": self.budget})
         return store
 
-    def _make_strategy(self):
-        from lossforge import search
+    def _make_strategy(self) -> Strategy:
         from lossforge.expr import spaces
 
         if self.joint:
@@ -278,13 +346,9 @@ class LossSearch:
         else:
             variables = sorted(self.task.slot(self.slot).variables - {"z"})
             space = spaces.get(self.space, variables=variables)
-        options = dict(self.strategy_options)
-        if self.strategy == "taylor" and self.task.num_classes:
-            options.setdefault("num_classes", self.task.num_classes)
-        return search.get(self.strategy, space, seed=self.seed, **options)
-
-    def _funnel_config(self) -> FunnelConfig:
-        return self.funnel
+        cls = search.get_class(self.strategy)
+        options = {**cls.task_options(self.task), **self.strategy_options}
+        return cls(space, seed=self.seed, **options)
 
     def _make_funnel(self):
         if self.joint:
@@ -317,7 +381,7 @@ class LossSearch:
             if row.status != GEC_HIT:
                 funnel.known_results.setdefault(row.formula, row.fitness)
         while True:
-            before = store.count("generation < ?", (generation,))
+            before = store.count_before(generation)
             if before >= self.budget:
                 break
             self._generation(store, strategy, funnel, generation, min(strategy.batch_size,
@@ -329,30 +393,40 @@ class LossSearch:
     def _generation(self, store: Store, strategy, funnel: Funnel, generation: int, n: int) -> None:
         exprs = strategy.ask(n)
         stored = store.generation_rows(generation)
-        todo = [slot for slot in range(len(exprs)) if slot not in stored]
-        before = {s.name: s.stats.seconds for s in (funnel.checks, funnel.gec, funnel.lrp, funnel.proxy)}
+        todo = [pos for pos in range(len(exprs)) if pos not in stored]
+        before = _stage_seconds(funnel)
         if todo:
-            cands = funnel.run([exprs[s] for s in todo],
+            cands = funnel.run([exprs[p] for p in todo],
                                on_result=lambda i, c: self._commit(store, generation, todo[i],
                                                                    exprs[todo[i]], c))
             for i, c in enumerate(cands):  # GEC hits resolve last: commit whatever is still open
                 self._commit(store, generation, todo[i], exprs[todo[i]], c)
         rows = store.generation_rows(generation)
-        strategy.tell([(exprs[s], scored(rows[s].fitness, rows[s].fingerprint))
-                       for s in range(len(exprs))])
-        seconds = {k: funnel_stage.stats.seconds - before[k]
-                   for k, funnel_stage in (("checks", funnel.checks), ("gec", funnel.gec),
-                                           ("lrp", funnel.lrp), ("proxy", funnel.proxy))}
+        strategy.tell([(exprs[p], scored(rows[p].fitness, rows[p].fingerprint))
+                       for p in range(len(exprs))])
+        seconds = {name: s - before[name] for name, s in _stage_seconds(funnel).items()}
         store.save_checkpoint(generation, {"strategy": strategy.state_dict(),
                                            "stage_seconds": seconds, "time": time.time()})
 
-    def _commit(self, store: Store, generation: int, slot: int, proposed: Expr, c: Candidate) -> None:
-        store.add(generation, slot, str(proposed), str(c.expr), c.expr.size(), c.status, c.fitness,
-                  c.fingerprint, c.same_as, c.to_record())
+    def _commit(self, store: Store, generation: int, position: int, proposed: Expr,
+                c: Candidate) -> None:
+        store.add(generation, position, str(proposed), str(c.expr), c.expr.size(), c.status,
+                  c.fitness, c.fingerprint, c.same_as, c.to_record())
         if self.progress:
             self.progress({"explored": store.count(), "budget": self.budget, "generation": generation,
                            "status": c.status, "formula": str(c.expr), "fitness": c.fitness,
-                           "size": c.expr.size(), "reason": c.reason, "slot": slot})
+                           "size": c.expr.size(), "reason": c.reason, "position": position})
+
+
+def _stage_seconds(funnel) -> dict[str, float]:
+    """Seconds spent so far in each stage of ``funnel`` (which holds each stage as the attribute
+    named after it), in :data:`STAGES` order."""
+    return {name: getattr(funnel, name).stats.seconds for name in STAGES}
+
+
+def _either(names: list[str], conjunction: str) -> str:
+    """``["a", "b", "c"]`` -> ``"a, b and c"`` (or ``"a, b or c"``)."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {conjunction} {names[-1]}"
 
 
 def _differences(key: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:

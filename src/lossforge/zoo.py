@@ -20,7 +20,6 @@ over boxes. ``names(kind)`` lists the entries of one kind.
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -28,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from lossforge._hints import did_you_mean
 from lossforge.expr import Expr, apply, const, parse, var
 
 __all__ = [
@@ -248,7 +248,7 @@ _ENTRIES: dict[str, ZooEntry] = {}
 
 
 def _add_expr(name: str, expr: Expr | str, source: str, doc: str) -> None:
-    from lossforge.expr.export import loss_kind
+    from lossforge.expr.interpret import loss_kind
 
     e = parse(expr) if isinstance(expr, str) else expr
     _ENTRIES[name] = ZooEntry(name=name, formula=str(e), expr=e, source=source, doc=doc,
@@ -380,6 +380,5 @@ def get(name: str) -> ZooEntry:
     try:
         return _ENTRIES[name]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), list(_ENTRIES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"unknown zoo loss {name!r}{hint}; known: {', '.join(_ENTRIES)}") from None
+        raise KeyError(f"unknown zoo loss {name!r}{did_you_mean(name, _ENTRIES)}; known: "
+                       f"{', '.join(_ENTRIES)}") from None

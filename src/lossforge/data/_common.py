@@ -1,10 +1,48 @@
-"""Helpers shared by the loaders: numpy -> :class:`Split`, deterministic (stratified) index splits."""
+"""What every loader shares: the :class:`Split` / :class:`DataSplits` containers, the
+:class:`DataMissingError`, numpy -> :class:`Split`, deterministic (stratified) index splits, and the
+independent random streams of the generated sets' three splits.
+
+(Re-exported by :mod:`lossforge.data`; the loaders import from here, so the package's
+``__init__`` can import the loaders without a cycle.)
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from lossforge.data import DataSplits, Split
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs ``x`` and targets ``y`` of one split (first dimension: samples)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """The three splits of a data set; ``num_classes`` is ``None`` for regression."""
+
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int | None
+    name: str
+
+
+class DataMissingError(FileNotFoundError):
+    """A data set's files are not in the data directory; the message says how to get them."""
+
+
+def split_streams(seed: int, tag: int) -> list[np.random.Generator]:
+    """Three independent generators (train, val, test) for a generated set with stream ``tag``:
+    changing one split's size leaves the others unchanged."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence([tag, seed]).spawn(3)]
 
 
 def as_split(x: np.ndarray, y: np.ndarray, regression: bool = False) -> Split:

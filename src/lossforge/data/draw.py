@@ -4,6 +4,10 @@ Conventions: pixel (row i, column j) has its centre at (y, x) = (i, j). Every pr
 per-object parameters as arrays of shape ``(B,)`` (scalars broadcast) and returns a boolean mask
 ``(B, size, size)``. Angles are in radians. :func:`boxes` turns masks into per-object boxes, for
 detection sets; :func:`paint` composites masks onto images (later objects occlude earlier ones).
+
+Whole images ``(N, 3, size, size)``: :func:`textured_background` draws the noisy textured
+backgrounds every shapes set starts from, :func:`contrast_colors` keeps object colours away from
+their background, :func:`add_noise` adds the final pixel noise.
 """
 from __future__ import annotations
 
@@ -156,3 +160,45 @@ def paint(images: np.ndarray, index: np.ndarray, masks: np.ndarray, colors: np.n
     ``masks[b]``."""
     sub = images[index]
     images[index] = np.where(masks[:, None], colors[:, :, None, None].astype(images.dtype), sub)
+
+
+# ---------------------------------------------------------------- whole images
+def textured_background(rng: np.random.Generator, n: int, size: int,
+                        texture_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Textured backgrounds ``(n, 3, size, size)``: a greyish base colour plus two gratings.
+    Returns the images and their base colours ``(n, 3)``."""
+    base = (rng.uniform(0.3, 0.7, (n, 1)) + rng.normal(0, 0.06, (n, 3))).astype(np.float32)
+    ax = np.arange(size, dtype=np.float32)
+    texture = np.zeros((n, size, size), dtype=np.float32)
+    for _ in range(2):
+        freq = rng.uniform(0.03, 0.25, n) * 2 * np.pi
+        ang, phase = rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n)
+        amp = (rng.uniform(0.02, 0.08, n) * texture_scale).astype(np.float32)[:, None]
+        # sin(a + b) = sin a cos b + cos a sin b, with a along rows and b along columns
+        a = (freq * np.sin(ang)).astype(np.float32)[:, None] * ax
+        b = (freq * np.cos(ang)).astype(np.float32)[:, None] * ax + phase.astype(np.float32)[:, None]
+        texture += (amp * np.sin(a))[:, :, None] * np.cos(b)[:, None, :]
+        texture += (amp * np.cos(a))[:, :, None] * np.sin(b)[:, None, :]
+    tint = rng.uniform(0.6, 1.0, (n, 3)).astype(np.float32)  # texture strength per channel
+    img = np.multiply(tint[:, :, None, None], texture[:, None])
+    img += base[:, :, None, None]
+    return img, base
+
+
+def contrast_colors(colors: np.ndarray, bg: np.ndarray, min_dist: float) -> np.ndarray:
+    """Push colours that are too close to their image's background colour away from it."""
+    d = colors - bg
+    norm = np.linalg.norm(d, axis=1, keepdims=True)
+    rand_dir = np.where(bg > 0.5, -1.0, 1.0) / np.sqrt(3.0)  # fallback direction, away from bg
+    unit = np.where(norm > 1e-3, d / np.maximum(norm, 1e-3), rand_dir)
+    pushed = np.clip(bg + unit * min_dist, 0, 1)
+    return np.where(norm < min_dist, pushed, colors).astype(np.float32)
+
+
+def add_noise(images: np.ndarray, rng: np.random.Generator, sigma: np.ndarray) -> np.ndarray:
+    """In place: Gaussian pixel noise of standard deviation ``sigma[n]`` on image ``n``, then clip to
+    [0, 1]; returns ``images``."""
+    noise = rng.standard_normal(images.shape, dtype=np.float32)
+    noise *= sigma.astype(np.float32).reshape(-1, 1, 1, 1)
+    images += noise
+    return np.clip(images, 0.0, 1.0, out=images)

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lossforge.data import DataSplits
 from lossforge.data import draw
-from lossforge.data._common import as_split
+from lossforge.data._common import DataSplits, as_split, split_streams
 
 SEG_CLASSES = ("background", "disk", "rectangle", "triangle", "ring", "curve", "dot")
 CLS_CLASSES = ("disk", "square", "triangle", "ring", "cross", "line", "ellipse", "star",
@@ -31,48 +30,6 @@ CLS_CLASSES = ("disk", "square", "triangle", "ring", "cross", "line", "ellipse",
 #: Class colours of the segmentation set's foreground classes 1..6 (RGB in [0, 1]).
 SEG_PALETTE = np.array([[0.90, 0.15, 0.15], [0.15, 0.80, 0.20], [0.20, 0.30, 0.95],
                         [0.95, 0.85, 0.10], [0.85, 0.20, 0.85], [0.10, 0.85, 0.90]], np.float32)
-
-
-def _streams(seed: int, tag: int) -> list[np.random.Generator]:
-    return [np.random.default_rng(s) for s in np.random.SeedSequence([tag, seed]).spawn(3)]
-
-
-def _background(rng: np.random.Generator, n: int, size: int,
-                texture_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Textured backgrounds ``(n, 3, size, size)``: a greyish base colour plus two gratings."""
-    base = (rng.uniform(0.3, 0.7, (n, 1)) + rng.normal(0, 0.06, (n, 3))).astype(np.float32)
-    ax = np.arange(size, dtype=np.float32)
-    texture = np.zeros((n, size, size), dtype=np.float32)
-    for _ in range(2):
-        freq = rng.uniform(0.03, 0.25, n) * 2 * np.pi
-        ang, phase = rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n)
-        amp = (rng.uniform(0.02, 0.08, n) * texture_scale).astype(np.float32)[:, None]
-        # sin(a + b) = sin a cos b + cos a sin b, with a along rows and b along columns
-        a = (freq * np.sin(ang)).astype(np.float32)[:, None] * ax
-        b = (freq * np.cos(ang)).astype(np.float32)[:, None] * ax + phase.astype(np.float32)[:, None]
-        texture += (amp * np.sin(a))[:, :, None] * np.cos(b)[:, None, :]
-        texture += (amp * np.cos(a))[:, :, None] * np.sin(b)[:, None, :]
-    tint = rng.uniform(0.6, 1.0, (n, 3)).astype(np.float32)  # texture strength per channel
-    img = np.multiply(tint[:, :, None, None], texture[:, None])
-    img += base[:, :, None, None]
-    return img, base
-
-
-def _contrast(colors: np.ndarray, bg: np.ndarray, min_dist: float) -> np.ndarray:
-    """Push colours that are too close to their image's background colour away from it."""
-    d = colors - bg
-    norm = np.linalg.norm(d, axis=1, keepdims=True)
-    rand_dir = np.where(bg > 0.5, -1.0, 1.0) / np.sqrt(3.0)  # fallback direction, away from bg
-    unit = np.where(norm > 1e-3, d / np.maximum(norm, 1e-3), rand_dir)
-    pushed = np.clip(bg + unit * min_dist, 0, 1)
-    return np.where(norm < min_dist, pushed, colors).astype(np.float32)
-
-
-def _finish(images: np.ndarray, rng: np.random.Generator, sigma: np.ndarray) -> np.ndarray:
-    noise = rng.standard_normal(images.shape, dtype=np.float32)
-    noise *= sigma.astype(np.float32).reshape(-1, 1, 1, 1)
-    images += noise
-    return np.clip(images, 0.0, 1.0, out=images)
 
 
 # ---------------------------------------------------------------- segmentation
@@ -119,7 +76,7 @@ def render_seg(n: int, size: int = 64, num_classes: int = 7, color_informativene
     if not 0.0 <= color_informativeness <= 1.0:
         raise ValueError(f"color_informativeness must be in [0, 1], got {color_informativeness}")
     rng = rng if rng is not None else np.random.default_rng()
-    images, bg = _background(rng, n, size)
+    images, bg = draw.textured_background(rng, n, size)
     labels = np.zeros((n, size, size), dtype=np.int64)
     n_obj = rng.integers(4, 10, n)
     kinds = rng.integers(1, num_classes, (n, int(n_obj.max(initial=0))))
@@ -134,13 +91,13 @@ def render_seg(n: int, size: int = 64, num_classes: int = 7, color_informativene
             colors = np.where(informative[:, None],
                               SEG_PALETTE[kind - 1] + rng.normal(0, 0.08, (idx.size, 3)),
                               rng.uniform(0, 1, (idx.size, 3)))
-            colors = _contrast(np.clip(colors, 0, 1), bg[idx], 0.3)
+            colors = draw.contrast_colors(np.clip(colors, 0, 1), bg[idx], 0.3)
             draw.paint(images, idx, masks, colors)
             labels[idx] = np.where(masks, kind, labels[idx])
             objects["image"].append(idx)
             objects["label"].append(np.full(idx.size, kind))
             objects["box"].append(draw.boxes(masks))
-    _finish(images, rng, rng.uniform(0.02, 0.05, n))
+    draw.add_noise(images, rng, rng.uniform(0.02, 0.05, n))
     objs = {k: (np.concatenate(v) if v else np.zeros((0, 4) if k == "box" else 0))
             for k, v in objects.items()}
     return images, labels, objs
@@ -155,7 +112,7 @@ def shapes_seg(n_train: int = 512, n_val: int = 128, n_test: int = 256, size: in
     Defaults (512 / 128 / 256 images at 64×64) generate in well under a second.
     """
     splits = []
-    for n, rng in zip((n_train, n_val, n_test), _streams(seed, 1)):
+    for n, rng in zip((n_train, n_val, n_test), split_streams(seed, 1)):
         x, y, _ = render_seg(n, size, num_classes, color_informativeness, rng)
         splits.append(as_split(x, y))
     return DataSplits(*splits, num_classes=num_classes, name="shapes_seg")
@@ -208,7 +165,7 @@ def render_cls(n: int, size: int = 32, rng: np.random.Generator | None = None):
     rng = rng if rng is not None else np.random.default_rng()
     k = len(CLS_CLASSES)
     labels = rng.permutation(np.arange(n) % k).astype(np.int64)
-    images, bg = _background(rng, n, size, texture_scale=0.5)
+    images, bg = draw.textured_background(rng, n, size, texture_scale=0.5)
     # faint clutter: 0-2 low-contrast blobs per image, under the object
     n_clutter = rng.integers(0, 3, n)
     for slot in range(2):
@@ -227,11 +184,11 @@ def render_cls(n: int, size: int = 32, rng: np.random.Generator | None = None):
         if idx.size == 0:
             continue
         masks = _cls_mask(kind, rng, idx.size, size)
-        colors = _contrast(rng.uniform(0, 1, (idx.size, 3)), bg[idx],
+        colors = draw.contrast_colors(rng.uniform(0, 1, (idx.size, 3)), bg[idx],
                            rng.uniform(0.3, 0.6, (idx.size, 1)))
         draw.paint(images, idx, masks, colors)
         boxes[idx] = draw.boxes(masks)
-    _finish(images, rng, rng.uniform(0.02, 0.05, n))
+    draw.add_noise(images, rng, rng.uniform(0.02, 0.05, n))
     return images, labels, boxes
 
 
@@ -245,7 +202,7 @@ def shapes_cls(n_train: int = 5000, n_val: int = 1000, n_test: int = 2000, size:
     still rising); squares and triangles are the last to separate from disks.
     """
     splits = []
-    for n, rng in zip((n_train, n_val, n_test), _streams(seed, 2)):
+    for n, rng in zip((n_train, n_val, n_test), split_streams(seed, 2)):
         x, y, _ = render_cls(n, size, rng)
         splits.append(as_split(x, y))
     return DataSplits(*splits, num_classes=len(CLS_CLASSES), name="shapes_cls")

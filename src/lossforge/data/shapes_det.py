@@ -1,8 +1,9 @@
 """Procedural object detection: a few disks, rectangles and triangles per image, with boxes.
 
-Drawn with the primitives of :mod:`lossforge.data.draw` on the textured backgrounds of
-:mod:`lossforge.data.shapes` (same helpers, same split streams: changing one split's size leaves
-the others unchanged), deterministic for ``seed``.
+Drawn with the primitives of :mod:`lossforge.data.draw` on its textured backgrounds, as
+:mod:`lossforge.data.shapes` (same helpers, independent split streams: changing one split's size
+leaves the others unchanged), deterministic for ``seed``. Used by the ``shapes-det`` task
+(:mod:`lossforge.tasks.detection`).
 
 Every image holds 1 to ``max_objects`` objects of ``DET_CLASSES``. Objects may overlap, but a
 placement is redrawn (up to a few times, else the object is dropped) when it would cover more than
@@ -22,10 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lossforge.data import DataSplits
 from lossforge.data import draw
-from lossforge.data._common import as_split
-from lossforge.data.shapes import _background, _contrast, _finish, _streams
+from lossforge.data._common import DataSplits, as_split, split_streams
 
 DET_CLASSES = ("disk", "rectangle", "triangle")
 
@@ -76,7 +75,7 @@ def render_det(n: int, size: int = 48, max_objects: int = 4, color_informativene
     if not 0.0 <= color_informativeness <= 1.0:
         raise ValueError(f"color_informativeness must be in [0, 1], got {color_informativeness}")
     rng = rng if rng is not None else np.random.default_rng()
-    images, bg = _background(rng, n, size)
+    images, bg = draw.textured_background(rng, n, size)
     n_obj = rng.integers(1, max_objects + 1, n)
     kinds = rng.integers(0, len(DET_CLASSES), (n, max_objects))
     instances = np.full((n, size, size), -1, dtype=np.int64)
@@ -106,10 +105,10 @@ def render_det(n: int, size: int = 48, max_objects: int = 4, color_informativene
         colors = np.where(informative[:, None],
                           DET_PALETTE[kind] + rng.normal(0, 0.08, (idx.size, 3)),
                           rng.uniform(0, 1, (idx.size, 3)))
-        colors = _contrast(np.clip(colors, 0, 1), bg[idx], 0.3)
+        colors = draw.contrast_colors(np.clip(colors, 0, 1), bg[idx], 0.3)
         draw.paint(images, idx, full[idx], colors)
         instances[idx] = np.where(full[idx], slot, instances[idx])
-    _finish(images, rng, rng.uniform(0.02, 0.05, n))
+    draw.add_noise(images, rng, rng.uniform(0.02, 0.05, n))
     targets = _targets(instances, present, kinds)
     return images, targets, instances
 
@@ -144,7 +143,7 @@ def shapes_det(n_train: int = 1536, n_val: int = 256, n_test: int = 512, size: i
     Defaults (1,536 / 256 / 512 images at 48×48) generate in 1–3 s.
     """
     splits = []
-    for n, rng in zip((n_train, n_val, n_test), _streams(seed, 3)):
+    for n, rng in zip((n_train, n_val, n_test), split_streams(seed, 3)):
         x, y, _ = render_det(n, size, max_objects, color_informativeness, rng=rng)
         splits.append(as_split(x, y, regression=True))
     return DataSplits(*splits, num_classes=len(DET_CLASSES), name="shapes_det")

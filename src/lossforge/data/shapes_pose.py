@@ -11,7 +11,7 @@ textured background, 2–5 distractor bars and blobs of random colours under the
 Exactness. Keypoints are snapped to the heatmap grid (image pixels that are multiples of the
 heatmap ``stride``) before the arm is drawn, so every target heatmap has its unique maximum exactly
 at its keypoint, and the keypoints are recovered *exactly* from the heatmaps by a per-channel argmax
-(:func:`lossforge.metrics_keypoints.decode_heatmaps`): metrics that receive only the targets (as
+(:func:`lossforge.metrics.keypoints.decode_heatmaps`): metrics that receive only the targets (as
 the engine passes them) lose nothing.
 
 Conventions: pixel (row i, column j) has its centre at (y, x) = (i, j) (as in
@@ -21,18 +21,17 @@ Heatmaps are ``size / stride`` pixels wide (default stride 2: 16×16 for 32×32 
 ``exp(-((i - u_k)² + (j - v_k)²) / (2 σ²))``, peak 1, not truncated, ``σ`` in *heatmap* pixels
 (default 1.0, i.e. 2 image pixels).
 
-Built with the primitives of :mod:`lossforge.data.draw` and the background/colour helpers of
-:mod:`lossforge.data.shapes`; deterministic for ``seed``, and the three splits come from independent
+Built with the primitives and the background/colour helpers of :mod:`lossforge.data.draw`, as
+:mod:`lossforge.data.shapes`; used by the ``shapes-pose`` task (:mod:`lossforge.tasks.pose`);
+deterministic for ``seed``, and the three splits come from independent
 random streams (changing one split's size leaves the others unchanged).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from lossforge.data import DataSplits
 from lossforge.data import draw
-from lossforge.data._common import as_split
-from lossforge.data.shapes import _background, _contrast, _finish, _streams
+from lossforge.data._common import DataSplits, as_split, split_streams
 
 #: Bone lengths at scale 1 for an image of 32 px, root to tip (``K - 1`` are used, cycled).
 BONE_LENGTHS = (8.0, 7.0, 6.0, 5.0, 4.5, 4.0)
@@ -109,15 +108,15 @@ def render_pose(n: int, size: int = 32, num_keypoints: int = 5, stride: int = 1,
     if size < 16:
         raise ValueError(f"size must be at least 16 px, got {size}")
     rng = rng if rng is not None else np.random.default_rng()
-    images, bg = _background(rng, n, size, texture_scale=0.7)
+    images, bg = draw.textured_background(rng, n, size, texture_scale=0.7)
     _clutter(rng, images, size)
     kp = _chain(rng, n, num_keypoints, size, stride)
-    color = _contrast(rng.uniform(0, 1, (n, 3)), bg, 0.35)
+    color = draw.contrast_colors(rng.uniform(0, 1, (n, 3)), bg, 0.35)
     everyone = np.arange(n)
     for bone in range(num_keypoints - 1):
         shade = np.clip(color + rng.normal(0, 0.04, (n, 3)), 0, 1).astype(np.float32)
         draw.paint(images, everyone, _arm_mask(kp, size, bone), shade)
-    _finish(images, rng, rng.uniform(0.02, 0.05, n))
+    draw.add_noise(images, rng, rng.uniform(0.02, 0.05, n))
     return images, kp
 
 
@@ -147,7 +146,7 @@ def shapes_pose(n_train: int = 2000, n_val: int = 256, n_test: int = 512, size: 
     if size % stride:
         raise ValueError(f"size {size} must be a multiple of stride {stride}")
     splits = []
-    for n, rng in zip((n_train, n_val, n_test), _streams(seed, _STREAM_TAG)):
+    for n, rng in zip((n_train, n_val, n_test), split_streams(seed, _STREAM_TAG)):
         x, kp = render_pose(n, size, num_keypoints, stride, rng)
         splits.append(as_split(x, heatmaps(kp / stride, size // stride, sigma), regression=True))
     return DataSplits(*splits, num_classes=None, name="shapes_pose")

@@ -9,8 +9,8 @@ import random
 
 import numpy as np
 
-from lossforge.data import DataSplits
-from lossforge.data._common import as_split, make_splits, split_indices, standardize
+from lossforge.data._common import (DataSplits, as_split, make_splits, split_indices,
+                                    standardize)
 
 #: (train, val, test) fractions of the scikit-learn sets.
 FRACTIONS = (0.6, 0.2, 0.2)

@@ -19,7 +19,7 @@ from lossforge.evaluation.candidate import REJECTED_CHECKS, Candidate
 from lossforge.evaluation.probes import Probe
 from lossforge.evaluation.stage import StageStats, timed
 from lossforge.expr import Expr, apply
-from lossforge.expr.export import evaluate, loss_value
+from lossforge.expr.interpret import interpret, loss_value
 
 PREDICTION_VARS = frozenset({"p", "z", "f", "i", "u", "e"})
 #: Box-regression variables: each depends on the predicted and on the target box.
@@ -80,7 +80,7 @@ def integrity(expr: Expr, points: int = 1000) -> tuple[str, bool]:
     y = torch.tensor([[0.0, 1.0]], dtype=torch.float64).expand_as(p)
     z = torch.log(p)
     with torch.no_grad():
-        out = evaluate(expr, {"p": p, "y": y, "z": z})
+        out = interpret(expr, {"p": p, "y": y, "z": z})
     curve = out.expand(points, -1).sum(dim=1) if out.dim() == 2 else out.expand(points)
     if not torch.isfinite(curve).all():
         return "non-finite on the integrity curve", False

@@ -1,6 +1,8 @@
 """The funnel: cheap ➜ expensive stages, stopping each candidate at the first that rejects it.
 
-``checks → gec → lrp → proxy`` (DESIGN.md §5). Every stage counts candidates in/out and seconds.
+``checks → gec → lrp → proxy`` (DESIGN.md §5; :data:`~lossforge.evaluation.candidate.STAGES`): a
+funnel holds each stage as the attribute of that name. Every stage counts candidates in/out and
+seconds.
 GEC hits take the result of the loss they are equivalent to, whether that was evaluated in this
 batch or earlier (``known_results``, filled by the study from its store on resume).
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field, replace
 
-from lossforge.evaluation.candidate import GEC_HIT, Candidate
+from lossforge.evaluation.candidate import GEC_HIT, STAGES, Candidate
 from lossforge.evaluation.checks import Checks, ChecksConfig
 from lossforge.evaluation.gec import GECConfig, GradientEquivalence
 from lossforge.evaluation.lrp import (BOX_LR_SCALE, BOX_THRESHOLD_SCALE, LossRejection,
@@ -50,7 +52,7 @@ class FunnelConfig:
     def from_dict(cls, d: dict) -> "FunnelConfig":
         return cls(checks=ChecksConfig(**d.get("checks", {})), gec=GECConfig(**d.get("gec", {})),
                    lrp=LRPConfig(**d.get("lrp", {})), proxy=ProxyStageConfig(**d.get("proxy", {})),
-                   **{k: v for k, v in d.items() if k not in ("checks", "gec", "lrp", "proxy")})
+                   **{k: v for k, v in d.items() if k not in STAGES})
 
 
 @dataclass
@@ -64,7 +66,7 @@ class Funnel:
     (:func:`~lossforge.evaluation.probes.slot_probe`); the LRP scores the task's metric for a
     single-slot task, else the slot kind's :func:`~lossforge.evaluation.lrp.slot_metric` (box
     slots: mean IoU, threshold ``BOX_THRESHOLD_SCALE`` and lr ``BOX_LR_SCALE`` times the configured
-    ones; box LRPs run stacked, :mod:`~lossforge.evaluation.batched.boxes`).
+    ones; box LRPs run stacked, :mod:`~lossforge.evaluation.batched.box_lrp`).
     """
 
     task: Task
@@ -118,9 +120,10 @@ class Funnel:
         self.calibration: dict[str, float | None] = {}
 
     @property
-    def stages(self):
-        return [s for s, on in ((self.checks, True), (self.gec, self.config.use_gec),
-                                (self.lrp, self.config.use_lrp), (self.proxy, True)) if on]
+    def stages(self) -> list:
+        """The stages that run (GEC and LRP may be switched off), in :data:`STAGES` order."""
+        off = {"gec": not self.config.use_gec, "lrp": not self.config.use_lrp}
+        return [getattr(self, name) for name in STAGES if not off.get(name)]
 
     def calibrate(self) -> dict[str, float | None]:
         """Check that the hand-made losses pass the LRP (adjusting the threshold if not)."""
@@ -145,7 +148,8 @@ class Funnel:
         return train_and_report(cands, self.proxy, self.known_results, on_result)
 
     def stats(self) -> dict[str, dict]:
-        return {s.name: s.stats.to_dict() for s in (self.checks, self.gec, self.lrp, self.proxy)}
+        """Each stage's counts and seconds, in :data:`STAGES` order."""
+        return {name: getattr(self, name).stats.to_dict() for name in STAGES}
 
     # ---- what a study stores about the calibration -------------------------------------------
     def calibration_state(self) -> dict:

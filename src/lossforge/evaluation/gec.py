@@ -7,7 +7,9 @@ counted as explored without being trained.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -15,7 +17,7 @@ from lossforge.evaluation.candidate import GEC_HIT, Candidate
 from lossforge.evaluation.probes import Probe
 from lossforge.evaluation.stage import StageStats, timed
 from lossforge.expr import Expr
-from lossforge.expr.export import loss_value
+from lossforge.expr.interpret import loss_value
 
 
 @dataclass(frozen=True)
@@ -25,11 +27,17 @@ class GECConfig:
     seed: int = 4321
 
 
-def format_fingerprint(norms: torch.Tensor) -> str | None:
-    """Per-sample norms -> text with 2 significant digits each; ``None`` if any is non-finite."""
-    if not torch.isfinite(norms).all():
+def format_fingerprint(norms: torch.Tensor | Sequence[float]) -> str | None:
+    """Per-sample norms -> text with 2 significant digits each; ``None`` if any is non-finite.
+
+    The one formatter of GEC fingerprints: the per-candidate path passes a tensor, the batched
+    path (:func:`lossforge.evaluation.batched.scores.fingerprints`) a row of Python floats; both
+    give the same text for the same values (a float32 value converts to the same Python float
+    either way), so a GEC hit matches across the two paths."""
+    values = norms.tolist() if isinstance(norms, torch.Tensor) else [float(v) for v in norms]
+    if not all(math.isfinite(v) for v in values):
         return None
-    return ",".join(f"{float(v):.1e}" for v in norms)
+    return ",".join(f"{v:.1e}" for v in values)
 
 
 def per_sample_norms(grad: torch.Tensor) -> torch.Tensor:

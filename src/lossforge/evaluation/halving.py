@@ -10,7 +10,7 @@ and how many losses to ``keep``. Contract:
 
 * Every loss still in the race is trained once per seed of the round with
   :func:`lossforge.training.train` (or, with ``batched=True`` and a supported model, all losses of
-  one seed together with :func:`~lossforge.evaluation.proxy_batched.train_batched`), scoring the
+  one seed together with :func:`~lossforge.training.stacked.train_batched`), scoring the
   **validation split only**: the test split is never computed, so the selection cannot see it.
 * Ranking, best first: losses whose runs were all valid before losses with a non-finite run
   (AutoLoss-Zero/NLFS: a loss that diverges is eliminated first), then fewer invalid runs, then the
@@ -122,7 +122,7 @@ def _train_round(task: Task, specs: list, names: list[str], steps, seeds, device
     out: dict[str, list[TrainResult]] = {n: [] for n in names}
     use_batched = False
     if batched:
-        from lossforge.evaluation.proxy_batched import supports_batched, train_batched
+        from lossforge.training.stacked import supports_batched, train_batched
 
         use_batched = supports_batched(task)
     total, done = len(specs) * len(seeds), 0

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lossforge.evaluation.candidate import GEC_HIT, REJECTED_CHECKS, REJECTED_LRP, Candidate
+from lossforge.evaluation.candidate import (GEC_HIT, REJECTED_CHECKS, REJECTED_LRP, STAGES,
+                                            STOPPED_BY, Candidate)
 from lossforge.evaluation.funnel import Funnel, FunnelConfig, train_and_report
 from lossforge.evaluation.proxy import ProxyTraining
 from lossforge.evaluation.stage import StageStats, timed
@@ -43,7 +44,8 @@ class JointFunnel:
     def __post_init__(self):
         self.parts = {s.name: Funnel(self.task, self.metric, self.config, None, slot=s.name)
                       for s in self.task.loss_slots()}
-        self.checks, self.gec, self.lrp = (_StageTotals(n) for n in ("checks", "gec", "lrp"))
+        # the screening stages (those that stop a candidate): checks, gec, lrp
+        self.checks, self.gec, self.lrp = (_StageTotals(n) for n in STAGES if n in STOPPED_BY)
         self.proxy = ProxyTraining(self.task, self.metric, self.config.proxy, self.executor)
         self._batched = None
         if self.config.batched:
@@ -134,7 +136,8 @@ class JointFunnel:
                 self.gec.stats.n_out += 1
 
     def stats(self) -> dict[str, dict]:
-        return {s.name: s.stats.to_dict() for s in (self.checks, self.gec, self.lrp, self.proxy)}
+        """Each stage's counts and seconds (screens summed over the slots), in ``STAGES`` order."""
+        return {name: getattr(self, name).stats.to_dict() for name in STAGES}
 
 
 __all__ = ["JointFunnel"]

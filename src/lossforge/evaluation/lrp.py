@@ -9,6 +9,17 @@ FIELD.md (5 samples, 500 SGD steps, lr 1e-3, momentum 0.9, threshold 0.6 for acc
 :func:`calibrate` checks that hand-made losses pass and lowers the threshold if they do not.
 Box slots: the metric is the mean IoU with the real target boxes, and every second probe box
 starts small and inside its target (:func:`~lossforge.evaluation.probes.box_lrp_start`).
+
+Where the protocol lives. This module is the protocol: its settings (:class:`LRPConfig`), its
+score (:func:`lrp_score`, the per-candidate reference), the decision (:meth:`LossRejection.decide`)
+and :func:`calibrate`. The funnel's default path computes the same scores faster, for a whole
+population at once, in :mod:`lossforge.evaluation.batched` (same decisions; the stage still
+decides): :func:`~lossforge.evaluation.batched.scores.lrp_scores` vectorises the optimisation of
+every candidate (:mod:`~lossforge.evaluation.batched.optim`; box losses, whose probes are too
+small for a vectorised program, in :mod:`~lossforge.evaluation.batched.box_lrp`);
+:mod:`~lossforge.evaluation.batched.forked` splits a population over CPU processes (``processes=``);
+and :func:`~lossforge.evaluation.batched.runners.run_stage` applies this stage's decision to the
+results. Those modules are speed-ups of this one: each must give what :func:`lrp_score` gives.
 """
 from __future__ import annotations
 
@@ -23,7 +34,7 @@ from lossforge.evaluation.probes import Probe, box_lrp_start
 from lossforge.evaluation.stage import StageStats, timed
 from lossforge.expr import Expr
 from lossforge.expr import kernels as K
-from lossforge.expr.export import loss_value
+from lossforge.expr.interpret import loss_value
 from lossforge.tasks import Metric
 
 log = logging.getLogger(__name__)

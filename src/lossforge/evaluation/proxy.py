@@ -2,29 +2,39 @@
 
 Fitness is the target metric on the validation split times its direction (higher is better).
 Training stops at the first non-finite loss value (status ``invalid``, no fitness). Jobs are plain
-functions of picklable arguments so that any ``concurrent.futures``-style executor can run them.
+functions of picklable arguments so that any ``concurrent.futures``-style executor can run them
+(:func:`safe_proxy_job`, which turns a training's exception into status ``failed``). Without an
+executor the stage schedules its candidates itself (:func:`in_process_results`): in chunks trained
+together by :func:`~lossforge.training.stacked.train_batched` when the task's model allows it,
+else one at a time.
 """
 from __future__ import annotations
 
 from concurrent.futures import as_completed
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 from lossforge.evaluation.candidate import FAILED, INVALID, TRAINED, Candidate
 from lossforge.evaluation.stage import StageStats, timed
 from lossforge.tasks import Task
 from lossforge.training import OK, train
+from lossforge.training import stacked
+from lossforge.training.loss_spec import load_loss
+
+#: Default number of candidates the in-process stage trains together.
+DEFAULT_CHUNK = 16
 
 
 @dataclass(frozen=True)
 class ProxyStageConfig:
     """``steps``: training steps (``None``: the task's proxy default); ``seed``: training seed;
     ``batch``: without an executor, train up to this many candidates at once when the task's model
-    allows it (:mod:`~lossforge.evaluation.proxy_batched`; 1: one at a time)."""
+    allows it (:mod:`~lossforge.training.stacked`; 1: one at a time)."""
 
     steps: int | None = None
     seed: int = 0
     device: str = "cpu"
-    batch: int = 16
+    batch: int = DEFAULT_CHUNK
 
 
 def proxy_job(task: Task, formula: str | dict[str, str], metric: str, steps: int | None, seed: int,
@@ -70,13 +80,11 @@ class ProxyTraining:
             args = [(self.task, self.loss_spec(c.expr), self.metric, self.config.steps, self.config.seed,
                      self.config.device) for c in todo]
             if self.executor is None:
-                from lossforge.evaluation.proxy_batched import in_process_results
-
                 results = in_process_results(self.task, todo, args, self.config.batch)
             elif getattr(self.executor, "serial", False):  # runs at submit: one job at a time
-                results = ((c, _result(self.executor.submit(_safe_job, a))) for c, a in zip(todo, args))
+                results = ((c, _result(self.executor.submit(safe_proxy_job, a))) for c, a in zip(todo, args))
             else:
-                futures = {self.executor.submit(_safe_job, a): c for a, c in zip(args, todo)}
+                futures = {self.executor.submit(safe_proxy_job, a): c for a, c in zip(args, todo)}
                 results = ((futures[f], _result(f)) for f in as_completed(futures))
             for c, out in results:
                 c.status, c.fitness = out["status"], out.get("fitness")
@@ -99,9 +107,65 @@ def _result(future) -> dict:
         return {"status": FAILED, "fitness": None, "reason": f"{type(err).__name__}: {err}"}
 
 
-def _safe_job(args: tuple) -> dict:
+def safe_proxy_job(args: tuple) -> dict:
     """Run :func:`proxy_job`; an exception in the candidate's training becomes status ``failed``."""
     try:
         return proxy_job(*args)
     except (RuntimeError, ValueError, FloatingPointError) as err:
         return {"status": FAILED, "fitness": None, "reason": f"{type(err).__name__}: {err}"}
+
+
+# ---- the in-process path: chunks trained together ------------------------------------------------
+def in_process_results(task: Task, todo: list, args: list[tuple], chunk: int = DEFAULT_CHUNK
+                       ) -> Iterator[tuple]:
+    """``(candidate, job result)`` pairs for the proxy stage's in-process path, chunk by chunk.
+
+    ``args[i]`` are :func:`proxy_job`'s arguments for ``todo[i]`` (task, formula, metric, steps,
+    seed, device); results have the fields ``proxy_job`` returns. Candidates are trained with
+    :func:`~lossforge.training.stacked.train_batched` in chunks of ``chunk`` when the task supports
+    it, else (and for ``chunk <= 1``) one at a time through the sequential job. A loss that cannot
+    be loaded, a copy that fails, or a chunk whose batched training raises goes through the
+    sequential job, which gives the exact sequential outcome (status ``failed`` with its reason).
+    """
+    if chunk <= 1 or not todo or len(task.loss_slots()) > 1 or not stacked.supports_batched(task):
+        for c, a in zip(todo, args):  # multi-slot tasks: always sequential (composite losses)
+            yield c, safe_proxy_job(a)
+        return
+    batchable, single = [], []
+    for c, a in zip(todo, args):
+        try:
+            load_loss(a[1], task)
+            batchable.append((c, a))
+        except ValueError:
+            single.append((c, a))
+    for c, a in single:
+        yield c, safe_proxy_job(a)
+    groups: dict[tuple, list] = {}  # same training settings -> one batched run
+    for c, a in batchable:
+        groups.setdefault(tuple(a[2:]), []).append((c, a))
+    for key, items in groups.items():
+        metric, steps, seed = key[:3]
+        device = key[3] if len(key) > 3 else "cpu"
+        for lo in range(0, len(items), chunk):
+            yield from _chunk_results(task, items[lo:lo + chunk], metric, steps, seed, device)
+
+
+def _chunk_results(task: Task, part: list, metric: str, steps: int | None, seed: int,
+                   device: str) -> Iterable[tuple]:
+    """One chunk trained together; a copy that failed (or the whole chunk raising) runs alone."""
+    m = task.metric(metric)
+    try:
+        results = stacked.train_batched(task, [a[1] for _, a in part], steps=steps, seed=seed,
+                                        device=device, splits=("val",))
+    except (RuntimeError, ValueError, FloatingPointError):
+        for c, a in part:
+            yield c, safe_proxy_job(a)
+        return
+    for (c, a), r in zip(part, results):
+        if r.status == stacked.FAILED:
+            yield c, safe_proxy_job(a)
+            continue
+        ok = r.status == OK
+        yield c, {"status": TRAINED if ok else INVALID,
+                  "fitness": m.sign * r.val[metric] if ok else None,
+                  "metrics": r.val, "seconds": r.wall_time, "steps_done": r.steps_done}

@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from lossforge.expr.expr import Expr, apply, const, format_number, var
-from lossforge.expr.spaces import LABEL, SearchSpace
-from lossforge.expr.variation import VariationError
+from lossforge.expr.spaces import LABEL, SearchSpace, VariationError
 
 __all__ = ["dag_inputs", "dag_to_expr", "mutate_dag", "random_dag"]
 

@@ -161,7 +161,8 @@ class Expr:
             raise ValueError("more values than constants in the expression")
         return out
 
-    # conversions (delegated; imported lazily to keep this module light) -----------------------
+    # conversions (delegated; imported lazily to keep this module light: the package's one
+    # allowed import back-edge, the façade documented in lossforge.expr) ----------------------
     def to_sympy(self, *, protected: bool = True):
         from lossforge.expr.export import to_sympy
 

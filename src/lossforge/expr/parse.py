@@ -17,10 +17,10 @@ expression can be printed, pickled and parsed again.
 """
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Iterable
 
+from lossforge._hints import did_you_mean
 from lossforge.expr import ops as _ops
 from lossforge.expr.expr import Expr, apply, const, var
 
@@ -177,14 +177,14 @@ class _Parser:
             raise ParseError(f"{name!r} is a function: expected '(' after it", self.text,
                              pos + len(name), "'('")
         if self.variables is not None and name not in self.variables:
-            hint = _suggest(name, list(self.variables) + list(_ops.OPS))
+            hint = did_you_mean(name, list(self.variables) + list(_ops.OPS))
             raise ParseError(f"unknown name {name!r}{hint}; variables are "
                              f"{', '.join(sorted(self.variables))}", self.text, pos, "a variable")
         return var(name)
 
     def call(self, name: str, pos: int) -> Expr:
         if name not in _ops.OPS:
-            hint = _suggest(name, list(_ops.OPS))
+            hint = did_you_mean(name, list(_ops.OPS))
             raise ParseError(f"unknown function {name!r}{hint}", self.text, pos,
                              "a function from lossforge.expr.ops")
         spec = _ops.OPS[name]
@@ -200,11 +200,6 @@ class _Parser:
             raise ParseError(f"{name} takes {spec.arity} argument(s), got {len(args)}", self.text,
                              end, f"{spec.arity} argument(s)")
         return self.node(name, args, pos)
-
-
-def _suggest(name: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def parse(text: str, variables: Iterable[str] | None = None, *, strict: bool = True) -> Expr:

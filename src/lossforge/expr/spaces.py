@@ -27,10 +27,10 @@ depends on both the predicted and the target box, so a valid loss reads at least
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable
 
+from lossforge._hints import did_you_mean
 from lossforge.expr import ops as _ops
 from lossforge.expr.expr import Expr
 
@@ -42,6 +42,11 @@ KINDS = ("tree", "dag", "parametric")
 
 # Linear ops: scaling their output equals scaling their inputs (used by GLO's coefficient form).
 LINEAR_OPS = frozenset({"add", "sub", "mul", "div", "neg", *_ops.AGGREGATIONS})
+
+
+class VariationError(RuntimeError):
+    """No valid expression of a space could be produced within the allowed number of tries
+    (raised by :mod:`lossforge.expr.variation` and :mod:`lossforge.expr.dag`)."""
 
 
 @dataclass(frozen=True)
@@ -252,13 +257,12 @@ def get(name: str, variables: Iterable[str] | None = None, **overrides) -> Searc
     try:
         factory = _PRESETS[name]
     except KeyError:
-        close = difflib.get_close_matches(str(name), list(_PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, _PRESETS)
         raise KeyError(f"unknown search space {name!r}{hint}; known spaces: "
                        f"{', '.join(_PRESETS)}") from None
     space = factory(normalize_variables(variables))
     return replace(space, **overrides) if overrides else space
 
 
-__all__ = ["SearchSpace", "get", "names", "normalize_variables", "LABEL", "LINEAR_OPS",
-           "JOINT_VARIABLES"]
+__all__ = ["SearchSpace", "VariationError", "get", "names", "normalize_variables", "LABEL",
+           "LINEAR_OPS", "JOINT_VARIABLES"]

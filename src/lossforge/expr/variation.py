@@ -19,17 +19,13 @@ from __future__ import annotations
 import numpy as np
 
 from lossforge.expr.expr import Expr, apply, const, var
-from lossforge.expr.spaces import SearchSpace
+from lossforge.expr.spaces import SearchSpace, VariationError
 
 Path = tuple[int, ...]
 
 #: Default weights of the op categories in random trees (normalised over those the space has).
 CATEGORY_WEIGHTS = {"binary": 0.45, "unary": 0.4, "aggregation": 0.15}
 MUTATIONS = ("insert", "delete", "replace", "leaf")
-
-
-class VariationError(RuntimeError):
-    """No valid expression could be produced within the allowed number of tries."""
 
 
 # ---- tree positions ---------------------------------------------------------------------------
@@ -283,7 +279,7 @@ def subtree_mutation(expr: Expr, space: SearchSpace, rng: np.random.Generator,
 
 
 __all__ = [
-    "MUTATIONS", "VariationError", "mutate", "mutate_delete", "mutate_insert", "mutate_leaf",
+    "MUTATIONS", "mutate", "mutate_delete", "mutate_insert", "mutate_leaf",
     "mutate_replace", "positions", "random_expr", "random_leaf", "random_op", "random_tree",
     "replace_at", "subtree_crossover", "subtree_mutation",
 ]

@@ -21,13 +21,17 @@ not part of the JSON state) to set it on every new genome; without it genomes ke
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable
 
 from lossforge.expr import dag as D
 from lossforge.expr.expr import Expr
 from lossforge.expr.spaces import SearchSpace
-from lossforge.search.random import SeededStrategy, clean_fitness
+from lossforge.search.seeded import SeededStrategy, clean_fitness
 from lossforge.search.strategy import Fitness
+
+if TYPE_CHECKING:
+    from lossforge.evaluation.funnel import FunnelConfig
 
 Genome = dict[str, Any]
 MAX_PENDING = 10_000
@@ -51,6 +55,14 @@ class AgingEvolution(SeededStrategy):
         "batch_size": 10,
         "mutation_probs": [0.7, 0.15, 0.15],
     }
+
+    @classmethod
+    def funnel_overrides(cls, config: "FunnelConfig", slot_kind: str | None) -> "FunnelConfig":
+        """NLFS's integrity check: on a classification slot, the 2-class integrity check with
+        automatic orientation of every candidate."""
+        if slot_kind != "classification":
+            return config
+        return replace(config, checks=replace(config.checks, integrity=True))
 
     def __init__(self, space: SearchSpace | str | None = None, seed: int = 0,
                  orient: Callable[[Expr], int | None] | None = None, **options):

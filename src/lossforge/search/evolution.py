@@ -45,19 +45,11 @@ from typing import Any
 
 from lossforge.expr import variation as V
 from lossforge.expr.expr import Expr
-from lossforge.expr.parse import parse
 from lossforge.expr.spaces import SearchSpace
-from lossforge.search.random import SeededStrategy, clean_fitness
+from lossforge.search.seeded import SeededStrategy, clean_fitness, parse_candidate
 from lossforge.search.strategy import Fitness
 
 log = logging.getLogger(__name__)
-
-
-def _parse(text: str, space=None) -> Expr:
-    """A stored candidate text back as what the strategy proposes (a bundle in a product space)."""
-    if getattr(space, "kind", None) == "product":
-        return space.parse(text)
-    return parse(text, strict=False)
 
 
 class AutoLossZero(SeededStrategy):
@@ -178,7 +170,7 @@ class AutoLossZero(SeededStrategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.load_base_state(state)
         members = state["population"]   # [text, fitness] (older states) or [text, fitness, key]
-        self.population = [(_parse(m[0], self.space), float(m[1])) for m in members]
+        self.population = [(parse_candidate(m[0], self.space), float(m[1])) for m in members]
         self.classes = [m[2] if len(m) > 2 else None for m in members]
         self.n_asked = int(state["n_asked"])
         self.n_told = int(state["n_told"])

@@ -23,7 +23,7 @@ becomes ``c * op(...)``. Every node's output scale is then expressible, as in GL
 dimensions for CMA-ES. Tuned values are rounded to ``digits`` significant digits in the
 expression text (CMA-ES itself keeps the exact vectors).
 
-*CMA-ES state* lives in :mod:`lossforge.search.cmaes` (:class:`CMAReplay`: JSON state
+*CMA-ES state* lives in :mod:`lossforge.search._cma` (:class:`CMAReplay`: JSON state
 restored by replay; pycma minimises, so it is told ``-fitness``, or ``PENALTY`` when rejected).
 
 ``ask(n)`` returns at most the candidates left in the current generation (GP or CMA-ES), so it
@@ -36,14 +36,10 @@ from typing import Any
 
 from lossforge.expr import variation as V
 from lossforge.expr.expr import Expr, apply, const
-from lossforge.expr.parse import parse
 from lossforge.expr.spaces import LINEAR_OPS, SearchSpace
-from lossforge.search.cmaes import PENALTY, CMAReplay, SlotTell, _rank_key, take_new
-from lossforge.search.random import SeededStrategy, sig_round
-
-
-def _parse(text: str) -> Expr:
-    return parse(text, strict=False)
+from lossforge.search._cma import (PENALTY, CMAReplay, EntryTell, rank_key, stored_entries,
+                                   take_new)
+from lossforge.search.seeded import SeededStrategy, parse_candidate, sig_round
 
 
 # ---- coefficient form ----------------------------------------------------------------------------
@@ -63,7 +59,7 @@ def coefficient_form(expr: Expr) -> Expr:
 
 
 # ---- the strategy ----------------------------------------------------------------------------
-class GLO(SlotTell, SeededStrategy):
+class GLO(EntryTell, SeededStrategy):
     """GLO: GP over loss trees, then CMA-ES over the coefficients of the best trees.
 
     Options (defaults): ``population_size=25``, ``gp_generations=10`` (EvoMAL: 25 and 50),
@@ -102,7 +98,7 @@ class GLO(SlotTell, SeededStrategy):
         self.cycle = 0
         self.gp_generation = 0          # completed GP generations in this cycle
         self.population: list[tuple[Expr, float | None]] = []
-        self.slots: list[dict] = []     # the generation being evaluated
+        self.entries: list[dict] = []   # the generation being evaluated
         self.archive: list[list] = []   # best GP trees seen: [text, fitness]
         self.tuned: list[str] = []      # trees already given to CMA-ES
         self.queue: list[str] = []      # trees waiting for CMA-ES in this phase
@@ -115,7 +111,7 @@ class GLO(SlotTell, SeededStrategy):
 
     def _expr(self, text: str) -> Expr:
         e = self._exprs.get(text)
-        return e if e is not None else _parse(text)
+        return e if e is not None else parse_candidate(text)
 
     @property
     def batch_size(self) -> int:
@@ -126,7 +122,7 @@ class GLO(SlotTell, SeededStrategy):
     # ---- protocol --------------------------------------------------------------------------------
     def ask(self, n: int) -> list[Expr]:
         self._ensure_work()
-        out = [self._expr(s["expr"]) for s in take_new(self.slots, int(n))]
+        out = [self._expr(e["expr"]) for e in take_new(self.entries, int(n))]
         self.n_asked += len(out)
         return out
 
@@ -140,14 +136,14 @@ class GLO(SlotTell, SeededStrategy):
         if not pool:
             return None
         t, f = max(pool, key=lambda m: m[1])
-        return _parse(t), f
+        return parse_candidate(t), f
 
     # ---- generations -----------------------------------------------------------------------------
     def _ensure_work(self) -> None:
         for _ in range(10_000):
-            if any(s["status"] in ("new", "asked") for s in self.slots):
+            if any(e["status"] in ("new", "asked") for e in self.entries):
                 return
-            if self.slots:
+            if self.entries:
                 self._close_generation()
             self._open_generation()
         raise RuntimeError("GLO: no candidate to evaluate after 10,000 generations")
@@ -160,13 +156,13 @@ class GLO(SlotTell, SeededStrategy):
                 if not self._next_tree():
                     self._new_cycle()
                     return self._open_generation()
-            form = _parse(self.cma["form"])
+            form = parse_candidate(self.cma["form"])
             exprs = [form.with_constants([sig_round(v, int(c["digits"])) for v in x])
                      for x in self._replay.ask()]
-            self._set_slots([(e, None, False) for e in exprs])
+            self._set_entries([(e, None, False) for e in exprs])
             return
         if not self.population:
-            self._set_slots([(V.random_expr(self.space, self.rng, min_depth=c["init_min_depth"],
+            self._set_entries([(V.random_expr(self.space, self.rng, min_depth=c["init_min_depth"],
                                             max_depth=c["init_max_depth"]), None, False)
                              for _ in range(int(c["population_size"]))])
             return
@@ -174,31 +170,31 @@ class GLO(SlotTell, SeededStrategy):
             if int(c["cma_generations"]) > 0 and self._start_cma():
                 return self._open_generation()
             self._new_cycle()
-        self._set_slots(self._breed())
+        self._set_entries(self._breed())
 
-    def _set_slots(self, items: list[tuple[Expr, float | None, bool]]) -> None:
+    def _set_entries(self, items: list[tuple[Expr, float | None, bool]]) -> None:
         """A new generation: ``(expr, fitness, known)``; known ones are not asked."""
         self._exprs = {str(e): e for e, _f, _k in items}
-        self.slots = [{"expr": str(e), "fitness": f if known else None,
-                       "status": "done" if known else "new"} for e, f, known in items]
+        self.entries = [{"expr": str(e), "fitness": f if known else None,
+                         "status": "done" if known else "new"} for e, f, known in items]
 
     def _close_generation(self) -> None:
-        slots, self.slots = self.slots, []
-        fits = [s["fitness"] for s in slots if s["fitness"] is not None]
-        line = {"phase": self.phase, "cycle": self.cycle, "size": len(slots),
+        entries, self.entries = self.entries, []
+        fits = [e["fitness"] for e in entries if e["fitness"] is not None]
+        line = {"phase": self.phase, "cycle": self.cycle, "size": len(entries),
                 "best": max(fits) if fits else None}
         if self.phase == "cma":
-            self._replay.tell([PENALTY if s["fitness"] is None else -s["fitness"] for s in slots])
+            self._replay.tell([PENALTY if e["fitness"] is None else -e["fitness"] for e in entries])
             self.cma["generation"] += 1
-            for s in slots:
-                if s["fitness"] is not None and (self.cma["best"] is None
-                                                 or s["fitness"] > self.cma["best"][1]):
-                    self.cma["best"] = [s["expr"], s["fitness"]]
+            for e in entries:
+                if e["fitness"] is not None and (self.cma["best"] is None
+                                                 or e["fitness"] > self.cma["best"][1]):
+                    self.cma["best"] = [e["expr"], e["fitness"]]
             line["generation"] = self.cma["generation"] - 1
             line["tree"] = self.cma["source"]
         else:
-            self.population = [(self._expr(s["expr"]), s["fitness"]) for s in slots]
-            self._archive([(s["expr"], s["fitness"]) for s in slots])
+            self.population = [(self._expr(e["expr"]), e["fitness"]) for e in entries]
+            self._archive([(e["expr"], e["fitness"]) for e in entries])
             line["generation"] = self.gp_generation
             self.gp_generation += 1
         self.log.append(line)
@@ -222,14 +218,14 @@ class GLO(SlotTell, SeededStrategy):
         idx = self.rng.integers(len(pop), size=int(self.config["tournament_size"]))
         best = int(idx[0])
         for i in idx[1:]:
-            if _rank_key(pop[int(i)][1]) > _rank_key(pop[best][1]):
+            if rank_key(pop[int(i)][1]) > rank_key(pop[best][1]):
                 best = int(i)
         return pop[best]
 
     def _breed(self) -> list[tuple[Expr, float | None, bool]]:
         c, pop, sp, rng = self.config, self.population, self.space, self.rng
         size = int(c["population_size"])
-        order = sorted(range(len(pop)), key=lambda i: (-_rank_key(pop[i][1]), i))
+        order = sorted(range(len(pop)), key=lambda i: (-rank_key(pop[i][1]), i))
         elites = [pop[i] for i in order[:min(int(c["elitism"]), size)] if pop[i][1] is not None]
         # offspring: [expr, fitness, known]
         off = [[*self._tournament(pop), True] for _ in range(size - len(elites))]
@@ -262,7 +258,7 @@ class GLO(SlotTell, SeededStrategy):
         while self.queue:
             source = self.queue.pop(0)
             self.tuned.append(source)
-            form = coefficient_form(_parse(source))
+            form = coefficient_form(parse_candidate(source))
             x0 = form.constants()
             if not x0:
                 continue
@@ -283,8 +279,8 @@ class GLO(SlotTell, SeededStrategy):
         best = self.cma["best"]
         if best is not None and self.population:
             worst = min(range(len(self.population)),
-                        key=lambda i: (_rank_key(self.population[i][1]), -i))
-            self.population[worst] = (_parse(best[0]), best[1])
+                        key=lambda i: (rank_key(self.population[i][1]), -i))
+            self.population[worst] = (parse_candidate(best[0]), best[1])
         if best is not None:
             self.tuned.append(best[0])  # never tuned again
             self._archive([(best[0], best[1])])
@@ -300,7 +296,7 @@ class GLO(SlotTell, SeededStrategy):
             "cycle": self.cycle,
             "gp_generation": self.gp_generation,
             "population": [[str(e), f] for e, f in self.population],
-            "slots": copy.deepcopy(self.slots),
+            "entries": copy.deepcopy(self.entries),
             "archive": copy.deepcopy(self.archive),
             "tuned": list(self.tuned),
             "queue": list(self.queue),
@@ -315,8 +311,8 @@ class GLO(SlotTell, SeededStrategy):
         self.phase = state["phase"]
         self.cycle = int(state["cycle"])
         self.gp_generation = int(state["gp_generation"])
-        self.population = [(_parse(t), f) for t, f in state["population"]]
-        self.slots = copy.deepcopy(state["slots"])
+        self.population = [(parse_candidate(t), f) for t, f in state["population"]]
+        self.entries = stored_entries(state)
         self.archive = copy.deepcopy(state["archive"])
         self.tuned = list(state["tuned"])
         self.queue = list(state["queue"])

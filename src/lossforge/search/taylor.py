@@ -4,7 +4,7 @@ Each CMA-ES solution ``θ`` (rounded to ``digits`` significant digits) becomes t
 ``lossforge.zoo.taylorglo(θ)``: ``L = -(1/B) Σ_b Σ_i f(y_bi, p_bi)`` with
 ``f = θ2(p-θ1) + θ3(p-θ1)² + θ4(p-θ1)³ + θ5(y-θ0)(p-θ1) + θ6(y-θ0)(p-θ1)² + θ7(y-θ0)²(p-θ1)``.
 CMA-ES starts from the zero vector with σ = 1.2 (the paper's settings); population 8 by default
-(paper: 20-28 on MNIST). pycma minimises ``-fitness``; see :class:`~lossforge.search.cmaes.CMAReplay`
+(paper: 20-28 on MNIST). pycma minimises ``-fitness``; see :class:`~lossforge.search._cma.CMAReplay`
 for the JSON state (replayed history).
 
 **Invariant check** (TaylorGLO's code, optional there, on by default here): with
@@ -32,10 +32,9 @@ import copy
 from typing import Any
 
 from lossforge.expr.expr import Expr
-from lossforge.expr.parse import parse
 from lossforge.expr.spaces import SearchSpace
-from lossforge.search.cmaes import PENALTY, CMAReplay, SlotTell, take_new
-from lossforge.search.random import SeededStrategy, sig_round, taylor_expr
+from lossforge.search._cma import PENALTY, CMAReplay, EntryTell, stored_entries, take_new
+from lossforge.search.seeded import SeededStrategy, parse_candidate, sig_round, taylor_expr
 
 
 def taylor_coefficients(theta: list[float]) -> dict[str, float]:
@@ -65,7 +64,7 @@ def invariant_holds(theta: list[float], num_classes: int) -> bool:
     return invariant_margin(theta, num_classes) >= 0
 
 
-class TaylorGLO(SlotTell, SeededStrategy):
+class TaylorGLO(EntryTell, SeededStrategy):
     """CMA-ES over TaylorGLO's 8 parameters.
 
     Options (defaults): ``popsize=8``, ``sigma=1.2``, ``check_invariant=True``,
@@ -75,6 +74,7 @@ class TaylorGLO(SlotTell, SeededStrategy):
     name = "taylor"
     default_space = "taylor"
     space_kinds = ("parametric",)
+    needs_label = True  # f(y, p): a box slot (i, u, e) has no label
     defaults = {"popsize": 8, "sigma": 1.2, "check_invariant": True, "num_classes": 10,
                 "digits": 6}
 
@@ -84,7 +84,7 @@ class TaylorGLO(SlotTell, SeededStrategy):
             raise ValueError(f"TaylorGLO needs an 8-parameter space, got n_params="
                              f"{self.space.n_params}")
         self.run = 0
-        self.slots: list[dict] = []
+        self.entries: list[dict] = []
         self.best_: list | None = None   # [text, fitness, theta]
         self.n_rejected = 0
         self.last_rejected: list[list[float]] = []
@@ -93,6 +93,11 @@ class TaylorGLO(SlotTell, SeededStrategy):
         self.n_told = 0
         self._exprs: dict[str, Expr] = {}  # this generation's expressions by text (not state)
         self._replay = self._new_replay([0.0] * 8)
+
+    @classmethod
+    def task_options(cls, task) -> dict[str, Any]:
+        """The invariant check's ``num_classes``: the task's number of classes, when it has one."""
+        return {"num_classes": task.num_classes} if task.num_classes else {}
 
     def _new_replay(self, x0: list[float]) -> CMAReplay:
         seed = int(self.rng.integers(1, 2**31 - 1))
@@ -110,22 +115,22 @@ class TaylorGLO(SlotTell, SeededStrategy):
     # ---- protocol --------------------------------------------------------------------------------
     def ask(self, n: int) -> list[Expr]:
         for _ in range(10_000):
-            if any(s["status"] in ("new", "asked") for s in self.slots):
+            if any(e["status"] in ("new", "asked") for e in self.entries):
                 break
-            if self.slots:
+            if self.entries:
                 self._close_generation()
             self._open_generation()
         else:
             raise RuntimeError("TaylorGLO: every solution of 10,000 generations was rejected")
-        out = [self._exprs.get(s["expr"]) or parse(s["expr"], strict=False)
-               for s in take_new(self.slots, int(n))]
+        out = [self._exprs.get(e["expr"]) or parse_candidate(e["expr"])
+               for e in take_new(self.entries, int(n))]
         self.n_asked += len(out)
         return out
 
     @property
     def best(self) -> tuple[Expr, float] | None:
         """The best evaluated loss so far."""
-        return None if self.best_ is None else (parse(self.best_[0], strict=False), self.best_[1])
+        return None if self.best_ is None else (parse_candidate(self.best_[0]), self.best_[1])
 
     # ---- generations -----------------------------------------------------------------------------
     def _open_generation(self) -> None:
@@ -133,37 +138,37 @@ class TaylorGLO(SlotTell, SeededStrategy):
             self.run += 1
             self._replay = self._new_replay(self.best_[2] if self.best_ else [0.0] * 8)
         digits = int(self.config["digits"])
-        self.slots, self.last_rejected, self._exprs = [], [], {}
+        self.entries, self.last_rejected, self._exprs = [], [], {}
         for x in self._replay.ask():
             theta = [sig_round(v, digits) for v in x]
             if self.is_valid_theta(theta):
                 expr = taylor_expr(theta, self.space)
                 self._exprs[str(expr)] = expr
-                self.slots.append({"expr": str(expr), "theta": theta, "fitness": None,
+                self.entries.append({"expr": str(expr), "theta": theta, "fitness": None,
                                    "status": "new"})
             else:
                 margin = invariant_margin(theta, int(self.config["num_classes"]))
-                self.slots.append({"expr": None, "theta": theta, "fitness": None,
+                self.entries.append({"expr": None, "theta": theta, "fitness": None,
                                    "status": "done", "penalty": PENALTY - margin})
                 self.last_rejected.append(theta)
                 self.n_rejected += 1
 
     def _close_generation(self) -> None:
-        slots, self.slots = self.slots, []
+        entries, self.entries = self.entries, []
         values = []
-        for s in slots:
-            if "penalty" in s:
-                values.append(s["penalty"])
-            elif s["fitness"] is None:
+        for e in entries:
+            if "penalty" in e:
+                values.append(e["penalty"])
+            elif e["fitness"] is None:
                 values.append(PENALTY)
             else:
-                values.append(-s["fitness"])
-                if self.best_ is None or s["fitness"] > self.best_[1]:
-                    self.best_ = [s["expr"], s["fitness"], s["theta"]]
+                values.append(-e["fitness"])
+                if self.best_ is None or e["fitness"] > self.best_[1]:
+                    self.best_ = [e["expr"], e["fitness"], e["theta"]]
         self._replay.tell(values)
-        fits = [s["fitness"] for s in slots if s["fitness"] is not None]
+        fits = [e["fitness"] for e in entries if e["fitness"] is not None]
         self.log.append({"run": self.run, "generation": len(self._replay.history) - 1,
-                         "size": len(slots), "rejected": sum("penalty" in s for s in slots),
+                         "size": len(entries), "rejected": sum("penalty" in e for e in entries),
                          "best": max(fits) if fits else None})
 
     # ---- state ------------------------------------------------------------------------------------
@@ -172,7 +177,7 @@ class TaylorGLO(SlotTell, SeededStrategy):
             **self.base_state(),
             "run": self.run,
             "replay": self._replay.state_dict(),
-            "slots": copy.deepcopy(self.slots),
+            "entries": copy.deepcopy(self.entries),
             "best": copy.deepcopy(self.best_),
             "n_rejected": self.n_rejected,
             "last_rejected": copy.deepcopy(self.last_rejected),
@@ -185,7 +190,7 @@ class TaylorGLO(SlotTell, SeededStrategy):
         self.load_base_state(state)
         self.run = int(state["run"])
         self._replay = CMAReplay.from_state(state["replay"])
-        self.slots = copy.deepcopy(state["slots"])
+        self.entries = stored_entries(state)
         self.best_ = copy.deepcopy(state["best"])
         self.n_rejected = int(state["n_rejected"])
         self.last_rejected = copy.deepcopy(state["last_rejected"])

@@ -1,9 +1,9 @@
 """Tasks: ``tasks.get(name)``, ``tasks.names()``, ``tasks.register(name, factory)``."""
 from __future__ import annotations
 
-import difflib
 from typing import Callable
 
+from lossforge._hints import did_you_mean
 from lossforge.tasks.base import (BOX, CLASSIFICATION, REGRESSION, SIGNATURES, LossSlot, Metric,
                                   ProxyConfig, Task, check_output_shape)
 
@@ -30,9 +30,8 @@ def get(name: str | Task, **kwargs) -> Task:
         return name
     _load_builtins()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"unknown task {name!r}{hint}; known tasks: {', '.join(sorted(_REGISTRY))}")
+        raise KeyError(f"unknown task {name!r}{did_you_mean(name, _REGISTRY)}; known tasks: "
+                       f"{', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**kwargs)
 
 

@@ -1,5 +1,10 @@
 """``shapes-pose``: keypoint estimation by heatmap regression on procedural images.
 
+Where things are: the data generator is :func:`lossforge.data.shapes_pose.shapes_pose`
+(``data/shapes_pose.py``, beside the other generated sets), the keypoint metrics are in
+:mod:`lossforge.metrics.keypoints` (``metrics/keypoints.py``, re-exported by
+:mod:`lossforge.metrics`); the model and the heatmap decoding are here.
+
 Data: :func:`lossforge.data.shapes_pose.shapes_pose` — 32×32 RGB images of an articulated arm
 with K = 5 joints on cluttered backgrounds; targets are Gaussian heatmaps ``(N, K, 16, 16)``
 (stride 2, σ = 1.5 heatmap pixels), whose per-channel argmax is exactly the keypoint.
@@ -12,7 +17,7 @@ classic heatmap MSE, ``mean_c(square(f - y))`` (the element-wise mean squared er
 Model: :class:`PoseNet`, a small encoder-decoder (stride-2 stem, two more downsamplings, skip
 connections, GroupNorm; output at stride 2, no final activation). :meth:`ShapesPose.predict` decodes heatmaps to ``(N, K, 3)``: ``(y, x)`` of the
 per-channel argmax in pixels and the peak value as confidence (no sub-pixel refinement: target
-keypoints are on integer pixels). Metrics (:mod:`lossforge.metrics_keypoints`): ``pck`` = PCK@0.2
+keypoints are on integer pixels). Metrics (:mod:`lossforge.metrics.keypoints`): ``pck`` = PCK@0.2
 (the LSP convention) and the stricter ``pck@0.1``, both normalised by the longer side of the target
 keypoints' bounding box (about 2 heatmap px at α = 0.2), ``error`` (mean distance in heatmap px,
 lower is better) and, when pycocotools is installed, ``oks_ap`` (COCO keypoint AP,

@@ -36,34 +36,43 @@ from the reference come only from the order of floating-point sums; the label-de
 ``checks``, which compares two loss values bit for bit, recomputes near-ties with the reference.
 ``run_stage`` runs with one torch intra-op thread by default (``threads=``), restored after.
 
-Modules (each states its contract at its top):
+Modules (each states its contract at its top), from the bottom up:
 
-* :mod:`.kernels` — per-op forward/backward kernels and the aggregation kernels;
-* :mod:`.shapes` — shape arithmetic of stored values; which expressions are supported;
-* :mod:`.compile` — compiling a population into grouped levels (the schedule), template cache;
-* :mod:`.program` — :class:`Program`: binding to a probe, forward and explicit backward;
-* :mod:`.chunks` — memory-budgeted chunking of a population into programs;
+* :mod:`.vjp` — per-op forward kernels and vector-Jacobian products of a group of rows;
+* :mod:`.store_shapes` — shape arithmetic of stored values (broadcast copies, reductions);
+* :mod:`.support` — which expressions a program can represent (:class:`UnsupportedExprError`);
+* :mod:`.schedule` — compiling a population into a :class:`~.schedule.Schedule` (grouped levels,
+  stores, pull plans), template cache;
+* :mod:`.program` — :class:`Program`: a schedule's stores bound to a probe, forward and explicit
+  backward (aggregations included);
+* :mod:`.chunks` — memory-budgeted chunking of a population into programs, shared helpers;
 * :mod:`.optim` — :func:`optimise`, the LRP's SGD/Adam on every candidate at once;
-* :mod:`.stages` — checks/GEC/LRP runners, :func:`run_stage`, :func:`torch_threads`;
-* :mod:`.forked` — the LRP of a population split over several CPU processes (``processes=``).
+* :mod:`.box_lrp` — the LRP of box losses, stacked (box probes are not programs);
+* :mod:`.scores` — the pure vectorised scores (:func:`checks_reasons`, :func:`fingerprints`,
+  :func:`lrp_scores`) and :func:`torch_threads`;
+* :mod:`.forked` — the LRP scores of a population split over several CPU processes
+  (``processes=``);
+* :mod:`.runners` — the checks/GEC/LRP runners that update candidates and stages, and
+  :func:`run_stage`.
 
 The names below are re-exported here; module-level settings (``MEMORY_BUDGET``,
-``MATERIALIZE_NUMEL``, ...) are read from the module that defines them.
+``MATERIALIZE_NUMEL``, ...) are read from the module that defines them, and so are the internals
+tests look at (``vjp.FORWARD``, ``vjp.BACKWARD``, ``program.class_softmax``).
 """
 from __future__ import annotations
 
 from lossforge.evaluation.batched.chunks import MAX_CHUNK, MEMORY_BUDGET, chunk_size
-from lossforge.evaluation.batched.compile import clear_cache
 from lossforge.evaluation.batched.forked import forked_lrp_scores
-from lossforge.evaluation.batched.kernels import _BW, _FW, EPS  # noqa: F401 (_BW, _FW: tests)
 from lossforge.evaluation.batched.optim import optimise
 from lossforge.evaluation.batched.program import MATERIALIZE_NUMEL, Program
-from lossforge.evaluation.batched.shapes import UnsupportedExpr, supported
-from lossforge.evaluation.batched.stages import (
-    DEFAULT_THREADS, checks_reasons, fingerprints, lrp_scores, run_stage, torch_threads)
-from lossforge.evaluation.batched.stages import _format_fingerprint  # noqa: F401 (tests)
+from lossforge.evaluation.batched.runners import run_stage
+from lossforge.evaluation.batched.schedule import clear_cache
+from lossforge.evaluation.batched.scores import (
+    DEFAULT_THREADS, checks_reasons, fingerprints, lrp_scores, torch_threads)
+from lossforge.evaluation.batched.support import UnsupportedExprError, supported
+from lossforge.evaluation.batched.vjp import EPS
 
-__all__ = ["Program", "UnsupportedExpr", "run_stage", "checks_reasons", "fingerprints",
+__all__ = ["Program", "UnsupportedExprError", "run_stage", "checks_reasons", "fingerprints",
            "lrp_scores", "forked_lrp_scores", "optimise", "chunk_size", "supported",
            "clear_cache", "torch_threads",
            "MEMORY_BUDGET", "MAX_CHUNK", "MATERIALIZE_NUMEL", "DEFAULT_THREADS", "EPS"]

@@ -2,10 +2,11 @@
 stage runners.
 
 Contract. :func:`chunk_size` estimates how many candidates fit :data:`MEMORY_BUDGET`;
-``_programs`` yields ``(indices, Program)`` per chunk for the supported expressions only (the
-others are left for the reference path); ``_unique`` deduplicates a population (identical
-candidates are evaluated once); ``_stacked`` repeats one prediction for every candidate;
-``_reference_value`` is the reference loss value of one expression (near-tie recomputation).
+:func:`chunk_programs` yields ``(indices, Program)`` per chunk for the supported expressions only
+(the others are left for the reference path); :func:`unique_exprs` deduplicates a population
+(identical candidates are evaluated once); :func:`stacked_copies` repeats one prediction for
+every candidate; :func:`reference_value` is the reference loss value of one expression (near-tie
+recomputation); :func:`resolve_device` is where a stage's batched pass computes.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import math
 import torch
 
 from lossforge.evaluation.batched.program import Program
-from lossforge.evaluation.batched.shapes import supported
+from lossforge.evaluation.batched.support import supported
 from lossforge.evaluation.probes import Probe
 from lossforge.expr.expr import Expr
+from lossforge.expr.interpret import loss_value
 
 
 #: Default memory budget (bytes) for the value/gradient stores of one chunk.
@@ -42,7 +44,8 @@ def chunk_size(exprs: list[Expr], probe: Probe, budget: int = MEMORY_BUDGET) -> 
     return int(max(1, min(MAX_CHUNK, budget // per)))
 
 
-def _unique(exprs: list[Expr]) -> tuple[list[Expr], list[int]]:
+def unique_exprs(exprs: list[Expr]) -> tuple[list[Expr], list[int]]:
+    """(the distinct expressions in first-seen order, the index into them of every expression)."""
     first: dict[Expr, int] = {}
     uniq: list[Expr] = []
     where = []
@@ -54,7 +57,7 @@ def _unique(exprs: list[Expr]) -> tuple[list[Expr], list[int]]:
     return uniq, where
 
 
-def _programs(exprs: list[Expr], probe: Probe, device, chunk: int | None):
+def chunk_programs(exprs: list[Expr], probe: Probe, device, chunk: int | None):
     """Yield (indices into ``exprs``, Program) per chunk; unsupported expressions are left out
     (their result stays ``None`` for the caller to compute with the reference)."""
     ok = [j for j, e in enumerate(exprs) if supported(e, probe)]
@@ -64,7 +67,8 @@ def _programs(exprs: list[Expr], probe: Probe, device, chunk: int | None):
         yield idx, Program([exprs[j] for j in idx], probe, device)
 
 
-def _resolve_device(stage, device) -> torch.device:
+def resolve_device(stage, device) -> torch.device:
+    """``device``, else the stage's ``device`` attribute, else the device of its probe."""
     if device is None:
         device = getattr(stage, "device", None)
     if device is None:
@@ -72,7 +76,7 @@ def _resolve_device(stage, device) -> torch.device:
     return torch.device(device)
 
 
-def _stacked(pred: torch.Tensor, n: int, device, dtype) -> torch.Tensor:
+def stacked_copies(pred: torch.Tensor, n: int, device, dtype) -> torch.Tensor:
     """``n`` stacked copies of ``pred``, as a new tensor: callers update it in place (the LRP's
     optimiser), which must never reach ``pred`` (for ``n == 1`` a plain ``expand().contiguous()``
     would return a view of it)."""
@@ -80,8 +84,11 @@ def _stacked(pred: torch.Tensor, n: int, device, dtype) -> torch.Tensor:
     return out.clone(memory_format=torch.contiguous_format)
 
 
-def _reference_value(expr: Expr, probe: Probe, pred: torch.Tensor) -> torch.Tensor:
-    from lossforge.expr.export import loss_value
-
+def reference_value(expr: Expr, probe: Probe, pred: torch.Tensor) -> torch.Tensor:
+    """The per-candidate reference's loss value of ``expr`` at ``pred`` on ``probe``."""
     env, mask = probe.variables(pred)
     return loss_value(expr, env, mask)
+
+
+__all__ = ["MAX_CHUNK", "MEMORY_BUDGET", "chunk_programs", "chunk_size", "reference_value",
+           "resolve_device", "stacked_copies", "unique_exprs"]

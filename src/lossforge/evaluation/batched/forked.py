@@ -1,6 +1,6 @@
 """The LRP of a population on several CPU cores: shares of the population in forked processes.
 
-Contract. :func:`forked_lrp_scores` returns exactly what :func:`~.stages.lrp_scores` returns for
+Contract. :func:`forked_lrp_scores` returns exactly what :func:`~.scores.lrp_scores` returns for
 the same arguments: a candidate's score never depends on the other candidates (rows never mix),
 so splitting the population into shares changes only the wall time. This process screens the
 first share itself while ``processes - 1`` forked children screen the others; the children
@@ -15,7 +15,7 @@ import multiprocessing as mp
 
 import torch
 
-from lossforge.evaluation.batched.stages import lrp_scores, torch_threads
+from lossforge.evaluation.batched.scores import lrp_scores, torch_threads
 from lossforge.evaluation.probes import Probe
 from lossforge.expr.expr import Expr
 
@@ -56,7 +56,7 @@ def can_fork(device=None) -> bool:
 def forked_lrp_scores(exprs: list[Expr], probe: Probe, metric, config, init: torch.Tensor,
                       processes: int, device=None,
                       chunk: int | None = None) -> list[tuple[bool, float | None]]:
-    """``(done, score)`` per expression, as :func:`~.stages.lrp_scores`, computed in ``processes``
+    """``(done, score)`` per expression, as :func:`~.scores.lrp_scores`, computed in ``processes``
     shares at once (this process and ``processes - 1`` forked children)."""
     global _JOB
     if processes < 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lossforge.evaluation.batched.chunks import _stacked
+from lossforge.evaluation.batched.chunks import stacked_copies
 from lossforge.evaluation.batched.program import Program
 
 
@@ -25,10 +25,10 @@ def optimise(prog: Program, init: torch.Tensor, config) -> tuple[torch.Tensor, t
     """
     P = prog.P
     with torch.inference_mode():
-        X = _stacked(init, P, prog.device, prog.dtype)
+        X = stacked_copies(init, P, prog.device, prog.dtype)
         alive = torch.ones(P, dtype=torch.bool, device=prog.device)   # in root order
         lr, momentum = config.lr, config.momentum
-        step = prog._step
+        step = prog.step
         if config.optimizer == "sgd":
             buf = None
             for _ in range(config.steps):

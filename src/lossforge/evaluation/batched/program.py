@@ -1,13 +1,16 @@
 """A compiled population bound to a probe, and its execution: forward and explicit backward.
 
-Contract. ``Program(exprs, probe, device)`` compiles ``exprs`` (see
-:mod:`~lossforge.evaluation.batched.compile`) and binds it to ``probe``: ``bind`` computes the
+Contract. ``Program(exprs, probe, device)`` compiles ``exprs`` into a
+:class:`~lossforge.evaluation.batched.schedule.Schedule`, allocates its value and edge stores and
+binds it to ``probe``: ``bind`` computes the
 label-dependent shared values, the fitted masks and counts of the aggregations and the constant
 gradient of each root reduction; it can be re-bound to another probe of the same kind and shape.
 ``run(X)`` (``X (P, *pred_shape)``, ``X[i]`` the prediction of ``exprs[i]``) returns the loss values
-``(P,)`` and the gradients ``(P, *pred_shape)``, in the order the expressions were given; ``_step``
+``(P,)`` and the gradients ``(P, *pred_shape)``, in the order the expressions were given; ``step``
 is the same in the program's internal row/root order (used by the optimiser). Rows never mix
 candidates: a non-finite value in one candidate does not touch the others. No autograd graph.
+Aggregation groups are evaluated and differentiated here (:func:`_agg_fw`, :func:`_agg_bw`: they
+need the probe's fitted mask); every other op through :mod:`~lossforge.evaluation.batched.vjp`.
 """
 from __future__ import annotations
 
@@ -15,20 +18,19 @@ import math
 
 import torch
 
-from lossforge.evaluation.batched.compile import _Compiler
-from lossforge.evaluation.batched.kernels import _agg_bw, _agg_fw
-from lossforge.evaluation.batched.shapes import _rep, _variables
+from lossforge.evaluation.batched.schedule import Group, Schedule
+from lossforge.evaluation.batched.store_shapes import representative
 from lossforge.evaluation.probes import Probe
 from lossforge.expr import kernels as K
 from lossforge.expr.expr import Expr
-from lossforge.expr.export import evaluate
+from lossforge.expr.interpret import interpret
 
 
 #: Predictions with at most this many elements: every value is stored at the full shape.
 MATERIALIZE_NUMEL = 4096
 
 
-class Program(_Compiler):
+class Program:
     """A population of expressions compiled for one probe shape.
 
     ``Program(exprs, probe, device)`` compiles and binds to ``probe`` (label-dependent values,
@@ -36,7 +38,8 @@ class Program(_Compiler):
     :meth:`run` gives every loss value ``(P,)`` and the gradients ``(P, *pred_shape)`` with respect
     to each candidate's own prediction ``X[i]``. ``materialize``: store every value at the full
     prediction shape (fewest groups: best for small probes); default when the prediction has at
-    most :data:`MATERIALIZE_NUMEL` elements. Raises :class:`UnsupportedExpr` for an expression that
+    most :data:`MATERIALIZE_NUMEL` elements. Raises
+    :class:`~lossforge.evaluation.batched.support.UnsupportedExprError` for an expression that
     reads no prediction variable or a variable the probe does not provide.
     """
 
@@ -52,8 +55,17 @@ class Program(_Compiler):
         if materialize is None:
             materialize = math.prod(self.shape) <= MATERIALIZE_NUMEL
         self.materialize = materialize
-        _, self.pred_vars = _variables(probe.kind)
-        self._compile()
+        self.schedule = sched = Schedule(self.exprs, self.kind, self.shape, materialize,
+                                         self.device)
+        self.order, self.row_exprs = sched.order, sched.row_exprs
+        # values are written before they are read; edge rows too, except the zero rows
+        self.S = [torch.empty((n, *sh), dtype=self.dtype, device=self.device)
+                  for n, sh in zip(sched.value_rows, sched.keys)]
+        self.E = [torch.empty((n, *sh), dtype=self.dtype, device=self.device)
+                  for n, sh in zip(sched.edge_rows, sched.keys)]
+        for t in self.E:
+            t[0].zero_()
+        self._views()
         self.bind(probe)
 
     def _views(self) -> None:
@@ -61,31 +73,31 @@ class Program(_Compiler):
         dev = self.device
         self._zero = torch.zeros((), dtype=self.dtype, device=dev)
         self._bound = self._bind_buffers(self.S, self.E)
-        for L in self.levels:
+        for L in self.schedule.levels:
             for g in L.groups:
                 g.zero = self._zero
 
     def _bind_buffers(self, S, E) -> "_Bound":
         """Gather buffers and every view a step reads or writes, for value stores ``S`` and edge
         stores ``E`` (made once: a step then only calls kernels)."""
-        dt, dev = self.dtype, self.device
+        dt, dev, sched = self.dtype, self.device, self.schedule
         b = _Bound()
-        b.var_views = [(v, S[self.kR][base:base + self.P]) for v, base in self.var_base.items()]
+        b.var_views = [(v, S[sched.kR][base:base + self.P]) for v, base in sched.var_base.items()]
         b.levels = []
-        for L in self.levels:
+        for L in sched.levels:
             bufs = {}
             gathers = []
             for pos, kk, idx in L.gather_rows:
                 if type(idx) is slice:
                     bufs[(pos, kk)] = S[kk][idx]
                 else:
-                    buf = torch.empty((len(idx), *self.keys[kk]), dtype=dt, device=dev)
+                    buf = torch.empty((len(idx), *sched.keys[kk]), dtype=dt, device=dev)
                     bufs[(pos, kk)] = buf
                     gathers.append((S[kk], idx, buf))
             pulled = {}
             pulls = []
             for kk, lo, n, plan in L.pulls:
-                buf = torch.empty((n, *self.keys[kk]), dtype=dt, device=dev)
+                buf = torch.empty((n, *sched.keys[kk]), dtype=dt, device=dev)
                 pulled[kk] = buf
                 pulls.append((E[kk], _bind_plan(plan, buf), buf))
             groups = []
@@ -105,17 +117,17 @@ class Program(_Compiler):
                 groups.append((g, argv, outv, gv, destv))
             b.levels.append((gathers, pulls, groups))
         b.var_pulls = []
-        for v, base, plan in self._var_pulls:
+        for v, base, plan in sched.var_pulls:
             buf = torch.empty((self.P, *self.shape), dtype=dt, device=dev)
-            b.var_pulls.append((v, E[self.kR], _bind_plan(plan, buf), buf))
+            b.var_pulls.append((v, E[sched.kR], _bind_plan(plan, buf), buf))
         b.roots = []
-        for r in self._roots:
-            rep = _rep(self.keys[r.key], r.tshape)
+        for r in sched.roots:
+            rep = representative(sched.keys[r.key], r.tshape)
             if type(r.idx) is slice:
                 src, buf = None, S[r.key][r.idx]
             else:
                 src = S[r.key]
-                buf = torch.empty((r.n, *self.keys[r.key]), dtype=dt, device=dev)
+                buf = torch.empty((r.n, *sched.keys[r.key]), dtype=dt, device=dev)
             b.roots.append((r, src, buf, buf if rep is None else buf[rep]))
         return b
 
@@ -131,10 +143,10 @@ class Program(_Compiler):
         values: dict[int, torch.Tensor] = {}  # shared across the prediction-free sub-trees
 
         with torch.no_grad():
-            for n, kk, r in self._shared:
-                v = evaluate(n, env, mask, cache=values)
+            for n, kk, r in self.schedule.shared:
+                v = interpret(n, env, mask, cache=values)
                 self.S[kk][r].copy_(v.reshape((1,) * self.nd) if v.dim() == 0 else v)
-            for L in self.levels:
+            for L in self.schedule.levels:
                 for g in L.groups:
                     if not g.agg:
                         continue
@@ -148,7 +160,7 @@ class Program(_Compiler):
                         g.count = m.to(self.dtype).sum(dim=dims, keepdim=True).clamp_min(1.0) \
                             .unsqueeze(0)
             one = torch.ones((), dtype=self.dtype, device=self.device)
-            for r in self._roots:
+            for r in self.schedule.roots:
                 if mask is None:
                     w = one.expand(r.tshape) / math.prod(r.tshape)
                     r.mask = r.count = None
@@ -167,32 +179,33 @@ class Program(_Compiler):
         """Loss values ``(P,)`` and (``grad=True``) gradients ``(P, *pred_shape)`` at the
         predictions ``X (P, *pred_shape)``: ``X[i]`` is the prediction of ``exprs[i]``."""
         with torch.no_grad():
-            v, dX = self._step(X.index_select(0, self._order), grad)
+            v, dX = self.step(X.index_select(0, self.schedule.order_index), grad)
             return self.to_given(self.roots_to_rows(v)), (None if dX is None else
                                                           self.to_given(dX))
 
     def roots_to_rows(self, v: torch.Tensor) -> torch.Tensor:
         """Per-candidate values from the step's root order to row order."""
         out = torch.empty_like(v)
-        out[self.root_order] = v
+        out[self.schedule.root_order] = v
         return out
 
     def to_given(self, t: torch.Tensor) -> torch.Tensor:
         """Per-candidate rows (row order) to the order of the expressions given."""
         out = torch.empty_like(t)
-        out[self._order] = t
+        out[self.schedule.order_index] = t
         return out
 
-    def _step(self, X, grad, bound=None, fast_softmax=False):
-        """(values in root order, gradients in candidate order). ``fast_softmax``: use
-        :func:`_class_softmax` (equal to torch's up to rounding; the LRP's many steps) instead of
+    def step(self, X, grad, bound=None, fast_softmax=False):
+        """(values in root order, gradients in candidate order) at the predictions ``X`` given in
+        row order (:attr:`order`). ``fast_softmax``: use
+        :func:`class_softmax` (equal to torch's up to rounding; the LRP's many steps) instead of
         torch's kernels (bit-for-bit the reference's: GEC fingerprints and checks, where chaotic
         expressions amplify a last-bit difference into another 2-digit fingerprint)."""
         b = bound or self._bound
         soft = None
         for v, view in b.var_views:
             if v == "p":
-                soft = _class_softmax(X) if fast_softmax else torch.softmax(X, dim=2)
+                soft = class_softmax(X) if fast_softmax else torch.softmax(X, dim=2)
                 view.copy_(soft)
             else:
                 view.copy_(X)
@@ -229,12 +242,39 @@ class Program(_Compiler):
         for v, E, plan, buf in b.var_pulls:
             gv = _pull(E, plan, buf)
             if v == "p":
-                gv = (_class_softmax_backward(gv, soft) if fast_softmax
+                gv = (class_softmax_backward(gv, soft) if fast_softmax
                       else torch._softmax_backward_data(gv, soft, 2, X.dtype))
             dX = gv.clone() if dX is None and v != "p" else (gv if dX is None else dX + gv)
         if dX is None:
             dX = torch.zeros_like(X)
         return values, dX
+
+
+# ---- aggregations ------------------------------------------------------------------------------
+def _agg_fw(g: Group, x, out):
+    """``out`` <- the aggregation of ``x`` (the representative copy of the argument)."""
+    if g.op == "sum_c":
+        r = x.sum(dim=2, keepdim=True)
+    elif g.mask is None:
+        r = x.mean(dim=g.dims, keepdim=True)
+    else:
+        r = torch.where(g.mask, x, g.zero).sum(dim=g.dims, keepdim=True) / g.count
+    out.copy_(r)
+
+
+def _agg_bw(g: Group, go, dest):
+    """``go`` holds the gradients of every stored copy of the (reduced) result: their sum is the
+    gradient of the result. ``dest``: the representative copy of the argument's edge slot."""
+    if dest is None:
+        return
+    if g.copy_out:
+        go = go.sum(dim=g.copy_out, keepdim=True)
+    if g.op == "sum_c":
+        dest.copy_(go)
+    elif g.mask is None:
+        dest.copy_(go / g.divisor)
+    else:
+        torch.where(g.mask, go / g.count, g.zero, out=dest)
 
 
 class _Bound:
@@ -243,7 +283,7 @@ class _Bound:
     __slots__ = ("var_views", "levels", "var_pulls", "roots")
 
 
-def _class_softmax(X: torch.Tensor) -> torch.Tensor:
+def class_softmax(X: torch.Tensor) -> torch.Tensor:
     """``torch.softmax(X, dim=2)`` over the classes of ``X (P, B, C, *spatial)``. Without spatial
     dimensions (classes last): max-shifted ``exp`` divided by its sum taken as a product with a
     ones vector: the same values up to float rounding (~1e-7), and several times faster on CPU than
@@ -255,8 +295,8 @@ def _class_softmax(X: torch.Tensor) -> torch.Tensor:
     return e.div_(e @ torch.ones(X.shape[2], 1, dtype=X.dtype, device=X.device))
 
 
-def _class_softmax_backward(g: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
-    """The gradient with respect to ``X`` of :func:`_class_softmax`, given ``g`` with respect to
+def class_softmax_backward(g: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """The gradient with respect to ``X`` of :func:`class_softmax`, given ``g`` with respect to
     its output ``soft``: ``soft * (g - sum_c(g * soft))``."""
     if soft.dim() != 3:
         return torch._softmax_backward_data(g, soft, 2, soft.dtype)
@@ -283,3 +323,6 @@ def _pull(E, plan, buf):
         else:
             buf.index_put_((rows,), buf.index_select(0, rows).add_(t))
     return buf
+
+
+__all__ = ["MATERIALIZE_NUMEL", "Program", "class_softmax", "class_softmax_backward"]

@@ -1,0 +1,172 @@
+"""``lossforge search`` and ``lossforge resume``: run a loss search with the live view on stderr
+(off with ``--format json``: stdout then gets the final summary only) and an executor from the
+``--workers``/``--dask``/``--timeout`` options.
+
+:func:`make_search` turns the command-line options into a checked
+:class:`~lossforge.study.LossSearch`; :func:`run_search` runs a search with the view and the
+executor and returns the study's summary.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
+
+import typer
+
+from lossforge.cli._app import (_DASK, _FORMAT, _TIMEOUT, _WORKERS, Format, app, emit, err_console,
+                                fail, guarded)
+
+if TYPE_CHECKING:
+    from lossforge.evaluation.funnel import FunnelConfig
+    from lossforge.study import LossSearch, Study
+
+#: Hall-of-fame entries in the summary ``search``/``resume`` print at the end.
+TOP = 10
+
+
+def funnel_config(proxy_steps: int | None = None, lrp_steps: int | None = None, use_lrp: bool = True,
+                  use_gec: bool = True) -> FunnelConfig:
+    """The default :class:`~lossforge.evaluation.funnel.FunnelConfig` with the command line's
+    changes (``None``: keep the default)."""
+    from dataclasses import replace
+
+    from lossforge.evaluation.funnel import FunnelConfig
+
+    cfg = FunnelConfig()
+    if proxy_steps is not None:
+        cfg = replace(cfg, proxy=replace(cfg.proxy, steps=proxy_steps))
+    if lrp_steps is not None:
+        cfg = replace(cfg, lrp=replace(cfg.lrp, steps=lrp_steps))
+    return replace(cfg, use_lrp=use_lrp, use_gec=use_gec)
+
+
+def make_search(task: str, study: str | Path, *, metric: str | None = None,
+                strategy: str = "autoloss-zero", budget: int = 100, seed: int = 0,
+                space: str | None = None, proxy_steps: int | None = None,
+                lrp_steps: int | None = None, use_lrp: bool = True, use_gec: bool = True,
+                population: int | None = None, generation_size: int | None = None,
+                options: Sequence[str] = (), slot: str | None = None, fixed: Sequence[str] = (),
+                joint: bool = False) -> LossSearch:
+    """A :class:`~lossforge.study.LossSearch` from command-line values, every setting checked
+    (task, metric, strategy and its ``KEY=VALUE`` ``options``, slots, ``SLOT=LOSS`` ``fixed``, an
+    existing study file's settings) before any worker starts. Errors: ``ValueError`` (a
+    :class:`~lossforge.storage.StudyFileError` for the file), ``TypeError`` for unknown strategy
+    options."""
+    from lossforge.search.strategy import parse_options
+    from lossforge.study import LossSearch
+    from lossforge.training.loss_spec import slot_assignments
+
+    if budget <= 0:
+        raise ValueError(f"--budget must be a positive number of candidates, got {budget}")
+    strategy_options = {k: v for k, v in (("population_size", population),
+                                          ("batch_size", generation_size)) if v}
+    strategy_options.update(parse_options(list(options), "--option"))
+    funnel = funnel_config(proxy_steps, lrp_steps, use_lrp, use_gec)
+    run = LossSearch(task=task, storage=study, metric=metric, strategy=strategy, budget=budget,
+                     seed=seed, space=space, funnel=funnel, strategy_options=strategy_options,
+                     slot=slot, fixed=slot_assignments(list(fixed), "--fixed"), joint=joint)
+    run.check()
+    return run
+
+
+def run_search(make_study: Callable[[Any, Any], Study], title: str, path: str | Path,
+               budget: int | None = None, *, live: bool = True, workers: int | None = None,
+               dask: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+    """Run ``make_study(progress, executor) -> Study`` with the live view on stderr (``live``) and
+    the executor the options ask for; the finished study's summary (top :data:`TOP`)."""
+    from lossforge.cli.live import LiveView, SearchView
+    from lossforge.execution import make_executor
+
+    # no option: executor None, the API's default (in-process, where the proxy stage may batch)
+    plain = workers is None and dask is None and timeout is None
+    executor = None if plain else make_executor(workers=workers, dask=dask, timeout=timeout)
+    try:
+        if not live:  # stdout gets the final JSON only, stderr nothing
+            study = make_study(None, executor)
+        else:
+            view = SearchView(title, study=path, budget=budget,
+                              executor="in-process" if plain else repr(executor))
+            with LiveView(err_console, view) as shown:
+                study = make_study(shown.update, executor)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    try:
+        return study.summary(top=TOP)
+    finally:
+        study.close()
+
+
+def _print_summary(summary: dict[str, Any], format: Format) -> None:
+    emit(summary, format, "print_study")
+
+
+@app.command("search")
+@guarded
+def search_cli(
+    task: str = typer.Option(..., "--task", help="Task name (see `lossforge tasks`)."),
+    study: str = typer.Option(..., "--study", help="Study file (SQLite); an existing one is continued."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Target metric (default: the task's)."),
+    strategy: str = typer.Option("autoloss-zero", "--strategy",
+                                 help="autoloss-zero | aging | glo | taylor | random"),
+    budget: int = typer.Option(100, "--budget", help="Candidates to explore (put through the funnel)."),
+    seed: int = typer.Option(0, "--seed"),
+    space: Optional[str] = typer.Option(None, "--space", help="Search space (default: the strategy's)."),
+    proxy_steps: Optional[int] = typer.Option(None, "--proxy-steps", help="Proxy training steps."),
+    lrp_steps: Optional[int] = typer.Option(None, "--lrp-steps", help="Loss-rejection protocol steps."),
+    no_lrp: bool = typer.Option(False, "--no-lrp", help="Disable the loss-rejection protocol."),
+    no_gec: bool = typer.Option(False, "--no-gec", help="Disable the gradient-equivalence check."),
+    population: Optional[int] = typer.Option(None, "--population", help="Strategy population size."),
+    generation: Optional[int] = typer.Option(None, "--generation-size",
+                                             help="Candidates per generation (per ask)."),
+    option: List[str] = typer.Option([], "--option", help=(
+        "KEY=VALUE strategy option (repeatable; VALUE read as JSON when it parses), e.g. "
+        "remove=worst, tournament_size=10, check_invariant=false.")),
+    slot: Optional[str] = typer.Option(None, "--slot", help="Loss slot to search (tasks with several, e.g. box)."),
+    fixed: List[str] = typer.Option([], "--fixed", help="SLOT=LOSS for another slot (repeatable)."),
+    joint: bool = typer.Option(False, "--joint", help="Search every slot at once (autoloss-zero, random)."),
+    format: Format = _FORMAT,
+    workers: Optional[int] = _WORKERS,
+    dask: Optional[str] = _DASK,
+    timeout: Optional[float] = _TIMEOUT,
+):
+    """Search for a loss function; every result is saved to the study file as it arrives."""
+    try:
+        run = make_search(task, study, metric=metric, strategy=strategy, budget=budget, seed=seed,
+                          space=space, proxy_steps=proxy_steps, lrp_steps=lrp_steps,
+                          use_lrp=not no_lrp, use_gec=not no_gec, population=population,
+                          generation_size=generation, options=option, slot=slot, fixed=fixed,
+                          joint=joint)
+    except TypeError as err:  # unknown strategy options
+        fail(str(err))
+
+    def start(progress, executor):
+        run.progress, run.executor = progress, executor
+        return run.run()
+
+    summary = run_search(start, "searching", study, budget, live=format != Format.json,
+                         workers=workers, dask=dask, timeout=timeout)
+    _print_summary(summary, format)
+
+
+@app.command("resume")
+@guarded
+def resume_cli(
+    study: str = typer.Argument(..., help="Study file to continue."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="A new (larger) budget."),
+    format: Format = _FORMAT,
+    workers: Optional[int] = _WORKERS,
+    dask: Optional[str] = _DASK,
+    timeout: Optional[float] = _TIMEOUT,
+):
+    """Continue a study with its stored settings (after a crash, or to a larger budget)."""
+    from lossforge.study import load_study, resume
+
+    if budget is not None and budget <= 0:
+        fail(f"--budget must be a positive number of candidates, got {budget}")
+    load_study(study).close()  # a missing or bad file fails before any worker starts
+    summary = run_search(lambda progress, executor: resume(study, executor=executor, progress=progress,
+                                                           budget=budget),
+                         "resuming", study, budget, live=format != Format.json, workers=workers,
+                         dask=dask, timeout=timeout)
+    _print_summary(summary, format)

@@ -1,0 +1,132 @@
+"""The verbs on a study file: ``show`` (its summary), ``export`` (a hall-of-fame loss as a standalone
+PyTorch module, :func:`export_loss`), ``report`` (an HTML page) and ``refine`` (retrain the best
+losses longer, :func:`lossforge.refine.refine_study`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, NamedTuple, Optional
+
+import typer
+
+from lossforge.cli._app import _FORMAT, Format, app, emit, fail, guarded
+
+
+class ExportedLoss(NamedTuple):
+    """One file written by :func:`export_loss`: its path, the class in it, its formula, and the
+    fitness of the hall-of-fame entry it came from."""
+
+    path: Path
+    cls: str
+    formula: str
+    fitness: float
+
+
+def study_summary(study: str | Path, top: int = 10) -> dict[str, Any]:
+    """``Study.summary(top)`` of the study file at ``study`` (opened read-only)."""
+    from lossforge.study import load_study
+
+    s = load_study(study, readonly=True)
+    try:
+        return s.summary(top=top)
+    finally:
+        s.close()
+
+
+def export_loss(study: str | Path, output: str | Path, rank: int = 1,
+                name: str = "SearchedLoss") -> list[ExportedLoss]:
+    """Write the hall-of-fame entry ``rank`` (1 = best) of the study at ``study`` as a standalone
+    PyTorch module (imports only torch) at ``output``, class ``name``; a joint search writes one file
+    per slot (``OUTPUT_<slot>.py``, class ``NAME_<slot>``). ``ValueError`` if the study has no
+    trained loss or ``rank`` is out of range."""
+    from lossforge.study import load_study
+
+    s = load_study(study, readonly=True)
+    try:
+        hof, joint = s.hall_of_fame, bool(s.settings.get("joint"))
+    finally:
+        s.close()
+    if not hof:
+        raise ValueError(f"{study} has no trained loss yet; run or resume the search first")
+    if not 1 <= rank <= len(hof):
+        raise ValueError(f"--rank must be between 1 and {len(hof)}")
+    entry = hof[rank - 1]
+    if joint:
+        from lossforge.expr.bundle import parse_bundle, write_sources
+
+        return [ExportedLoss(Path(path), cls, str(expr), entry.fitness)
+                for path, cls, expr in write_sources(parse_bundle(entry.formula), output, name)]
+    from lossforge.expr import parse
+
+    Path(output).write_text(parse(entry.formula, strict=False).to_source(name=name))
+    return [ExportedLoss(Path(output), name, entry.formula, entry.fitness)]
+
+
+@app.command("show")
+@guarded
+def show_cli(
+    study: str = typer.Argument(..., help="Study file."),
+    top: int = typer.Option(10, "--top", help="Hall-of-fame entries to show."),
+    format: Format = _FORMAT,
+):
+    """Show a study: settings, funnel counts, best loss and hall of fame."""
+    summary = study_summary(study, top=top)
+    emit(summary, format, "print_study")
+
+
+@app.command("refine")
+@guarded
+def refine_cli(
+    study: str = typer.Argument(..., help="Study file (a finished or stopped search)."),
+    top: int = typer.Option(8, "--top", help="Best distinct trained losses to race."),
+    round_: Optional[List[str]] = typer.Option(
+        None, "--round", help="STEPS:SEEDS:KEEP (repeatable), e.g. 240:3:4; default: halve --top "
+                              "each round, doubling the steps and adding a seed."),
+    restart: bool = typer.Option(False, "--restart", help="Discard a stored refinement."),
+    format: Format = _FORMAT,
+):
+    """Retrain a study's best losses longer, on fresh seeds, keeping the best of each round
+    (successive halving on the validation split); each round is saved in the study."""
+    from lossforge.cli.tables import console
+    from lossforge.refine import RoundSpec, refine_study
+
+    rounds = [RoundSpec.parse(r) for r in round_ or []]
+    with console.status("refining") as status:
+        def progress(i, done, total, formula):
+            status.update(f"refine round {i + 1}: {done}/{total} trainings ({formula})")
+
+        state = refine_study(study, rounds or None, top=top, restart=restart, progress=progress)
+    emit(state, format, "print_refine")
+
+
+@app.command("export")
+@guarded
+def export_cli(
+    study: str = typer.Argument(..., help="Study file."),
+    output: str = typer.Option(..., "-o", "--output", help="Python file (joint: OUTPUT_<slot>.py each)."),
+    rank: int = typer.Option(1, "--rank", help="Hall-of-fame rank to export (1 = best)."),
+    name: str = typer.Option("SearchedLoss", "--name", help="Class name (joint: NAME_<slot>)."),
+):
+    """Write a hall-of-fame loss as a standalone PyTorch module (imports only torch).
+
+    The module has the searched slot's signature (a box slot: forward(pred_boxes, target_boxes));
+    a joint search writes one standalone file per slot."""
+    from lossforge.cli.tables import console
+
+    for e in export_loss(study, output, rank=rank, name=name):
+        console.print(f"wrote {e.path}: {e.cls} = {e.formula} (fitness {e.fitness:.4f})")
+
+
+@app.command("report")
+@guarded
+def report_cli(
+    study: str = typer.Argument(..., help="Study file."),
+    output: str = typer.Option(..., "-o", "--output", help="Directory to write index.html and PNGs to."),
+    top: int = typer.Option(3, "--top", help="Hall-of-fame losses to plot against cross-entropy."),
+):
+    """Write an HTML report of a study (plots made from the study file alone)."""
+    from lossforge.cli.tables import console
+    from lossforge.report import write_report
+
+    if top < 0:
+        fail(f"--top must be 0 or more, got {top}")
+    console.print(f"wrote {write_report(study, output, top=top)}")

@@ -1,0 +1,103 @@
+"""Rich tables of lossforge results for the terminal: the zoo and task catalogues, ``evaluate``
+comparisons, studies (funnel, hall of fame, best) and ``refine`` rounds. Used by the CLI and the
+quickstart."""
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+#: The console results are printed to (emoji off: ``:x:`` in a formula stays as typed).
+console = Console(emoji=False)
+
+
+def fmt_number(v: float, digits: int = 4) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def print_zoo(entries: list[dict]) -> None:
+    """``lossforge zoo``: name, formula (``(module)`` for a loss written as a module), source."""
+    table = Table(title="lossforge zoo")
+    for col in ("name", "formula", "source"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        table.add_row(e["name"], e["formula"] or "(module)", e["source"])
+    console.print(table)
+
+
+def print_tasks(entries: list[dict]) -> None:
+    """``lossforge tasks``: task, kind, metrics (default first), proxy steps."""
+    table = Table(title="lossforge tasks")
+    for col in ("task", "kind", "metrics (default first)", "proxy steps"):
+        table.add_column(col)
+    for t in entries:
+        table.add_row(t["task"], t["kind"], ", ".join(t["metrics"]), str(t["proxy_steps"]))
+    console.print(table)
+
+
+def print_comparison(result) -> None:
+    """The evaluate table: one row per loss, mean ± std per metric, Δ vs baseline with p-value."""
+    table = Table(title=f"{result.task} — {result.split} split, {len(result.seeds)} seed(s), "
+                        f"{result.steps} steps; Δ and Welch p vs {result.baseline}")
+    table.add_column("loss", overflow="fold")
+    table.add_column("runs")
+    for m in result.metrics:
+        arrow = "↑" if result.higher_is_better[m] else "↓"
+        table.add_column(f"{m} {arrow}", justify="right")
+    for row in result.rows:
+        cells = [row.loss, f"{row.runs - row.invalid}/{row.runs}"]
+        for m in result.metrics:
+            cell = f"{fmt_number(row.mean[m])} ± {fmt_number(row.std[m])}"
+            if row.loss != result.baseline:
+                cell += f"\nΔ {row.delta[m]:+.4f} (p={fmt_number(row.p_value[m], 3)})"
+            cells.append(cell)
+        table.add_row(*cells)
+    console.print(table)
+
+
+def print_study(summary: dict) -> None:
+    """A study's ``Study.summary()``: settings, funnel counts, hall of fame, best, refine rounds."""
+    console.print(f"[bold]{summary['path']}[/]: task {summary['task']}, metric {summary['metric']}, "
+                  f"strategy {summary['strategy']} (space {summary['space']}), seed {summary['seed']}; "
+                  f"explored {summary['explored']}/{summary['budget']}")
+    if summary["joint"] or summary["slot"] != "loss":
+        fixed = ", ".join(f"{k}={v}" for k, v in summary["fixed"].items()) or "defaults"
+        console.print("searching every loss slot jointly" if summary["joint"] else
+                      f"searched slot {summary['slot']} (other slots: {fixed})")
+    funnel = Table(title="funnel")
+    for col in ("stage", "in", "out", "seconds"):
+        funnel.add_column(col, justify="right" if col != "stage" else "left")
+    for name, st in summary["stats"].items():
+        funnel.add_row(name, str(st["in"]), str(st["out"]), f"{st['seconds']:.1f}")
+    console.print(funnel)
+    hof = Table(title="hall of fame (Pareto: fitness vs size)")
+    for col in ("rank", "fitness", "size", "formula"):
+        hof.add_column(col, overflow="fold")
+    for i, h in enumerate(summary["hall_of_fame"], 1):
+        hof.add_row(str(i), f"{h['fitness']:.4f}", str(h["size"]), h["formula"])
+    console.print(hof)
+    if summary["best"]:
+        console.print(f"[bold green]best[/] ({summary['best']['fitness']:.4f}): {summary['best']['formula']}")
+    if summary.get("refine"):
+        print_refine(summary["refine"])
+
+
+def print_refine(state: dict) -> None:
+    """The rounds of ``lossforge refine`` stored in a study, one table per finished round."""
+    for r in state["results"]:
+        t = Table(title=f"refine round {r['round']}: {r['steps']} steps, seeds {r['seeds']}, "
+                        f"keep {r['keep']} (validation {state['metric']})")
+        for col in ("rank", "mean", "std", "invalid", "search fitness", "formula"):
+            t.add_column(col, overflow="fold")
+        for s in r["standings"]:
+            t.add_row(str(s["rank"]) + (" *" if s["kept"] else ""), fmt_number(s["mean"]),
+                      fmt_number(s["std"]), str(s["invalid"]),
+                      fmt_number(state["search_fitness"].get(s["loss"], math.nan)), s["loss"])
+        console.print(t)
+    if state["results"]:
+        console.print(f"[bold green]refined best[/]: {state['survivors'][0]}")
+
+
+__all__ = ["console", "fmt_number", "print_comparison", "print_refine", "print_study", "print_tasks",
+           "print_zoo"]

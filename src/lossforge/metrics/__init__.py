@@ -1,0 +1,37 @@
+"""Evaluation metrics (not differentiable; NumPy, vectorised).
+
+Every function takes the prediction first, then the target, as NumPy arrays or torch tensors on any
+device (converted to NumPy ``int64`` for labels, ``float64`` for values) and returns a Python float.
+Every name is importable from here (``lossforge.metrics.miou``); the modules hold one family each:
+
+- :mod:`~lossforge.metrics.classification` — classification: :func:`accuracy`,
+  :func:`balanced_accuracy`, :func:`f1`; regression: :func:`mae`, :func:`rmse` (non-finite values
+  raise ``ValueError``);
+- :mod:`~lossforge.metrics.segmentation` — on ``(N, H, W)`` or ``(H, W)`` label maps, as the Auto
+  Seg-Loss / AutoLoss-Zero group computes them (counts accumulated over the whole evaluation set,
+  see :class:`SegmentationMeter`): confusion-matrix metrics :func:`miou`, :func:`fwiou`,
+  :func:`gacc`, :func:`macc`, and boundary metrics :func:`biou` (Boundary IoU, Cheng et al. 2021)
+  and :func:`bf1` (boundary F1 with a distance tolerance, Csurka et al. 2013);
+- :mod:`~lossforge.metrics.boundary` — the boundary bands and contour matching behind ``biou`` and
+  ``bf1`` (:func:`default_radius`: 1 % of the shorter image side);
+- :mod:`~lossforge.metrics.keypoints` — :func:`pck`, :func:`keypoint_error`, :func:`oks_ap` on
+  keypoints or heatmaps.
+
+Absent classes are left out of every mean, never counted as 0 or 1; target pixels equal to
+``ignore_index`` (255 unless told) are removed from every count (details in each module).
+"""
+from __future__ import annotations
+
+from lossforge.metrics.boundary import default_radius
+from lossforge.metrics.classification import accuracy, balanced_accuracy, f1, mae, rmse
+from lossforge.metrics.keypoints import (HAS_PYCOCOTOOLS, decode_heatmaps, keypoint_error,
+                                         keypoints_of, oks_ap, pck)
+from lossforge.metrics.segmentation import (SegmentationMeter, bf1, biou, confusion_matrix, fwiou,
+                                            gacc, macc, miou)
+
+__all__ = [
+    "accuracy", "balanced_accuracy", "f1", "mae", "rmse",
+    "confusion_matrix", "miou", "fwiou", "gacc", "macc", "biou", "bf1",
+    "SegmentationMeter", "default_radius",
+    "pck", "keypoint_error", "oks_ap", "decode_heatmaps", "keypoints_of", "HAS_PYCOCOTOOLS",
+]
