@@ -55,3 +55,13 @@ def test_proxy_batched_quick_with_the_roofline():
     assert all(v > 0 for v in roof.values()) and len(roof) == 4
     seq, grouped = out["roofline_sequential_conv_gflops"], out["roofline_grouped_conv_gflops"]
     assert out["roofline_grouped_vs_sequential"] == pytest.approx(grouped / seq, rel=0.01)
+
+
+def test_data_paths_quick():
+    out = _last_json("data_paths.py")
+    for task in ("digits", "shapes_seg"):
+        assert out[f"{task}_tensors_ms_per_step"] > 0
+        for path in ("dataset", "files", "memmap"):
+            assert out[f"{task}_{path}_ratio"] > 0 and out[f"{task}_{path}_ms_per_step"] > 0
+            assert out[f"{task}_{path}_max_loss_diff"] < 1e-4  # the same batches, the same run
+        assert out[f"{task}_dataset_max_loss_diff"] == 0.0  # the very tensors: bit for bit

@@ -98,6 +98,71 @@ def test_task_pickles_without_its_cached_data_and_loads_it_once_per_worker():
     assert jobs.unwrap(parcel)[0] is task  # in-process executors hand over the object itself
 
 
+_FILE_TASK = """
+from lossforge.tasks import Task
+from {helper} import CLASSES
+
+
+class Travelling(Task):
+    name = "travelling"
+    num_classes = CLASSES
+
+    def __init__(self, scale=1.0):
+        self.scale = scale
+"""
+
+
+def _file_task(folder, helper="travel_helper"):
+    """A task file importing a sibling module (``helper``), loaded: (path, task)."""
+    from lossforge.tasks.spec import load_task
+
+    folder.mkdir()
+    (folder / f"{helper}.py").write_text("CLASSES = 4\n")
+    path = folder / "travelling_task.py"
+    path.write_text(_FILE_TASK.format(helper=helper))
+    return path, load_task(f"{path}:Travelling", scale=2.5)
+
+
+def _as_a_fresh_worker(path, helper):
+    """Forget the task module and its sibling, as a fresh worker process starts."""
+    from lossforge.tasks.spec import module_name_for
+
+    sys.modules.pop(module_name_for(path), None)
+    sys.modules.pop(helper, None)
+    jobs._WORKER_TASKS.clear()
+
+
+def test_a_file_task_travels_with_its_source_and_unpickles_as_itself(tmp_path):
+    path, task = _file_task(tmp_path / "project", helper="travel_helper_a")
+    parcel = jobs.Parcels().wrap((task, "formula"))
+    blob = pickle.dumps(parcel)
+    assert path.read_bytes() in blob  # the file's bytes as loaded travel with the task
+    _as_a_fresh_worker(path, "travel_helper_a")
+    hop = pickle.loads(blob)  # e.g. a Dask scheduler: nothing imported, nothing unpickled
+    assert not isinstance(hop[0], tasks.Task)
+    assert pickle.loads(pickle.dumps(hop)) is not None
+    path.unlink()  # a worker on another machine: no file there; the bytes sent are imported
+    got = jobs.unwrap(pickle.loads(pickle.dumps(hop)))[0]
+    assert type(got).__name__ == "Travelling" and got is not task
+    assert got.scale == 2.5 and got.num_classes == 4 and got.name == "travelling"
+    assert jobs.unwrap(pickle.loads(blob))[0] is got  # once per worker and task
+
+
+def test_a_worker_missing_a_module_the_task_file_imports_fails_the_job_clearly(tmp_path):
+    path, task = _file_task(tmp_path / "project", helper="travel_helper_b")
+    blob = pickle.dumps(jobs.Parcels().wrap((task,)))
+    _as_a_fresh_worker(path, "travel_helper_b")
+    (path.parent / "travel_helper_b.py").unlink()
+    arrived = pickle.loads(blob)  # unpickling never fails (a worker must not crash on it)
+    with pytest.raises(jobs.TaskUnavailableError) as err:
+        jobs.run_job(len, arrived, {})
+    msg = str(err.value)
+    assert "could not load task" in msg and str(path.resolve()) in msg
+    assert "travel_helper_b" in msg and "upload_file" in msg
+    out = _result(E.make_executor().submit(safe_proxy_job, arrived[0]))
+    assert out["status"] == FAILED and "TaskUnavailableError" in out["reason"]
+
+
 # --- same seed, same study ------------------------------------------------------------------------
 def test_serial_and_inprocess_dask_give_the_reference_study(tmp_path, reference, inproc_client):
     want = H.rows_key(reference)

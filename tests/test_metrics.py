@@ -1,5 +1,7 @@
 """Tests for lossforge.metrics: hand-worked cases, scikit-learn cross-checks, a brute-force
-reference for the boundary metrics, accumulation, ignore handling, and bad input."""
+reference for the ``lossforge-v1`` boundary metrics, accumulation, ignore handling, and bad input.
+The reference definitions of the boundary metrics (official Boundary IoU, Auto Seg-Loss's BF1 and
+trimap IoU) are checked in ``test_boundary_reference.py``."""
 from __future__ import annotations
 
 import itertools
@@ -14,7 +16,7 @@ from sklearn import metrics as skm
 
 from lossforge import metrics as M
 
-SEG_KEYS = ("miou", "fwiou", "gacc", "macc", "biou", "bf1")
+SEG_KEYS = ("miou", "fwiou", "gacc", "macc", "biou", "bf1", "trimap_iou")
 
 
 def all_seg(pred, target, num_classes, **kw):
@@ -226,8 +228,12 @@ def test_perfect_prediction_scores_one():
     assert got == {k: pytest.approx(1.0) for k in SEG_KEYS}
 
 
+V1 = dict(biou_definition="lossforge-v1", bf1_definition="lossforge-v1")
+
+
 def reference_boundary(pred, target, c, r, ignore=255, background=0):
-    """Brute force, straight from the definitions: pixel loops over small maps."""
+    """Brute force, straight from the ``lossforge-v1`` definitions: pixel loops over small maps
+    (an ignored pixel is like a pixel outside the image; the border makes no edge)."""
     inter, union = np.zeros(c), np.zeros(c)
     hit_p, n_p, hit_g, n_g = np.zeros(c), np.zeros(c), np.zeros(c), np.zeros(c)
     for p, t in zip(pred, target):
@@ -286,9 +292,11 @@ def test_boundary_metrics_match_brute_force(seed, r):
     target[rng.random(target.shape) < 0.08] = 255
     pred[target == 255] = rng.integers(0, 300, (target == 255).sum())  # never read
     exp_biou, exp_bf1 = reference_boundary(pred, target, c, r)
-    got = all_seg(pred, target, c, radius=r)
+    got = all_seg(pred, target, c, radius=r, **V1)
     assert got["biou"] == pytest.approx(exp_biou)
     assert got["bf1"] == pytest.approx(exp_bf1)
+    assert M.biou(pred, target, c, radius=r, definition="lossforge-v1") == pytest.approx(exp_biou)
+    assert M.bf1(pred, target, c, radius=r, definition="lossforge-v1") == pytest.approx(exp_bf1)
 
 
 def test_many_classes_use_several_bit_words():
@@ -331,27 +339,38 @@ def test_meter_two_batches_equals_concatenation():
         assert getattr(M, key)(pred, target, num_classes=5) == pytest.approx(whole[key])
 
 
-def test_ignored_pixels_change_nothing():
+@pytest.mark.parametrize("definitions", ["reference", "lossforge-v1"])
+def test_ignored_pixels_change_nothing(definitions):
+    # A whole image of void adds nothing under every definition. Under lossforge-v1 an ignored
+    # pixel is like a pixel outside the image, so a frame of void and the prediction under void
+    # change nothing either; the reference definitions draw ground-truth boundaries along void
+    # and read the prediction there to place predicted boundaries (test_boundary_reference.py).
+    v1 = definitions == "lossforge-v1"
+    kw = V1 if v1 else {}
     rng = np.random.default_rng(3)
     target = shapes_batch(rng, n=4)
     pred = np.roll(target, 2, axis=1)
-    ref = all_seg(pred, target, 5)
-    # 1) a frame of ignored pixels around every image (pred arbitrary there)
+    ref = all_seg(pred, target, 5, **kw)
+    tp2 = np.concatenate([target, np.full_like(target[:1], 255)])
+    pp2 = np.concatenate([pred, rng.integers(0, 5, target[:1].shape)])
+    assert all_seg(pp2, tp2, 5, **kw) == {k: pytest.approx(v) for k, v in ref.items()}
+    if not v1:
+        return
+    # 1) a frame of ignored pixels around every image (pred arbitrary there); trimap_iou has a
+    # single definition, Auto Seg-Loss's, where ground-truth contours may run along the frame
     tp = np.pad(target, ((0, 0), (3, 3), (3, 3)), constant_values=255)
     pp = np.pad(pred, ((0, 0), (3, 3), (3, 3)))
     pp[tp == 255] = rng.integers(0, 5, (tp == 255).sum())
-    assert all_seg(pp, tp, 5) == {k: pytest.approx(v) for k, v in ref.items()}
-    # 2) a whole image of ignore added to the batch
-    tp2 = np.concatenate([target, np.full_like(target[:1], 255)])
-    pp2 = np.concatenate([pred, rng.integers(0, 5, target[:1].shape)])
-    assert all_seg(pp2, tp2, 5) == {k: pytest.approx(v) for k, v in ref.items()}
-    # 3) the prediction under ignored target pixels is never read
+    framed = all_seg(pp, tp, 5, **kw)
+    del framed["trimap_iou"]
+    assert framed == {k: pytest.approx(v) for k, v in ref.items() if k != "trimap_iou"}
+    # 2) the prediction under ignored target pixels is never read
     t3 = target.copy()
     t3[:, 10:14] = 255
     p3 = pred.copy()
-    base = all_seg(p3, t3, 5)
+    base = all_seg(p3, t3, 5, **kw)
     p3[t3 == 255] = rng.integers(0, 5, (t3 == 255).sum())
-    assert all_seg(p3, t3, 5) == {k: pytest.approx(v) for k, v in base.items()}
+    assert all_seg(p3, t3, 5, **kw) == {k: pytest.approx(v) for k, v in base.items()}
 
 
 def test_metrics_disagree_on_thin_rings():

@@ -196,3 +196,21 @@ def test_check_validates_without_writing(tmp_path):
     assert load_study(path).settings["budget"] == 10  # checking does not grow the budget
     with pytest.raises(StudyFileError, match="seed: study has 1, requested 2"):
         LossSearch(task=Blobs.name, storage=path, budget=10, seed=2, funnel=FAST).check()
+
+
+def test_settings_record_the_task_and_old_study_files_resume_by_name(tmp_path):
+    path = tmp_path / "s.db"
+    study = search(path, budget=8)
+    s = study.settings
+    assert (s["task"], s["task_spec"], s["task_fingerprint"], s["num_classes"]) == \
+        ("tiny-blobs", "tiny-blobs", None, 3)
+    study.close()
+    # a study file written before the task's spec was stored: the name is the spec
+    store = load_study(path).store
+    store.set_meta("settings", {k: v for k, v in s.items()
+                                if k not in ("task_spec", "task_fingerprint", "num_classes")})
+    store.close()
+    assert resume(path, budget=12).explored == 12
+    # a task object made in Python (no spec): it is recorded by name only
+    other = LossSearch(task=Blobs(), storage=tmp_path / "o.db", budget=8, seed=1, funnel=FAST)
+    assert "task_spec" not in other.settings() and other.settings()["task"] == "tiny-blobs"

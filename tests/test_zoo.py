@@ -1,5 +1,7 @@
 """The zoo: every entry equals an independent formula written directly in torch (or torch's own
-loss), Lovász-softmax on hand-worked cases and against a brute-force Lovász extension."""
+loss), Lovász-softmax on hand-worked cases and against a brute-force Lovász extension; a name means
+the usual thing for the loss kind (``mse`` on regression is ``F.mse_loss``, on classification the
+Brier score), and the regression entries equal torch's ``mse_loss``/``l1_loss``/``huber_loss``."""
 from __future__ import annotations
 
 import random
@@ -24,8 +26,10 @@ def div(a, b):
     return a / (b + EPS)
 
 
-EXPECTED = {"ce", "wce", "focal", "poly1", "mse", "dice", "baikal", "baikal-cma", "lovasz"}
+EXPECTED = {"ce", "wce", "focal", "poly1", "mse", "brier", "dice", "baikal", "baikal-cma", "lovasz"}
+REGRESSION = {"mse", "mae", "huber"}
 BOX = {"iou", "giou", "l1"}  # box-regression entries: tests/test_slots.py
+VARIABLES = {"classification": {"p", "y", "z"}, "regression": {"f", "y"}, "box": {"i", "u", "e"}}
 
 
 def data(seed: int, shape, ignore: bool):
@@ -61,21 +65,37 @@ def value(name_or_expr, logits, target):
 
 # ---- registry ----------------------------------------------------------------------------------
 def test_registry():
-    assert set(zoo.names()) == EXPECTED | BOX
+    assert set(zoo.names()) == EXPECTED | REGRESSION | BOX
+    assert len(zoo.names()) == len(set(zoo.names()))  # a name with two forms is listed once
     assert set(zoo.names("classification")) == EXPECTED and set(zoo.names("box")) == BOX
-    for name in zoo.names():
-        entry = zoo.get(name)
-        assert entry.name == name
+    assert set(zoo.names("regression")) == REGRESSION
+    assert len(zoo.entries()) == len(EXPECTED) + len(REGRESSION) + len(BOX)  # mse: two forms
+    for entry in zoo.entries():
+        assert zoo.get(entry.name, entry.kind) is entry
+        assert entry.kind in zoo.kinds(entry.name)
         assert entry.source and entry.doc
         assert isinstance(entry.module(), torch.nn.Module)
         if entry.expr is not None:
             assert entry.formula == str(entry.expr)
             assert parse(entry.formula) is entry.expr
-            assert entry.expr.variables() <= ({"p", "y", "z"} if name in EXPECTED else {"i", "u", "e"})
+            assert entry.expr.variables() <= VARIABLES[entry.kind]
         else:
             assert entry.formula is None and entry.factory is not None
     with pytest.raises(Exception):
         zoo.get("ce").name = "other"  # frozen
+
+
+def test_a_name_means_the_usual_thing_for_its_kind():
+    assert zoo.kinds("mse") == ("classification", "regression") and zoo.kinds("nope") == ()
+    assert zoo.get("mse").kind == "classification"  # without a kind: the name's first form
+    assert zoo.get("mse", "classification").formula == zoo.get("brier").formula == "sum_c(square(p - y))"
+    assert zoo.get("mse", "regression").formula == "square(f - y)"
+    assert zoo.get("mae", "regression").formula == "abs(f - y)"
+    with pytest.raises(KeyError, match="'mae' is a regression loss, not a classification loss"):
+        zoo.get("mae", "classification")
+    with pytest.raises(KeyError) as info:
+        zoo.get("ce", "regression")
+    assert "regression losses: mse, mae, huber" in str(info.value)
 
 
 def test_known_formulas():
@@ -164,6 +184,49 @@ def test_mse_matches_direct_formula(shape, ignore):
     assert value("mse", logits, target) == pytest.approx(ref, rel=1e-9)
     if not ignore:
         assert ref == pytest.approx(shape[1] * F.mse_loss(p, y).item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("shape, ignore", CASES)
+def test_brier_is_classification_mse(shape, ignore):
+    logits, target = data(5, shape, ignore)
+    p, y, _ = flat(logits, target)
+    assert value("brier", logits, target) == pytest.approx(((p - y) ** 2).sum(1).mean().item(), rel=1e-9)
+    assert value("brier", logits, target) == value("mse", logits, target)
+
+
+REGRESSION_SHAPES = [pytest.param((32,), id="N"), pytest.param((16, 3), id="N,D"),
+                     pytest.param((4, 5, 6, 6), id="N,C,H,W")]
+TORCH_LOSS = {"mse": F.mse_loss, "mae": F.l1_loss,
+              "huber": lambda a, b: F.huber_loss(a, b, delta=1.0)}
+
+
+@pytest.mark.parametrize("shape", REGRESSION_SHAPES)
+@pytest.mark.parametrize("name", sorted(REGRESSION))
+def test_regression_entries_match_torch(name, shape):
+    """Value and gradient equal torch's loss (reduction 'mean') on random tensors whose residuals
+    fall on both sides of Huber's delta = 1; the exported standalone module gives the same."""
+    gen = torch.Generator().manual_seed(11)
+    pred = (2.0 * torch.randn(shape, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    target = torch.randn(shape, generator=gen, dtype=torch.float64)
+    residual = (pred - target).abs()
+    assert (residual < 1).any() and (residual > 1).any()
+    entry = zoo.get(name, "regression")
+    ours = entry.module()(pred, target)
+    (g_ours,) = torch.autograd.grad(ours, pred)
+    ref = TORCH_LOSS[name](pred, target)
+    (g_ref,) = torch.autograd.grad(ref, pred)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-12, abs=1e-15)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-15)
+    namespace: dict = {}
+    exec(entry.expr.to_source("Exported"), namespace)  # the export: plain torch, no lossforge
+    assert namespace["Exported"]()(pred, target).item() == pytest.approx(ref.item(), rel=1e-12)
+
+
+def test_huber_is_quadratic_inside_delta_and_linear_outside():
+    huber = zoo.get("huber").module()
+    r = torch.tensor([0.0, 0.5, -0.9, 1.0, 2.0, -3.5], dtype=torch.float64)
+    per_element = [huber(v.reshape(1), torch.zeros(1, dtype=torch.float64)).item() for v in r]
+    assert per_element == pytest.approx([0.0, 0.125, 0.405, 0.5, 1.5, 3.0], rel=1e-12)
 
 
 @pytest.mark.parametrize("shape, ignore", CASES)

@@ -4,7 +4,8 @@ Public API:
 
 * expressions: ``parse``, ``Expr``, ``ParseError``; multi-slot losses: ``LossSlot``, ``Bundle``;
   the loss catalogue ``zoo``;
-* tasks: ``tasks`` (the registry), ``Task``;
+* tasks: ``tasks`` (the registry), ``Task`` (override ``Task.fit`` to train with your own loop),
+  ``objective_task`` (a task from a function ``fn(loss, steps, seed, report) -> metrics``);
 * training and comparing losses: ``train``, ``evaluate``;
 * searching: ``LossSearch``, ``FunnelConfig`` (its screening funnel), ``Strategy`` (the base of
   search strategies; register one with ``lossforge.search.register``), ``make_executor``
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # editors and type checkers see the lazy names
     from lossforge.expr.bundle import Bundle
     from lossforge.search.strategy import Strategy
     from lossforge.study import LossSearch, Study, load_study, resume
+    from lossforge.tasks.objective import objective_task
     from lossforge.training import train
 
 __version__ = "0.1.0"
@@ -44,6 +46,7 @@ _LAZY = {
     "FunnelConfig": "lossforge.evaluation.funnel",
     "Strategy": "lossforge.search.strategy",
     "make_executor": "lossforge.execution",
+    "objective_task": "lossforge.tasks.objective",
 }
 
 
@@ -59,4 +62,4 @@ def __getattr__(name):  # lazy: keep `import lossforge` light
 
 __all__ = ["Expr", "ParseError", "parse", "tasks", "Task", "zoo", "train", "evaluate",
            "LossSearch", "load_study", "Study", "resume", "FunnelConfig", "Strategy",
-           "make_executor", "LossSlot", "Bundle"]
+           "make_executor", "LossSlot", "Bundle", "objective_task"]

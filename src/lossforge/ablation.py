@@ -35,13 +35,13 @@ import time
 import numpy as np
 import torch
 
-from lossforge import tasks
 from lossforge.evaluation.candidate import GEC_HIT, INVALID, REJECTED_CHECKS, REJECTED_LRP
 from lossforge.evaluation.funnel import Funnel, FunnelConfig
 from lossforge.evaluation.lrp import LossRejection, LRPConfig, metric_value
 from lossforge.evaluation.proxy import ProxyStageConfig
 from lossforge.expr import spaces, variation
 from lossforge.expr.interpret import loss_value
+from lossforge.tasks.spec import load_task
 from lossforge.training import OK, train
 
 CONFIGS = ["naive", "lrp", "gec", "invalid_stop", "batched", "batched_proxy"]
@@ -164,7 +164,7 @@ def measure(task="digits", metric: str | None = None, n: int = 100, n_naive: int
     """Run the ablation; ``log(line)`` reports progress. Returns ``{"rows": {config: {...}},
     "summary": {...}}``: per configuration ``n, wall_s, charged_s, s_per_cand, speedup, trained,
     fit, invalid, gec_hits, agree, bound`` (and ``stages_s``); the summary is the benchmark's JSON."""
-    task = tasks.get(task)
+    task = load_task(task)
     metric = metric or task.default_metric
     steps = steps or task.proxy.steps
     lrp_steps = lrp_steps or LRPConfig().steps

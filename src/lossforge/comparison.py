@@ -1,7 +1,14 @@
 """``evaluate``: compare losses fairly on a task — K seeds each, mean ± std of every metric, and
-the difference to the task's baseline (cross-entropy) with a Welch t-test p-value."""
+the difference to the task's baseline (cross-entropy) with a Welch t-test p-value.
+
+The :class:`Comparison` it returns prints as a table (``str``/``repr``; ``_repr_html_`` in a
+notebook): one row per loss, ``mean ± std`` of each metric over the valid runs, and for every loss
+but the baseline ``Δ`` (its mean minus the baseline's) with the Welch p-value. The raw runs stay in
+``result.runs``; ``result.to_dict()`` is the JSON form.
+"""
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -9,7 +16,7 @@ import numpy as np
 from scipy import stats
 
 from lossforge.tasks import Task
-from lossforge.tasks import get as get_task
+from lossforge.tasks.spec import load_task
 from lossforge.training import OK, TrainResult, train
 
 
@@ -31,9 +38,11 @@ class LossSummary:
     p_value: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(repr=False)
 class Comparison:
-    """The result of :func:`evaluate`: per-loss summaries and every raw run."""
+    """The result of :func:`evaluate`: per-loss summaries and every raw run.
+
+    Prints as a table (:meth:`table`); ``_repr_html_`` renders it in a notebook."""
 
     task: str
     split: str
@@ -47,6 +56,70 @@ class Comparison:
 
     def to_dict(self) -> dict:
         return _finite(asdict(self))
+
+    def title(self) -> str:
+        """What the table compares: task, split, seeds, steps and the baseline."""
+        n = len(self.seeds)
+        return (f"{self.task}: {self.split} split, {n} seed{'s' if n != 1 else ''}, {self.steps} "
+                f"steps; Δ and Welch p vs {self.baseline}")
+
+    def table(self, max_loss_width: int = 48) -> str:
+        """The comparison as plain text: one row per loss (names longer than ``max_loss_width``
+        characters are cut with …), ``runs`` valid/total, then per metric a column ``mean ± std``
+        and a column ``Δ (p)``: the mean minus the baseline's and the Welch p-value (empty on the
+        baseline's row)."""
+        header = ["loss", "runs"]
+        for m in self.metrics:
+            header += [f"{m} {'↑' if self.higher_is_better[m] else '↓'}", "Δ (p)"]
+        lines = [header]
+        for r in self.rows:
+            row = [_cut(r.loss, max_loss_width), f"{r.runs - r.invalid}/{r.runs}"]
+            for m in self.metrics:
+                row.append(f"{_fmt(r.mean[m])} ± {_fmt(r.std[m])}")
+                row.append("" if r.loss == self.baseline else
+                           f"{_fmt(r.delta[m], sign=True)} (p={_fmt(r.p_value[m], 3)})")
+            lines.append(row)
+        widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+        text = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
+        rule = "-" * max(len(t) for t in text)
+        return "\n".join([self.title(), rule, text[0], rule, *text[1:], rule])
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def __repr__(self) -> str:
+        return self.table()
+
+    def _repr_html_(self) -> str:
+        """The table as HTML (Jupyter): Δ and p on a second line of each cell."""
+        e = html.escape
+        head = "".join(f"<th>{e(m)} {'↑' if self.higher_is_better[m] else '↓'}</th>"
+                       for m in self.metrics)
+        body = []
+        for r in self.rows:
+            cells = [f'<td style="text-align:left"><code>{e(r.loss)}</code></td>',
+                     f"<td>{r.runs - r.invalid}/{r.runs}</td>"]
+            for m in self.metrics:
+                cell = f"{_fmt(r.mean[m])} ± {_fmt(r.std[m])}"
+                if r.loss != self.baseline:
+                    cell += (f"<br><small>Δ {_fmt(r.delta[m], sign=True)} "
+                             f"(p={_fmt(r.p_value[m], 3)})</small>")
+                cells.append(f'<td style="text-align:right">{cell}</td>')
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        return (f"<table><caption>{e(self.title())}</caption>"
+                f"<tr><th>loss</th><th>runs</th>{head}</tr>{''.join(body)}</table>")
+
+
+def _fmt(v: float | None, digits: int = 4, sign: bool = False) -> str:
+    """A metric value for the table: ``—`` when undefined, 4 decimals (1 from 10 000 on)."""
+    if v is None or not math.isfinite(v):
+        return "—"
+    digits = 1 if abs(v) >= 1e4 else digits
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _finite(obj):
@@ -75,7 +148,7 @@ def evaluate(task: Task | str, losses: list, *, seeds: int | list[int] = 3, step
     The baseline (default: the task's, cross-entropy for classification) is added first if absent.
     ``progress(done, total, loss_name)`` is called after each run when given.
     """
-    task = get_task(task)
+    task = load_task(task)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ValueError("seeds must be at least 1")

@@ -3,7 +3,9 @@
 1. prints the zoo of known losses;
 2. searches the AutoLoss-Zero space from scratch on ``digits`` for accuracy (a few minutes on
    2 CPU cores), storing the study in ``out/quickstart.db``;
-3. prints the funnel and the hall of fame, exports the best loss to ``out/searched_loss.py``;
+3. prints the funnel and the hall of fame, the best loss next to cross-entropy (the task's
+   baseline) trained with the same proxy settings and seed, and exports the best loss to
+   ``out/searched_loss.py``;
 4. trains a model with the exported file in a fresh interpreter that cannot import lossforge (a
    plain PyTorch script), and checks the export matches ``to_torch`` numerically.
 Exits with status 1 if a check fails.
@@ -38,16 +40,17 @@ _RUNNER = textwrap.dedent(
 
 
 def zoo_table() -> Table:
-    """A rich table of the zoo: name, formula (or the module class), source."""
+    """A rich table of the zoo: name, loss kind, formula (or the module class), source; a name
+    with a form per kind (``mse``) has one row per form."""
     table = Table(title="lossforge zoo: known losses", show_lines=False)
     table.add_column("name", style="bold cyan", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
     table.add_column("formula")
     table.add_column("source", style="dim")
-    for name in zoo.names():
-        entry = zoo.get(name)
+    for entry in zoo.entries():
         formula = entry.formula if entry.formula is not None else (
             f"[italic]nn.Module {type(entry.module()).__name__}[/italic]")
-        table.add_row(name, formula, entry.source)
+        table.add_row(entry.name, entry.kind, formula, entry.source)
     return table
 
 
@@ -147,6 +150,7 @@ def train_with_export(path: Path) -> float:
 def main(budget: int = 400) -> int:
     """Zoo, export check, a short search, export of the best loss and a training with it."""
     from lossforge.cli.tables import print_study
+    from lossforge.evaluation.baseline import describe
 
     console = Console()
     console.print(zoo_table())
@@ -166,6 +170,8 @@ def main(budget: int = 400) -> int:
     exported = out / "searched_loss.py"
     exported.write_text(parse(best.formula, strict=False).to_source("SearchedLoss"))
     console.print(f"best loss: [bold]{best.formula}[/] (validation accuracy {best.fitness:.4f})")
+    console.print(describe(study.baseline, best.fitness) + " (same proxy training, same seed)",
+                  markup=False)
     console.print(f"exported to {exported}")
     acc = train_with_export(exported)
     console.print(f"a plain PyTorch MLP trained with {exported} reaches test accuracy {acc:.4f}")

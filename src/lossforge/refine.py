@@ -15,6 +15,9 @@ non-finite run ranked last). Contract:
   rounds continues after the last finished round (other settings: ``ValueError`` naming them, or
   ``restart=True`` to discard the stored refinement).
 * The study's own candidates and results are never modified.
+* The task: a built-in one is loaded by its stored name; a study of a task file or module needs
+  it named again (``task=``, CLI ``--task``), and a task file changed since the study was created
+  is refused unless ``allow_changed_task`` (:func:`lossforge.study.study_task`).
 """
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lossforge.evaluation.halving import HalvingRound, successive_halving
-from lossforge.study import Study, load_study
-from lossforge.tasks import get as get_task
+from lossforge.study import Study, load_study, study_task
+from lossforge.tasks import Task
 
 META_KEY = "refine"
 
@@ -92,16 +95,20 @@ def candidates(study: Study, top: int) -> list[tuple[str, float]]:
 
 def refine_study(path: str | Path, rounds: list[RoundSpec] | None = None, top: int = 8,
                  restart: bool = False, device: str = "cpu",
-                 progress: Callable[[int, int, int, str], None] | None = None) -> dict[str, Any]:
+                 progress: Callable[[int, int, int, str], None] | None = None,
+                 task: Task | str | None = None, allow_changed_task: bool = False
+                 ) -> dict[str, Any]:
     """Race the study's ``top`` losses through ``rounds`` (default :func:`default_rounds`) and
     store each finished round in the study. Returns the stored refinement: ``top``, ``rounds``
     (the specs), ``search_fitness`` (formula -> search fitness), ``results`` (one per finished
-    round: standings best first) and ``survivors`` (best first, as formulas)."""
+    round: standings best first) and ``survivors`` (best first, as formulas). ``task`` and
+    ``allow_changed_task``: see the module docstring."""
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
     study = load_study(path)
     try:
-        task = get_task(study.settings["task"])
+        task = study_task(study.settings, task, path=path, allow_changed_task=allow_changed_task,
+                          verb="refine")
         proxy_steps = int(study.settings["funnel"]["proxy"].get("steps") or task.proxy.steps)
         rounds = list(rounds) if rounds else default_rounds(top, proxy_steps)
         chosen = candidates(study, top)

@@ -12,6 +12,18 @@ funnel overrides, task-derived options) each strategy class declares
 (:class:`~lossforge.search.strategy.Strategy`). The study file is reached only through
 :class:`~lossforge.storage.Store`'s methods; readers open it with ``load_study(path,
 readonly=True)``.
+
+Which task. ``LossSearch(task=...)`` takes a :class:`~lossforge.tasks.Task`, a built-in name, or a
+spec ``path/to/file.py[:ATTR]`` / ``package.module:ATTR`` (:func:`~lossforge.tasks.spec.load_task`).
+The settings record ``task`` (its name), ``task_spec`` (the canonical spec: a file path made
+absolute), ``task_fingerprint`` (sha256 of the task file's bytes as loaded; ``None`` for a built-in
+task) and ``num_classes`` (so that readers need not load the task). A study file is data, never
+code: readers (``show``, ``report``, ``export``) import nothing it names, and :func:`study_task`
+loads a task a study names only when it is built in or when the caller names it again
+(``task=``, CLI ``--task``). Continuing a study whose task file changed since it was created is
+refused (:class:`StudyTaskChangedError`) unless ``allow_changed_task=True``
+(``--allow-changed-task``); the study then records the new fingerprint and keeps the old ones in
+its ``"task_changes"`` meta entry.
 """
 from __future__ import annotations
 
@@ -29,7 +41,7 @@ from lossforge.expr import Expr, parse
 from lossforge.search.strategy import Strategy, scored
 from lossforge.storage import Row, Store, StudyFileError
 from lossforge.tasks import Task
-from lossforge.tasks import get as get_task
+from lossforge.tasks.spec import is_spec, load_task, loaded_source, spec_fingerprint, spec_of
 
 #: Settings that must match to continue a study (the budget may grow).
 _FIXED = ("task", "metric", "strategy", "space", "seed", "funnel", "strategy_options", "slot",
@@ -129,7 +141,8 @@ class Study:
         s = self.settings
         best = self.best
         return {
-            "path": str(self.path), "task": s["task"], "metric": s["metric"],
+            "path": str(self.path), "task": s["task"], "task_spec": stored_task_spec(s),
+            "task_fingerprint": s.get("task_fingerprint"), "metric": s["metric"],
             "slot": s.get("slot", "loss"), "fixed": s.get("fixed", {}),
             "joint": bool(s.get("joint", False)),
             "strategy": s["strategy"], "space": s["space"], "seed": s["seed"], "budget": s["budget"],
@@ -141,7 +154,15 @@ class Study:
                              for h in self.hall_of_fame[:top]],
             "stats": self.stats,
             "refine": self.store.meta("refine"),  # lossforge refine's races (None before any)
+            "baseline": self.baseline,  # the task's baseline loss, proxy-trained (None: not measured)
         }
+
+    @property
+    def baseline(self) -> dict[str, Any] | None:
+        """The task's baseline loss trained with the study's proxy settings (``loss``, ``formula``,
+        ``status``, ``fitness``, ``metrics``, ``seconds``: :mod:`lossforge.evaluation.baseline`);
+        ``None`` for a study file that has not measured it."""
+        return self.store.meta("baseline")
 
     def meta(self, key: str) -> Any:
         """The study's stored value under ``key`` (e.g. ``"evaluation"``, ``"refine"``), or
@@ -204,9 +225,13 @@ class LossSearch:
 
     ``budget``: candidates to explore (put through the funnel, GEC hits included).
     ``executor``: a ``concurrent.futures``-style executor for proxy trainings (default in-process).
-    ``progress(study_state)`` is called after every committed result when given (a dict: explored,
-    budget, generation, position, status, formula, fitness, size, reason; ``position`` is the
-    candidate's index within its generation, and a position may be reported twice).
+    ``progress(study_state)`` is called after every committed result when given (a dict: event
+    ``"result"``, explored, budget, generation, position, status, formula, fitness, size, reason;
+    ``position`` is the candidate's index within its generation, and a position may be reported
+    twice). A task with its own training loop (:meth:`~lossforge.tasks.Task.fit`) trained in this
+    process (no executor, or a serial one) also sends each ``report(step, metrics)`` of its loop:
+    a dict with event ``"report"``, explored, budget, generation, formula, step, metrics (and no
+    status); worker processes drop them.
 
     Tasks with several loss slots (:meth:`~lossforge.tasks.Task.loss_slots`): ``slot`` names the
     loss slot to search (its kind's variables, probes and LRP metric), ``fixed`` gives the losses
@@ -216,6 +241,10 @@ class LossSearch:
     :meth:`~lossforge.search.strategy.Strategy.can_search_jointly`). A
     single-slot task searches its slot ``"loss"``. ``slot``, ``fixed`` and ``joint`` are settings
     a resumed study must match.
+
+    ``task``: a task, a built-in name or a spec (``path/to/file.py:ATTR``, see the module
+    docstring). ``allow_changed_task``: continue an existing study file even though its task file
+    changed since the study was created (else :class:`StudyTaskChangedError`).
     """
 
     task: Task | str
@@ -232,11 +261,12 @@ class LossSearch:
     slot: str | None = None
     fixed: dict[str, str] = field(default_factory=dict)
     joint: bool = False
+    allow_changed_task: bool = False
 
     def __post_init__(self):
         if self.budget <= 0:
             raise ValueError(f"budget must be a positive number of candidates, got {self.budget}")
-        self.task = get_task(self.task)
+        self.task = load_task(self.task)
         self.metric = self.metric or self.task.default_metric
         self.task.metric(self.metric)  # clear error for an unknown metric
         try:
@@ -287,10 +317,14 @@ class LossSearch:
             load_loss(v, self.task, slot=k)  # clear ValueError: unknown slot, wrong kind …
 
     def settings(self) -> dict[str, Any]:
-        return {"task": self.task.name, "metric": self.metric, "strategy": self.strategy,
-                "space": self.space, "seed": self.seed, "budget": self.budget,
-                "funnel": self.funnel.to_dict(), "strategy_options": self.strategy_options,
-                "slot": self.slot, "fixed": self.fixed, "joint": self.joint}
+        """What the study file records (``task_spec``/``task_fingerprint`` only for a task loaded
+        from a name or spec, :func:`task_identity`)."""
+        return {"task": self.task.name, **task_identity(self.task),
+                "num_classes": getattr(self.task, "num_classes", None), "metric": self.metric,
+                "strategy": self.strategy, "space": self.space, "seed": self.seed,
+                "budget": self.budget, "funnel": self.funnel.to_dict(),
+                "strategy_options": self.strategy_options, "slot": self.slot, "fixed": self.fixed,
+                "joint": self.joint}
 
     # --- opening / resuming ---------------------------------------------------------------------
     def check(self) -> None:
@@ -318,6 +352,8 @@ class LossSearch:
             detail = "; ".join(f"{k}: study has {a!r}, requested {b!r}" for k, a, b in diff)
             raise StudyFileError(f"{store.path} was created with other settings ({detail}); use "
                                  "`lossforge resume` to continue it, or choose a new study file")
+        if not self.allow_changed_task:
+            check_task_unchanged(old, task_identity(self.task))
 
     def _open_store(self) -> Store:
         path = Path(self.storage)
@@ -330,8 +366,14 @@ class LossSearch:
             store.close()
             raise
         old = store.settings
-        if old.get("budget") != self.budget:
-            store.set_meta("settings", {**old, "budget": self.budget})
+        new = {**old, "budget": self.budget, **_moved_or_changed(old, task_identity(self.task))}
+        if new != old:
+            if new.get("task_fingerprint") != old.get("task_fingerprint"):
+                changes = store.meta("task_changes") or []
+                store.set_meta("task_changes", changes + [{
+                    "time": time.time(), "task_spec": old.get("task_spec"),
+                    "task_fingerprint": old.get("task_fingerprint"), "explored": store.count()}])
+            store.set_meta("settings", new)
         return store
 
     def _make_strategy(self) -> Strategy:
@@ -375,6 +417,8 @@ class LossSearch:
             store.set_meta("calibration", funnel.calibration_state())
         else:
             funnel.load_calibration(calibrated)
+        from lossforge.evaluation.baseline import ensure_baseline  # once per study, RNG untouched
+        ensure_baseline(store, self.task, self.metric, self.funnel.proxy, self.fixed)
         for row in store.rows():  # what earlier runs learnt: GEC classes and results
             if row.fingerprint:
                 funnel.gec.known.setdefault(row.fingerprint, row.formula)
@@ -396,6 +440,7 @@ class LossSearch:
         todo = [pos for pos in range(len(exprs)) if pos not in stored]
         before = _stage_seconds(funnel)
         if todo:
+            funnel.proxy.on_report = self._reporter(store, generation)
             cands = funnel.run([exprs[p] for p in todo],
                                on_result=lambda i, c: self._commit(store, generation, todo[i],
                                                                    exprs[todo[i]], c))
@@ -413,9 +458,18 @@ class LossSearch:
         store.add(generation, position, str(proposed), str(c.expr), c.expr.size(), c.status,
                   c.fitness, c.fingerprint, c.same_as, c.to_record())
         if self.progress:
-            self.progress({"explored": store.count(), "budget": self.budget, "generation": generation,
-                           "status": c.status, "formula": str(c.expr), "fitness": c.fitness,
+            self.progress({"event": "result", "explored": store.count(), "budget": self.budget,
+                           "generation": generation, "status": c.status, "formula": str(c.expr), "fitness": c.fitness,
                            "size": c.expr.size(), "reason": c.reason, "position": position})
+
+    def _reporter(self, store: Store, generation: int):
+        """The proxy stage's ``on_report``: a task's own loop's ``report(step, metrics)`` ->
+        ``progress`` with event ``"report"`` (``None`` without ``progress``)."""
+        if not self.progress:
+            return None
+        return lambda c, step, metrics: self.progress(
+            {"event": "report", "explored": store.count(), "budget": self.budget,
+             "generation": generation, "formula": str(c.expr), "step": step, "metrics": metrics})
 
 
 def _stage_seconds(funnel) -> dict[str, float]:
@@ -436,21 +490,131 @@ def _differences(key: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:
     return [] if a == b else [(key, a, b)]
 
 
-def resume(path: str | Path, executor: Any = None, progress=None, budget: int | None = None,
-           task: Task | None = None) -> Study:
-    """Continue the study at ``path`` with its stored settings (optionally a new ``budget``).
+class StudyTaskChangedError(StudyFileError):
+    """The study's task file changed since the study was created (``allow_changed_task=True``,
+    CLI ``--allow-changed-task``, continues anyway)."""
 
-    ``task``: the task object, for a user-defined task that is not registered by name (its name
-    must match the study's)."""
+
+def task_identity(task: Task) -> dict[str, Any]:
+    """What a study records of where ``task`` came from: ``{"task_spec", "task_fingerprint"}``
+    for a task loaded by :func:`~lossforge.tasks.spec.load_task` (the fingerprint is the sha256 of
+    the file's bytes as imported in this process; ``None`` for a built-in name), ``{}`` for a task
+    object made otherwise (nothing known)."""
+    spec = spec_of(task)
+    if spec is None:
+        return {}
+    if not is_spec(spec):
+        return {"task_spec": spec, "task_fingerprint": None}
+    source = loaded_source(spec)
+    if source is not None:
+        import hashlib
+
+        fingerprint = hashlib.sha256(source).hexdigest()
+    else:  # package.module:ATTR: the module's source file
+        fingerprint = spec_fingerprint(spec)
+    return {"task_spec": spec, "task_fingerprint": fingerprint}
+
+
+def stored_task_spec(settings: dict[str, Any]) -> str:
+    """The spec a study's task was loaded from (study files without ``task_spec``: its name)."""
+    return settings.get("task_spec") or settings["task"]
+
+
+def task_file_status(settings: dict[str, Any], task: Task | str,
+                     path: str | Path = "the study") -> dict[str, Any]:
+    """Whether ``task`` (a spec or task the caller names; loaded, so its file is imported) is the
+    study's and its file unchanged: ``{"task_spec", "task_fingerprint", "unchanged"}``
+    (``unchanged`` is ``None`` when there is nothing to compare). :class:`StudyFileError` when it
+    is another task (name)."""
+    task = load_task(task)
+    if task.name != settings["task"]:
+        raise StudyFileError(f"{path} was created for task {settings['task']!r}, not "
+                             f"{task.name!r}; name the study's task: {stored_task_spec(settings)}")
+    identity = task_identity(task)
+    old, new = settings.get("task_fingerprint"), identity.get("task_fingerprint")
+    return {"task_spec": identity.get("task_spec"), "task_fingerprint": new,
+            "unchanged": None if old is None or new is None else old == new}
+
+
+def check_task_unchanged(settings: dict[str, Any], identity: dict[str, Any]) -> None:
+    """:class:`StudyTaskChangedError` when the study's task file (``settings``) and the one loaded
+    now (``identity``, :func:`task_identity`) have different fingerprints (nothing to compare:
+    no error)."""
+    old, new = settings.get("task_fingerprint"), identity.get("task_fingerprint")
+    if old is None or new is None or old == new:
+        return
+    spec = identity.get("task_spec") or stored_task_spec(settings)
+    target = spec.rsplit(":", 1)[0] if ".py:" in spec else spec
+    where = f"task file {target}" if target.endswith(".py") else f"the source of task {spec}"
+    raise StudyTaskChangedError(
+        f"{where} changed since the study was created (sha256 {old[:12]}… -> "
+        f"{new[:12]}…); restore it, or pass --allow-changed-task (allow_changed_task=True) to "
+        "continue with the changed task (results from before and after may not be comparable)")
+
+
+def _moved_or_changed(settings: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
+    """The settings entries to update when the task now comes from another path or other bytes
+    (an accepted change): the new spec and fingerprint."""
+    if not identity or identity.get("task_spec") is None or "task_spec" not in settings:
+        return {}
+    return {k: v for k, v in identity.items() if settings.get(k) != v}
+
+
+def study_task(settings: dict[str, Any], task: Task | str | None = None, *,
+               path: str | Path = "the study", allow_changed_task: bool = False,
+               verb: str = "resume") -> Task:
+    """The task to continue (or retrain) a study with ``settings``, by the rule "a study file is
+    data, never code": a built-in task is loaded by its stored name; a task file or module is
+    imported only when the caller names it again (``task``: a spec or a task object; CLI
+    ``--task``). ``task`` must have the study's task name, and a task file whose fingerprint
+    changed is refused unless ``allow_changed_task`` (:class:`StudyTaskChangedError`).
+
+    ``verb`` names the command in the messages (``resume``, ``refine``). Raises
+    :class:`~lossforge.storage.StudyFileError` (a ``ValueError``) or
+    :class:`~lossforge.tasks.spec.TaskSpecError`."""
+    stored = stored_task_spec(settings)
+    if task is None:
+        if is_spec(stored):
+            raise StudyFileError(
+                f"{path} was made with the task {stored}; a study file does not import the code it "
+                f"names: name it again to {verb}: `lossforge {verb} {path} --task {stored}` "
+                f"(Python: task={stored!r})")
+        task = stored
+    task = load_task(task)
+    if task.name != settings["task"]:
+        raise StudyFileError(f"{path} was created for task {settings['task']!r}, not "
+                             f"{task.name!r} (from {spec_of(task) or 'the task object given'}); "
+                             f"name the study's task: {stored}")
+    if not allow_changed_task:
+        check_task_unchanged(settings, task_identity(task))
+    return task
+
+
+def prepare_resume(path: str | Path, executor: Any = None, progress=None,
+                   budget: int | None = None, task: Task | str | None = None,
+                   allow_changed_task: bool = False) -> LossSearch:
+    """The checked :class:`LossSearch` that continues the study at ``path`` (see :func:`resume`),
+    before anything runs: the study file, the task (:func:`study_task`) and every setting."""
     store = Store.open(path)
     s = store.settings
     store.close()
-    if task is not None and task.name != s["task"]:
-        raise StudyFileError(f"{path} was created for task {s['task']!r}, not {task.name!r}")
-    search = LossSearch(task=task or s["task"], storage=path, metric=s["metric"], strategy=s["strategy"],
+    task = study_task(s, task, path=path, allow_changed_task=allow_changed_task)
+    search = LossSearch(task=task, storage=path, metric=s["metric"], strategy=s["strategy"],
                         budget=budget or s["budget"], seed=s["seed"], space=s["space"],
                         funnel=FunnelConfig.from_dict(s["funnel"]),
                         strategy_options=s["strategy_options"], executor=executor,
                         progress=progress, slot=s.get("slot"), fixed=s.get("fixed", {}),
-                        joint=bool(s.get("joint", False)))
-    return search.run()
+                        joint=bool(s.get("joint", False)), allow_changed_task=allow_changed_task)
+    search.check()
+    return search
+
+
+def resume(path: str | Path, executor: Any = None, progress=None, budget: int | None = None,
+           task: Task | str | None = None, allow_changed_task: bool = False) -> Study:
+    """Continue the study at ``path`` with its stored settings (optionally a new ``budget``).
+
+    ``task``: a study of a built-in task reloads it by name; a study of a task file or module
+    needs it named again (a spec such as ``"my_task.py:Wine"``, or the task object; its name must
+    match the study's): a study file never imports code by itself. A task file changed since the
+    study was created is refused (:class:`StudyTaskChangedError`) unless ``allow_changed_task``."""
+    return prepare_resume(path, executor, progress, budget, task, allow_changed_task).run()

@@ -5,6 +5,13 @@ ready ``nn.Module`` with ``forward(logits, target)`` (class-index targets, ``ign
 a drop-in for ``nn.CrossEntropyLoss``. Parametrised families are constructors returning an
 :class:`Expr`: :func:`focal`, :func:`poly1`, :func:`taylorglo`.
 
+A name means the usual thing for the loss kind it is used for: ``get(name, kind)`` picks the form
+of that kind. ``mse`` has two: on a regression task the mean squared error of the prediction
+against the target (``torch.nn.functional.mse_loss``); on a classification task the squared error
+of the softmax probabilities against the one-hot target summed over classes, the multi-class
+Brier score, which also has its own name ``brier``. ``get(name)`` without a kind is the name's
+first form (``mse``: the classification one, as before regression entries existed).
+
 Conventions of the expression entries (DESIGN.md §3): ``p`` softmax probabilities, ``y`` one-hot
 ground truth, ``z`` logits, all shaped ``(N, C, *spatial)``; the loss is the mean of what remains
 after the expression's aggregations, over the positions that are not ignored. ``log`` and ``/`` are
@@ -12,6 +19,10 @@ the protected forms of the op registry (``log(|x| + 1e-6)``, ``a / (b + 1e-6)``)
 differ from its textbook form by terms of order 1e-6.
 
 Lovász-softmax is sort-based and has no expression: it is a module entry (:class:`LovaszSoftmax`).
+
+Regression entries (``kind == "regression"``: ``mse``, ``mae``, ``huber``) are formulas over the
+prediction ``f`` and the target ``y`` of one shape ``(N,)`` or ``(N, D, ...)``: ``forward(pred,
+target)``, the loss is the mean over every element, as ``reduction="mean"`` in torch.
 
 Box-regression entries (``kind == "box"``: ``iou``, ``giou`` over the areas ``i, u, e`` of
 :func:`~lossforge.expr.kernels.prepare_box`, and the module entry ``l1`` on the coordinates) take
@@ -34,8 +45,10 @@ __all__ = [
     "BoxL1Loss",
     "LovaszSoftmax",
     "ZooEntry",
+    "entries",
     "focal",
     "get",
+    "kinds",
     "lovasz_softmax",
     "names",
     "poly1",
@@ -244,15 +257,22 @@ class LovaszSoftmax(nn.Module):
 
 
 # ---- the registry ------------------------------------------------------------------------------
-_ENTRIES: dict[str, ZooEntry] = {}
+#: name -> loss kind -> entry; a name's first kind is its default (:func:`get` without a kind).
+_ENTRIES: dict[str, dict[str, ZooEntry]] = {}
+
+
+def _add(entry: ZooEntry) -> None:
+    forms = _ENTRIES.setdefault(entry.name, {})
+    if entry.kind in forms:
+        raise ValueError(f"zoo: {entry.name!r} already has a {entry.kind} form")
+    forms[entry.kind] = entry
 
 
 def _add_expr(name: str, expr: Expr | str, source: str, doc: str) -> None:
     from lossforge.expr.interpret import loss_kind
 
     e = parse(expr) if isinstance(expr, str) else expr
-    _ENTRIES[name] = ZooEntry(name=name, formula=str(e), expr=e, source=source, doc=doc,
-                              kind=loss_kind(e))
+    _add(ZooEntry(name=name, formula=str(e), expr=e, source=source, doc=doc, kind=loss_kind(e)))
 
 
 _add_expr(
@@ -285,12 +305,19 @@ _add_expr(
     "Poly-1: cross-entropy + epsilon (1 - p_t) with p_t = sum_c(y * p); poly1(epsilon) builds "
     "other epsilons.",
 )
+_BRIER_SOURCE = ("squared error of the predicted probabilities (Brier score): Brier, Verification "
+                 "of forecasts expressed in terms of probability, Monthly Weather Review 78 (1950)")
 _add_expr(
-    "mse", "sum_c(square(p - y))",
-    "squared error of the predicted probabilities (Brier score): Brier, Verification of forecasts "
-    "expressed in terms of probability, Monthly Weather Review 78 (1950)",
-    "Squared error summed over classes, averaged over samples/positions (the multi-class Brier "
-    "score; C times the element-wise mean squared error).",
+    "mse", "sum_c(square(p - y))", _BRIER_SOURCE,
+    "On classification: the squared error of the softmax probabilities against the one-hot "
+    "target, summed over classes and averaged over samples/positions (the multi-class Brier "
+    "score, also named 'brier'; C times the element-wise mean squared error). On regression "
+    "'mse' is the mean squared error of the prediction.",
+)
+_add_expr(
+    "brier", "sum_c(square(p - y))", _BRIER_SOURCE,
+    "Multi-class Brier score: sum over classes of (p_c - y_c)^2, averaged over samples/positions "
+    "(what 'mse' means on a classification task).",
 )
 _add_expr(
     "dice", "1 - mean_c((2 * mean_bs(p * y) + 1) / (mean_bs(p) + mean_bs(y) + 1))",
@@ -312,7 +339,7 @@ _add_expr(
     "Baikal with CMA-ES-tuned coefficients: -(1/n) sum [w0 log(w1 p) - w2 y / p]; w1 does not "
     "change the gradients.",
 )
-_ENTRIES["lovasz"] = ZooEntry(
+_add(ZooEntry(
     name="lovasz", formula=None, expr=None,
     source="Berman, Rannen Triki, Blaschko: The Lovasz-Softmax loss: A tractable surrogate for "
            "the optimization of the intersection-over-union measure in neural networks, CVPR 2018 "
@@ -320,6 +347,26 @@ _ENTRIES["lovasz"] = ZooEntry(
     doc="Lovasz-softmax: Lovasz extension of the per-class Jaccard loss at the softmax errors, "
         "averaged over the classes present; sort-based, so an nn.Module, not an expression.",
     factory=LovaszSoftmax,
+))
+
+_add_expr(
+    "mse", "square(f - y)",
+    "mean squared error (the L2 loss of least squares; torch.nn.functional.mse_loss)",
+    "Mean over every element of (f - y)^2: equals F.mse_loss(pred, target) (reduction 'mean'). "
+    "On a classification task 'mse' is the Brier score (see 'brier').",
+)
+_add_expr(
+    "mae", "abs(f - y)",
+    "mean absolute error (the L1 loss; torch.nn.functional.l1_loss)",
+    "Mean over every element of |f - y|: equals F.l1_loss(pred, target) (reduction 'mean').",
+)
+_add_expr(
+    "huber", "0.5 * square(min(abs(f - y), 1)) + abs(f - y) - min(abs(f - y), 1)",
+    "Huber, Robust Estimation of a Location Parameter, Annals of Mathematical Statistics 35 (1964); "
+    "delta = 1 as in torch.nn.functional.huber_loss (and smooth_l1_loss with beta = 1)",
+    "Huber loss with delta = 1: 0.5 r^2 where |r| < 1, |r| - 0.5 elsewhere, r = f - y, mean over "
+    "every element; written with m = min(|r|, 1) as 0.5 m^2 + |r| - m (an expression, so it "
+    "exports like any formula). Equals F.huber_loss(pred, target, delta=1).",
 )
 
 
@@ -358,7 +405,7 @@ class BoxL1Loss(nn.Module):
         return (pred_boxes - target_boxes.to(pred_boxes.dtype)).abs().mean()
 
 
-_ENTRIES["l1"] = ZooEntry(
+_add(ZooEntry(
     name="l1", formula=None, expr=None,
     source="L1 box regression: Girshick, Fast R-CNN, ICCV 2015 (arXiv 1504.08083) uses its smooth "
            "form; plain L1 on coordinates is the 'CE+L1' baseline of AutoLoss-Zero (Li et al., "
@@ -366,19 +413,39 @@ _ENTRIES["l1"] = ZooEntry(
     doc="Mean absolute error of the box coordinates x1, y1, x2, y2 (no smoothing); needs "
         "coordinates, not i, u, e, so an nn.Module, not an expression.",
     factory=BoxL1Loss, kind="box",
-)
+))
 
 
 def names(kind: str | None = None) -> list[str]:
-    """Names of the zoo's entries, in a fixed order; ``kind`` (``"classification"``, ``"box"``)
-    keeps the entries of that loss kind only."""
-    return [n for n, e in _ENTRIES.items() if kind is None or e.kind == kind]
+    """Names of the zoo's entries, each once, in a fixed order; ``kind`` (``"classification"``,
+    ``"regression"``, ``"box"``) keeps the names that have a form of that loss kind."""
+    return [n for n, forms in _ENTRIES.items() if kind is None or kind in forms]
 
 
-def get(name: str) -> ZooEntry:
-    """The entry called ``name``; ``KeyError`` naming the known entries (and a close match)."""
-    try:
-        return _ENTRIES[name]
-    except (KeyError, TypeError):
+def kinds(name: str) -> tuple[str, ...]:
+    """The loss kinds ``name`` has a form for, default first (``()`` for an unknown name)."""
+    return tuple(_ENTRIES.get(name, {}) if isinstance(name, str) else ())
+
+
+def entries(kind: str | None = None) -> list[ZooEntry]:
+    """Every form of every entry (``mse`` twice: classification and regression), in
+    :func:`names` order; ``kind`` keeps the forms of that loss kind."""
+    return [e for forms in _ENTRIES.values() for k, e in forms.items() if kind is None or k == kind]
+
+
+def get(name: str, kind: str | None = None) -> ZooEntry:
+    """The entry called ``name``: its form for loss ``kind``, or without ``kind`` its first form.
+
+    ``KeyError`` naming the known entries (and a close match) for an unknown name, and the kinds
+    it has plus the entries of ``kind`` when it has no form of that kind.
+    """
+    forms = _ENTRIES.get(name) if isinstance(name, str) else None
+    if forms is None:
         raise KeyError(f"unknown zoo loss {name!r}{did_you_mean(name, _ENTRIES)}; known: "
-                       f"{', '.join(_ENTRIES)}") from None
+                       f"{', '.join(_ENTRIES)}")
+    if kind is None:
+        return next(iter(forms.values()))
+    if kind not in forms:
+        raise KeyError(f"zoo loss {name!r} is a {' and '.join(forms)} loss, not a {kind} loss; "
+                       f"{kind} losses: {', '.join(names(kind)) or 'none'}")
+    return forms[kind]

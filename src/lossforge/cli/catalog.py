@@ -1,18 +1,21 @@
-"""``lossforge zoo`` and ``lossforge tasks``: what is built in (named losses, tasks)."""
+"""``lossforge zoo`` and ``lossforge tasks``: what is built in (named losses, tasks), and
+``lossforge tasks --check SPEC`` (:func:`lossforge.tasks.check.check_task`: is a task ready?)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
+
+import typer
 
 from lossforge.cli._app import _FORMAT, Format, app, emit, guarded
 
 
 def zoo_entries() -> list[dict[str, Any]]:
-    """The zoo's named losses: ``{"name", "formula", "source"}`` each (formula ``None`` for a loss
-    written as a module)."""
+    """The zoo's named losses: ``{"name", "kind", "formula", "source"}`` each (formula ``None`` for
+    a loss written as a module)."""
     from lossforge import zoo
 
-    entries = [zoo.get(n) for n in zoo.names()]
-    return [{"name": e.name, "formula": e.formula, "source": e.source} for e in entries]
+    return [{"name": e.name, "kind": e.kind, "formula": e.formula, "source": e.source}
+            for e in zoo.entries()]  # every form: mse on classification and on regression
 
 
 def task_entries() -> list[dict[str, Any]]:
@@ -37,8 +40,23 @@ def zoo_cli(format: Format = _FORMAT):
 
 @app.command("tasks")
 @guarded
-def tasks_cli():
-    """List the built-in tasks with their metrics."""
-    from lossforge.cli.tables import print_tasks
+def tasks_cli(
+    check: Optional[str] = typer.Option(
+        None, "--check", metavar="SPEC",
+        help="Check a task instead of listing: a built-in name, path/to/file.py[:ATTR] or "
+             "package.module:ATTR. Prints what is wrong and how to fix it; exit status 1 on an "
+             "error."),
+    steps: int = typer.Option(1, "--steps", min=1, help="Training steps of --check."),
+    device: str = typer.Option("cpu", "--device", help="Device of --check."),
+    format: Format = _FORMAT,
+):
+    """List the built-in tasks with their metrics, or check a task (--check SPEC)."""
+    if check is None:
+        emit(task_entries(), format, "print_tasks")
+        return
+    from lossforge.tasks.check import check_task
 
-    print_tasks(task_entries())
+    report = check_task(check, steps=steps, device=device)
+    emit(report.to_dict(), format, "print_task_check")
+    if not report.ok:
+        raise typer.Exit(1)

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from lossforge.cli._app import _FORMAT, Format, app, emit, err_console, fail, guarded
+from lossforge.cli._task_options import TASK_HELP
 
 
 def save_evaluation(study: str | Path, result) -> None:
@@ -26,7 +27,7 @@ def save_evaluation(study: str | Path, result) -> None:
 @app.command("evaluate")
 @guarded
 def evaluate_cli(
-    task: str = typer.Option(..., "--task", help="Task name (see `lossforge tasks`)."),
+    task: str = typer.Option(..., "--task", help=TASK_HELP),
     loss: List[str] = typer.Option(..., "--loss", help=(
         "Formula, zoo name or exported .py file; repeatable (one compared loss each). Tasks with "
         "several loss slots (e.g. cls and box): 'box=giou' sets one slot, 'cls=focal; box=giou' "
@@ -41,8 +42,8 @@ def evaluate_cli(
                                         help="Also save the comparison in this study file (for `report`)."),
 ):
     """Train each loss K times on a task; mean ± std of every metric, Δ and Welch p vs cross-entropy."""
-    from lossforge import tasks
     from lossforge.comparison import evaluate
+    from lossforge.tasks.spec import load_task
     from lossforge.training.loss_spec import load_loss
     from lossforge.study import load_study
 
@@ -52,7 +53,7 @@ def evaluate_cli(
         fail("--steps must be at least 1")
     if split not in ("val", "test"):
         fail(f"--split must be 'val' or 'test', got {split!r}")
-    t = tasks.get(task)
+    t = load_task(task)
     for spec in loss:  # fail fast on a bad loss before any training
         load_loss(spec, t)
     if study is not None:  # and on a bad study file

@@ -46,6 +46,7 @@ class SearchView:
         self.trained: list[tuple[float, int, str]] = []  # (fitness, size, formula), in order
         self.generation: int | None = None
         self.last: dict[str, Any] | None = None
+        self.training: dict[str, Any] | None = None  # the last report of a task's own loop
         self.started = time.monotonic()
         self.session = 0  # candidates explored by this run
         self._lock = threading.Lock()  # rich refreshes from its own thread
@@ -86,6 +87,11 @@ class SearchView:
             self._update(state)
 
     def _update(self, state: dict[str, Any]) -> None:
+        if state.get("event") == "report":  # a training in progress (Task.fit's report)
+            self.training = state
+            return
+        if self.training is not None and self.training.get("formula") == state.get("formula"):
+            self.training = None
         position = state.get("position", len(self.seen))
         if self._add(state["generation"], position, state["status"], state.get("fitness"),
                      state.get("size"), state.get("formula")):
@@ -139,9 +145,25 @@ class SearchView:
             text.append(f"   [{self.executor}]", style="dim")
         return text
 
+    def training_line(self) -> Text:
+        """``training: step S · metric value …  formula`` from the last report, or nothing."""
+        s = self.training
+        if s is None:
+            return Text("")
+        text = Text("training: ", style="dim")
+        text.append(f"step {s.get('step')}")
+        for name, value in list(s.get("metrics", {}).items())[:4]:
+            text.append(f" · {name} {value:.4g}")
+        text.append(f"  {s.get('formula', '')}")
+        text.truncate(200, overflow="ellipsis")
+        return text
+
     def __rich__(self):
         with self._lock:
-            return Group(self._progress, self.last_line(), self.funnel_line(), self.hof_table())
+            parts = [self._progress, self.last_line()]
+            if self.training is not None:
+                parts.append(self.training_line())
+            return Group(*parts, self.funnel_line(), self.hof_table())
 
 
 class LiveView:

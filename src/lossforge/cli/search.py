@@ -15,6 +15,7 @@ import typer
 
 from lossforge.cli._app import (_DASK, _FORMAT, _TIMEOUT, _WORKERS, Format, app, emit, err_console,
                                 fail, guarded)
+from lossforge.cli._task_options import ALLOW_CHANGED_HELP, STUDY_TASK_HELP, TASK_HELP
 
 if TYPE_CHECKING:
     from lossforge.evaluation.funnel import FunnelConfig
@@ -46,11 +47,13 @@ def make_search(task: str, study: str | Path, *, metric: str | None = None,
                 lrp_steps: int | None = None, use_lrp: bool = True, use_gec: bool = True,
                 population: int | None = None, generation_size: int | None = None,
                 options: Sequence[str] = (), slot: str | None = None, fixed: Sequence[str] = (),
-                joint: bool = False) -> LossSearch:
+                joint: bool = False, allow_changed_task: bool = False) -> LossSearch:
     """A :class:`~lossforge.study.LossSearch` from command-line values, every setting checked
-    (task, metric, strategy and its ``KEY=VALUE`` ``options``, slots, ``SLOT=LOSS`` ``fixed``, an
-    existing study file's settings) before any worker starts. Errors: ``ValueError`` (a
-    :class:`~lossforge.storage.StudyFileError` for the file), ``TypeError`` for unknown strategy
+    (task — a built-in name or a spec, :func:`~lossforge.tasks.spec.load_task` —, metric, strategy
+    and its ``KEY=VALUE`` ``options``, slots, ``SLOT=LOSS`` ``fixed``, an existing study file's
+    settings and task file) before any worker starts. Errors: ``ValueError`` (a
+    :class:`~lossforge.storage.StudyFileError` for the file, a
+    :class:`~lossforge.tasks.spec.TaskSpecError` for the task), ``TypeError`` for unknown strategy
     options."""
     from lossforge.search.strategy import parse_options
     from lossforge.study import LossSearch
@@ -64,7 +67,8 @@ def make_search(task: str, study: str | Path, *, metric: str | None = None,
     funnel = funnel_config(proxy_steps, lrp_steps, use_lrp, use_gec)
     run = LossSearch(task=task, storage=study, metric=metric, strategy=strategy, budget=budget,
                      seed=seed, space=space, funnel=funnel, strategy_options=strategy_options,
-                     slot=slot, fixed=slot_assignments(list(fixed), "--fixed"), joint=joint)
+                     slot=slot, fixed=slot_assignments(list(fixed), "--fixed"), joint=joint,
+                     allow_changed_task=allow_changed_task)
     run.check()
     return run
 
@@ -104,7 +108,7 @@ def _print_summary(summary: dict[str, Any], format: Format) -> None:
 @app.command("search")
 @guarded
 def search_cli(
-    task: str = typer.Option(..., "--task", help="Task name (see `lossforge tasks`)."),
+    task: str = typer.Option(..., "--task", help=TASK_HELP),
     study: str = typer.Option(..., "--study", help="Study file (SQLite); an existing one is continued."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Target metric (default: the task's)."),
     strategy: str = typer.Option("autoloss-zero", "--strategy",
@@ -125,6 +129,7 @@ def search_cli(
     slot: Optional[str] = typer.Option(None, "--slot", help="Loss slot to search (tasks with several, e.g. box)."),
     fixed: List[str] = typer.Option([], "--fixed", help="SLOT=LOSS for another slot (repeatable)."),
     joint: bool = typer.Option(False, "--joint", help="Search every slot at once (autoloss-zero, random)."),
+    allow_changed_task: bool = typer.Option(False, "--allow-changed-task", help=ALLOW_CHANGED_HELP),
     format: Format = _FORMAT,
     workers: Optional[int] = _WORKERS,
     dask: Optional[str] = _DASK,
@@ -136,7 +141,7 @@ def search_cli(
                           space=space, proxy_steps=proxy_steps, lrp_steps=lrp_steps,
                           use_lrp=not no_lrp, use_gec=not no_gec, population=population,
                           generation_size=generation, options=option, slot=slot, fixed=fixed,
-                          joint=joint)
+                          joint=joint, allow_changed_task=allow_changed_task)
     except TypeError as err:  # unknown strategy options
         fail(str(err))
 
@@ -154,19 +159,29 @@ def search_cli(
 def resume_cli(
     study: str = typer.Argument(..., help="Study file to continue."),
     budget: Optional[int] = typer.Option(None, "--budget", help="A new (larger) budget."),
+    task: Optional[str] = typer.Option(None, "--task", help=STUDY_TASK_HELP),
+    allow_changed_task: bool = typer.Option(False, "--allow-changed-task", help=ALLOW_CHANGED_HELP),
     format: Format = _FORMAT,
     workers: Optional[int] = _WORKERS,
     dask: Optional[str] = _DASK,
     timeout: Optional[float] = _TIMEOUT,
 ):
-    """Continue a study with its stored settings (after a crash, or to a larger budget)."""
-    from lossforge.study import load_study, resume
+    """Continue a study with its stored settings (after a crash, or to a larger budget).
+
+    A study of your own task file needs it named again with --task (a study file never imports
+    the code it names); a task file changed since the study was created is refused unless
+    --allow-changed-task."""
+    from lossforge.study import load_study, prepare_resume
 
     if budget is not None and budget <= 0:
         fail(f"--budget must be a positive number of candidates, got {budget}")
     load_study(study).close()  # a missing or bad file fails before any worker starts
-    summary = run_search(lambda progress, executor: resume(study, executor=executor, progress=progress,
-                                                           budget=budget),
-                         "resuming", study, budget, live=format != Format.json, workers=workers,
-                         dask=dask, timeout=timeout)
+    run = prepare_resume(study, budget=budget, task=task, allow_changed_task=allow_changed_task)
+
+    def start(progress, executor):
+        run.progress, run.executor = progress, executor
+        return run.run()
+
+    summary = run_search(start, "resuming", study, budget, live=format != Format.json,
+                         workers=workers, dask=dask, timeout=timeout)
     _print_summary(summary, format)

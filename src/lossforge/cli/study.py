@@ -1,6 +1,13 @@
 """The verbs on a study file: ``show`` (its summary), ``export`` (a hall-of-fame loss as a standalone
 PyTorch module, :func:`export_loss`), ``report`` (an HTML page) and ``refine`` (retrain the best
-losses longer, :func:`lossforge.refine.refine_study`)."""
+losses longer, :func:`lossforge.refine.refine_study`).
+
+A study file is data, never code: ``show``, ``export`` and ``report`` import nothing it names.
+Each takes an optional ``--task SPEC`` naming the study's task again: ``show`` and ``export`` then
+check that it is the study's task and say whether its file changed since the study was made
+(``show --format json``: ``task_file``); ``report`` takes the class count of its loss plots from
+it for old study files that did not store one. ``refine`` retrains, so a study of your own task
+file needs ``--task`` (built-in tasks do not), as ``resume`` does."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +15,8 @@ from typing import Any, List, NamedTuple, Optional
 
 import typer
 
-from lossforge.cli._app import _FORMAT, Format, app, emit, fail, guarded
+from lossforge.cli._app import _FORMAT, Format, app, emit, err_console, fail, guarded
+from lossforge.cli._task_options import ALLOW_CHANGED_HELP, STUDY_TASK_HELP
 
 
 class ExportedLoss(NamedTuple):
@@ -21,15 +29,33 @@ class ExportedLoss(NamedTuple):
     fitness: float
 
 
-def study_summary(study: str | Path, top: int = 10) -> dict[str, Any]:
-    """``Study.summary(top)`` of the study file at ``study`` (opened read-only)."""
-    from lossforge.study import load_study
+def study_summary(study: str | Path, top: int = 10, task: str | None = None) -> dict[str, Any]:
+    """``Study.summary(top)`` of the study file at ``study`` (opened read-only); with ``task`` (the
+    study's task named again) also ``task_file``: :func:`lossforge.study.task_file_status`."""
+    from lossforge.study import load_study, task_file_status
 
     s = load_study(study, readonly=True)
     try:
-        return s.summary(top=top)
+        summary = s.summary(top=top)
+        settings = s.settings
     finally:
         s.close()
+    if task is not None:
+        summary["task_file"] = task_file_status(settings, task, path=study)
+    return summary
+
+
+def _say_task_file(status: dict[str, Any] | None) -> None:
+    """One line on stderr about the task named with ``--task`` (changed or not)."""
+    if status is None or status["unchanged"] is None:
+        return
+    if status["unchanged"]:
+        err_console.print(f"task file unchanged since the study was created ({status['task_spec']})",
+                          highlight=False, soft_wrap=True)
+    else:
+        err_console.print(f"[yellow]warning:[/] the task file {status['task_spec']} changed since "
+                          "the study was created: resume and refine need --allow-changed-task",
+                          highlight=False, soft_wrap=True)
 
 
 def export_loss(study: str | Path, output: str | Path, rank: int = 1,
@@ -66,11 +92,15 @@ def export_loss(study: str | Path, output: str | Path, rank: int = 1,
 def show_cli(
     study: str = typer.Argument(..., help="Study file."),
     top: int = typer.Option(10, "--top", help="Hall-of-fame entries to show."),
+    task: Optional[str] = typer.Option(None, "--task", help=STUDY_TASK_HELP + " Checks that it is "
+                                       "the study's task and whether its file changed."),
     format: Format = _FORMAT,
 ):
     """Show a study: settings, funnel counts, best loss and hall of fame."""
-    summary = study_summary(study, top=top)
+    summary = study_summary(study, top=top, task=task)
     emit(summary, format, "print_study")
+    if format != Format.json:
+        _say_task_file(summary.get("task_file"))
 
 
 @app.command("refine")
@@ -82,6 +112,8 @@ def refine_cli(
         None, "--round", help="STEPS:SEEDS:KEEP (repeatable), e.g. 240:3:4; default: halve --top "
                               "each round, doubling the steps and adding a seed."),
     restart: bool = typer.Option(False, "--restart", help="Discard a stored refinement."),
+    task: Optional[str] = typer.Option(None, "--task", help=STUDY_TASK_HELP),
+    allow_changed_task: bool = typer.Option(False, "--allow-changed-task", help=ALLOW_CHANGED_HELP),
     format: Format = _FORMAT,
 ):
     """Retrain a study's best losses longer, on fresh seeds, keeping the best of each round
@@ -94,7 +126,8 @@ def refine_cli(
         def progress(i, done, total, formula):
             status.update(f"refine round {i + 1}: {done}/{total} trainings ({formula})")
 
-        state = refine_study(study, rounds or None, top=top, restart=restart, progress=progress)
+        state = refine_study(study, rounds or None, top=top, restart=restart, progress=progress,
+                             task=task, allow_changed_task=allow_changed_task)
     emit(state, format, "print_refine")
 
 
@@ -105,6 +138,8 @@ def export_cli(
     output: str = typer.Option(..., "-o", "--output", help="Python file (joint: OUTPUT_<slot>.py each)."),
     rank: int = typer.Option(1, "--rank", help="Hall-of-fame rank to export (1 = best)."),
     name: str = typer.Option("SearchedLoss", "--name", help="Class name (joint: NAME_<slot>)."),
+    task: Optional[str] = typer.Option(None, "--task", help=STUDY_TASK_HELP + " Checks that it is "
+                                       "the study's task and whether its file changed."),
 ):
     """Write a hall-of-fame loss as a standalone PyTorch module (imports only torch).
 
@@ -112,6 +147,8 @@ def export_cli(
     a joint search writes one standalone file per slot."""
     from lossforge.cli.tables import console
 
+    if task is not None:  # before writing anything
+        _say_task_file(study_summary(study, top=0, task=task)["task_file"])
     for e in export_loss(study, output, rank=rank, name=name):
         console.print(f"wrote {e.path}: {e.cls} = {e.formula} (fitness {e.fitness:.4f})")
 
@@ -122,6 +159,8 @@ def report_cli(
     study: str = typer.Argument(..., help="Study file."),
     output: str = typer.Option(..., "-o", "--output", help="Directory to write index.html and PNGs to."),
     top: int = typer.Option(3, "--top", help="Hall-of-fame losses to plot against cross-entropy."),
+    task: Optional[str] = typer.Option(None, "--task", help=STUDY_TASK_HELP + " Only needed for "
+                                       "the class count of the loss plots of old study files."),
 ):
     """Write an HTML report of a study (plots made from the study file alone)."""
     from lossforge.cli.tables import console
@@ -129,4 +168,4 @@ def report_cli(
 
     if top < 0:
         fail(f"--top must be 0 or more, got {top}")
-    console.print(f"wrote {write_report(study, output, top=top)}")
+    console.print(f"wrote {write_report(study, output, top=top, task=task)}")

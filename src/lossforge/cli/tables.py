@@ -1,4 +1,4 @@
-"""Rich tables of lossforge results for the terminal: the zoo and task catalogues, ``evaluate``
+"""Rich tables of lossforge results for the terminal: the zoo and task catalogues, task checks, ``evaluate``
 comparisons, studies (funnel, hall of fame, best) and ``refine`` rounds. Used by the CLI and the
 quickstart."""
 from __future__ import annotations
@@ -7,6 +7,7 @@ import math
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 #: The console results are printed to (emoji off: ``:x:`` in a formula stays as typed).
 console = Console(emoji=False)
@@ -17,12 +18,13 @@ def fmt_number(v: float, digits: int = 4) -> str:
 
 
 def print_zoo(entries: list[dict]) -> None:
-    """``lossforge zoo``: name, formula (``(module)`` for a loss written as a module), source."""
+    """``lossforge zoo``: name, loss kind, formula (``(module)`` for a loss written as a module),
+    source."""
     table = Table(title="lossforge zoo")
-    for col in ("name", "formula", "source"):
+    for col in ("name", "kind", "formula", "source"):
         table.add_column(col, overflow="fold")
     for e in entries:
-        table.add_row(e["name"], e["formula"] or "(module)", e["source"])
+        table.add_row(e["name"], e.get("kind", ""), e["formula"] or "(module)", e["source"])
     console.print(table)
 
 
@@ -34,6 +36,33 @@ def print_tasks(entries: list[dict]) -> None:
     for t in entries:
         table.add_row(t["task"], t["kind"], ", ".join(t["metrics"]), str(t["proxy_steps"]))
     console.print(table)
+
+
+_LEVEL_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
+
+
+def print_task_check(report: dict) -> None:
+    """``lossforge tasks --check``: one row per finding (level coloured: green ok, yellow warning,
+    red error) with what was checked, what was found and the fix; then a one-line verdict."""
+    table = Table(title=f"lossforge tasks --check {report['spec']}")
+    table.add_column("", no_wrap=True)
+    table.add_column("check", overflow="fold")
+    table.add_column("found", overflow="fold", ratio=3)
+    fixes = any(f["fix"] for f in report["findings"])
+    if fixes:
+        table.add_column("fix", overflow="fold", ratio=2)
+    for f in report["findings"]:
+        style = _LEVEL_STYLE.get(f["level"], "")
+        cells = [Text(f["level"], style=style), Text(f["what"]), Text(f["detail"])]
+        table.add_row(*cells, *([Text(f["fix"], style=style)] if fixes else []))
+    console.print(table)
+    n_err, n_warn = report["errors"], report["warnings"]
+    if n_err:
+        console.print(f"[bold red]{n_err} error(s)[/], {n_warn} warning(s): fix the errors and run "
+                      "the check again.", highlight=False)
+    else:
+        console.print(f"[bold green]ready[/]: {n_warn} warning(s); the task can be searched "
+                      f"({report['seconds']:.1f} s).", highlight=False)
 
 
 def print_comparison(result) -> None:
@@ -79,6 +108,10 @@ def print_study(summary: dict) -> None:
     console.print(hof)
     if summary["best"]:
         console.print(f"[bold green]best[/] ({summary['best']['fitness']:.4f}): {summary['best']['formula']}")
+    from lossforge.evaluation.baseline import describe
+
+    console.print(describe(summary.get("baseline"),
+                           summary["best"]["fitness"] if summary["best"] else None), markup=False)
     if summary.get("refine"):
         print_refine(summary["refine"])
 
@@ -99,5 +132,5 @@ def print_refine(state: dict) -> None:
         console.print(f"[bold green]refined best[/]: {state['survivors'][0]}")
 
 
-__all__ = ["console", "fmt_number", "print_comparison", "print_refine", "print_study", "print_tasks",
-           "print_zoo"]
+__all__ = ["console", "fmt_number", "print_comparison", "print_refine", "print_study",
+           "print_task_check", "print_tasks", "print_zoo"]

@@ -63,7 +63,11 @@ class Funnel:
     ``slot``: the loss slot the candidates are for (default: the task's only slot; required for a
     multi-slot task); ``fixed``: losses of the other slots during proxy training (slot -> zoo name
     or formula; slots not named use their ``default``). The screening stages use the slot's probe
-    (:func:`~lossforge.evaluation.probes.slot_probe`); the LRP scores the task's metric for a
+    (:func:`~lossforge.evaluation.probes.slot_probe`, targets from
+    :meth:`~lossforge.tasks.Task.probe_targets`: the screening never needs the task's data loop,
+    model or training function); the LRP scores the task's
+    :meth:`~lossforge.tasks.Task.screening_metric` (its metric, or a stand-in when the metric is
+    computed by the task's own loop) for a
     single-slot task, else the slot kind's :func:`~lossforge.evaluation.lrp.slot_metric` (box
     slots: mean IoU, threshold ``BOX_THRESHOLD_SCALE`` and lr ``BOX_LR_SCALE`` times the configured
     ones; box LRPs run stacked, :mod:`~lossforge.evaluation.batched.box_lrp`).
@@ -102,8 +106,8 @@ class Funnel:
         if slot.kind == "box":
             pixels = BOX_LR_SCALE
         lrp_cfg = replace(cfg.lrp, lr=cfg.lrp.lr * pixels)
-        if len(slots) == 1 and slot.kind != "box":
-            metric = self.task.metric(self.metric)
+        if len(slots) == 1 and slot.kind != "box":  # a task with its own loop: maybe a stand-in
+            metric = getattr(self.task, "screening_metric", self.task.metric)(self.metric)
         else:
             metric = slot_metric(slot.kind)
         if slot.kind == "box":

@@ -4,9 +4,9 @@
 
 NLFS (Morgan & Hougen 2024) retrains the survivors of its search on bigger models with stronger
 augmentation and cuts them 25 → 12 → 6 → 4. Here a *round* is a :class:`HalvingRound`: a task (a
-task object, a registered name, or a zero-argument factory returning a task — so each round can
-use a bigger model, more data or other settings), a number of training ``steps``, the ``seeds``
-and how many losses to ``keep``. Contract:
+task object, a name or spec as :func:`~lossforge.tasks.spec.load_task` takes, or a zero-argument
+factory returning a task — so each round can use a bigger model, more data or other settings),
+a number of training ``steps``, the ``seeds`` and how many losses to ``keep``. Contract:
 
 * Every loss still in the race is trained once per seed of the round with
   :func:`lossforge.training.train` (or, with ``batched=True`` and a supported model, all losses of
@@ -31,7 +31,7 @@ import numpy as np
 
 from lossforge.expr import Expr
 from lossforge.tasks import Task
-from lossforge.tasks import get as get_task
+from lossforge.tasks.spec import load_task
 from lossforge.training import OK, TrainResult, train
 
 __all__ = ["HalvingResult", "HalvingRound", "RoundResult", "Standing", "successive_halving"]
@@ -106,9 +106,9 @@ class HalvingResult:
 
 def _resolve(task) -> Task:
     if isinstance(task, (str, Task)):
-        return get_task(task)
+        return load_task(task)
     if callable(task):
-        return get_task(task())
+        return load_task(task())
     return task  # a task-like object (duck typing, DESIGN.md §4)
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from lossforge.expr import kernels as K
 from lossforge.tasks import BOX, CLASSIFICATION, Task
+from lossforge.tasks.base import probe_targets
 
 #: Scale of the random box parameters of box probes (see the module docstring).
 BOX_JITTER = 0.5
@@ -104,17 +105,17 @@ class Probe:
 
 
 def task_probe(task: Task, samples: int, seed: int, spatial_size: int | None = None) -> Probe:
-    """A probe of ``samples`` training targets of ``task``, drawn with ``seed``.
+    """A probe of ``samples`` training targets of ``task``, drawn with ``seed``
+    (:meth:`~lossforge.tasks.Task.probe_targets`: by default
+    :meth:`~lossforge.data.Split.sample_indices` of the training split, a ``Dataset`` split reads
+    only those items; a task without data gives its own).
 
     For dense targets ``(N, H, W)``, ``spatial_size`` subsamples every k-th pixel so that the
     probe is at most ``spatial_size`` wide (nearest-neighbour; labels stay valid). Regression
     targets keep their shape (``(N,)`` becomes ``(N, 1)``); dense ones ``(N, C, *spatial)`` wider
     than ``spatial_size`` are average-pooled (:func:`_shrink_values`).
     """
-    y = task.data().train.y
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(y), generator=gen)[:samples]
-    target = y[idx]
+    target = probe_targets(task, samples, seed)  # Task.probe_targets: data() not needed
     if task.kind == CLASSIFICATION:
         if target.dim() > 1 and spatial_size and target.shape[-1] > spatial_size:
             step = -(-target.shape[-1] // spatial_size)

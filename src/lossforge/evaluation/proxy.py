@@ -7,17 +7,27 @@ functions of picklable arguments so that any ``concurrent.futures``-style execut
 executor the stage schedules its candidates itself (:func:`in_process_results`): in chunks trained
 together by :func:`~lossforge.training.stacked.train_batched` when the task's model allows it,
 else one at a time.
+
+A task that overrides :meth:`~lossforge.tasks.Task.fit` (its own training loop, e.g. an
+``objective_task``) is trained by that method instead, one candidate at a time, whatever the
+executor (:func:`~lossforge.evaluation.own_loop.fit_job`: its result dict becomes the stage's
+result; exceptions in the user's loop become status ``failed`` with the user's line). A task that
+does not override it keeps the path above: lossforge's loop, which is also what the default
+``Task.fit`` runs, so both give the same metrics. ``report(step, metrics)`` calls from the user's
+loop reach :attr:`ProxyTraining.on_report` when the stage runs in this process (no executor, or a
+serial one); worker processes (process pool, Dask) check them and drop them.
 """
 from __future__ import annotations
 
 from concurrent.futures import as_completed
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from lossforge.evaluation.candidate import FAILED, INVALID, TRAINED, Candidate
+from lossforge.evaluation.own_loop import Reports, fit_job
 from lossforge.evaluation.stage import StageStats, timed
-from lossforge.tasks import Task
-from lossforge.training import OK, train
+from lossforge.tasks import Task, overrides_fit
+from lossforge.training import OK, tensor_data, train
 from lossforge.training import stacked
 from lossforge.training.loss_spec import load_loss
 
@@ -38,10 +48,15 @@ class ProxyStageConfig:
 
 
 def proxy_job(task: Task, formula: str | dict[str, str], metric: str, steps: int | None, seed: int,
-              device: str = "cpu") -> dict:
-    """Train once and return ``{"status", "fitness", "metrics", "seconds", "steps_done"}``.
+              device: str = "cpu", report: Reports | None = None) -> dict:
+    """Train once and return ``{"status", "fitness", "metrics", "seconds", "steps_done"}``
+    (and ``"reason"`` for a task with its own loop).
 
-    ``formula``: the loss (a multi-slot task: a dict slot -> formula, see ``train``)."""
+    ``formula``: the loss (a multi-slot task: a dict slot -> formula, see ``train``). A task that
+    overrides ``Task.fit`` is trained by it (:func:`~lossforge.evaluation.own_loop.fit_job`, which
+    gets ``report``); otherwise lossforge's loop trains it (``report`` unused)."""
+    if overrides_fit(task):
+        return fit_job(task, formula, metric, steps, seed, device, report)
     result = train(task, formula, steps=steps, seed=seed, device=device, splits=("val",))
     m = task.metric(metric)
     ok = result.status == OK
@@ -60,6 +75,17 @@ class ProxyTraining:
         self.task, self.metric, self.config, self.executor = task, metric, config, executor
         self.slot, self.fixed = slot, fixed
         self.stats = StageStats(self.name)
+        #: ``on_report(candidate, step, metrics)``: the reports of a task's own loop
+        #: (:meth:`~lossforge.tasks.Task.fit`) while the candidate trains in this process.
+        self.on_report: Callable[[Candidate, int, dict], None] | None = None
+
+    def reporter(self, candidate: Candidate) -> Reports | None:
+        """The ``report`` for ``candidate``'s in-process training with a task's own loop
+        (forwarding to :attr:`on_report`); ``None`` when nobody listens or the task has none."""
+        on_report = self.on_report
+        if on_report is None or not overrides_fit(self.task):
+            return None
+        return Reports(lambda step, metrics: on_report(candidate, step, metrics))
 
     def loss_spec(self, expr) -> str | dict[str, str]:
         """What ``train`` gets for a candidate: its formula; with ``fixed`` (a slot of a
@@ -80,9 +106,10 @@ class ProxyTraining:
             args = [(self.task, self.loss_spec(c.expr), self.metric, self.config.steps, self.config.seed,
                      self.config.device) for c in todo]
             if self.executor is None:
-                results = in_process_results(self.task, todo, args, self.config.batch)
+                results = in_process_results(self.task, todo, args, self.config.batch, self.reporter)
             elif getattr(self.executor, "serial", False):  # runs at submit: one job at a time
-                results = ((c, _result(self.executor.submit(safe_proxy_job, a))) for c, a in zip(todo, args))
+                results = ((c, _result(self.executor.submit(safe_proxy_job, a, self.reporter(c))))
+                           for c, a in zip(todo, args))
             else:
                 futures = {self.executor.submit(safe_proxy_job, a): c for a, c in zip(args, todo)}
                 results = ((futures[f], _result(f)) for f in as_completed(futures))
@@ -107,16 +134,19 @@ def _result(future) -> dict:
         return {"status": FAILED, "fitness": None, "reason": f"{type(err).__name__}: {err}"}
 
 
-def safe_proxy_job(args: tuple) -> dict:
-    """Run :func:`proxy_job`; an exception in the candidate's training becomes status ``failed``."""
+def safe_proxy_job(args: tuple, report: Reports | None = None) -> dict:
+    """Run :func:`proxy_job`; an exception in the candidate's training becomes status ``failed``.
+
+    ``report``: in-process only (it does not pickle), for a task with its own loop."""
     try:
-        return proxy_job(*args)
+        return proxy_job(*args, report=report)
     except (RuntimeError, ValueError, FloatingPointError) as err:
         return {"status": FAILED, "fitness": None, "reason": f"{type(err).__name__}: {err}"}
 
 
 # ---- the in-process path: chunks trained together ------------------------------------------------
-def in_process_results(task: Task, todo: list, args: list[tuple], chunk: int = DEFAULT_CHUNK
+def in_process_results(task: Task, todo: list, args: list[tuple], chunk: int = DEFAULT_CHUNK,
+                       reporter: Callable[[Candidate], Reports | None] | None = None
                        ) -> Iterator[tuple]:
     """``(candidate, job result)`` pairs for the proxy stage's in-process path, chunk by chunk.
 
@@ -126,8 +156,15 @@ def in_process_results(task: Task, todo: list, args: list[tuple], chunk: int = D
     it, else (and for ``chunk <= 1``) one at a time through the sequential job. A loss that cannot
     be loaded, a copy that fails, or a chunk whose batched training raises goes through the
     sequential job, which gives the exact sequential outcome (status ``failed`` with its reason).
+    A task with its own loop (``Task.fit`` overridden) trains one candidate at a time through it,
+    with ``reporter(candidate)`` as its ``report``.
     """
-    if chunk <= 1 or not todo or len(task.loss_slots()) > 1 or not stacked.supports_batched(task):
+    if overrides_fit(task):
+        for c, a in zip(todo, args):
+            yield c, safe_proxy_job(a, reporter(c) if reporter is not None else None)
+        return
+    if (chunk <= 1 or not todo or len(task.loss_slots()) > 1 or not tensor_data(task)
+            or not stacked.supports_batched(task)):  # Dataset splits: sequential, streamed
         for c, a in zip(todo, args):  # multi-slot tasks: always sequential (composite losses)
             yield c, safe_proxy_job(a)
         return

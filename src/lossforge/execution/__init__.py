@@ -25,8 +25,18 @@ stops at its next model or loss forward pass and its candidate is marked ``faile
 
 Results do not depend on the executor: a proxy training is seeded per candidate and runs on one
 thread in a worker, so the same seed gives the same study contents (rows may arrive in another
-order). Tasks travel to workers by pickle, so a task class must be importable where the workers
-run (built-in tasks are; a user task's module must be on the workers' path). The data a task
+order). Tasks travel to workers by pickle. A task loaded from a spec (``--task my_task.py:Wine``,
+``load_task``) travels with its spec and the task file's bytes: each worker imports that file
+first (from its path when it holds the same bytes, else the bytes sent), then unpickles the task,
+so a task file works on local workers and on any Dask cluster without copying it. Only that one
+file travels: the modules it imports (siblings in its folder, your packages) must be importable
+where the workers run. Local workers (``--workers``, ``--dask local:N``) put the file's folder on
+their path as the study process does; on a Dask cluster on other machines install them there, or
+send them with Dask's ``client.upload_file(path)`` (a ``.py``, ``.zip`` or ``.egg``) before the
+search (``LossSearch(executor=make_executor(dask=client))``). A worker that cannot import the task
+fails each job with :class:`~lossforge.execution.jobs.TaskUnavailableError` saying so. Other task
+objects pickle by reference: their class must be importable where the workers run (built-in tasks
+are). The data a task
 caches (``cached_property``) is left out of the pickle and reloaded — deterministically — once per
 worker process, which keeps each job's message small (``shapes-cls`` with its data loaded pickles
 to ~100 MB). A per-candidate timeout cannot interrupt a single native operation that never
@@ -41,11 +51,11 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from typing import Any
 
-from lossforge.execution.jobs import CandidateTimeoutError, run_job
+from lossforge.execution.jobs import CandidateTimeoutError, TaskUnavailableError, run_job
 from lossforge.execution.local import ProcessExecutor, SerialExecutor, WorkerCrashedError
 
-__all__ = ["CandidateTimeoutError", "ProcessExecutor", "SerialExecutor", "WorkerCrashedError",
-           "make_executor", "run_job"]
+__all__ = ["CandidateTimeoutError", "ProcessExecutor", "SerialExecutor", "TaskUnavailableError",
+           "WorkerCrashedError", "make_executor", "run_job"]
 
 
 def make_executor(workers: int | None = None, dask: Any = None, timeout: float | None = None) -> Executor:

@@ -13,6 +13,16 @@ Contract.
   worker process, not once per job (``shapes-cls`` with its data loaded pickles to ~100 MB).
   Parcels that were never pickled (in-process executors) are turned back into their tasks by
   :func:`unwrap`.
+* A task loaded from a file or module spec (:func:`lossforge.tasks.spec.load_task`, e.g.
+  ``my_task.py:Wine``) travels with its spec and the bytes of the file as loaded: the worker
+  imports the spec's module first (:func:`~lossforge.tasks.spec.import_task_module`; the file at
+  that path when it holds the same bytes, else the bytes themselves under the same module name),
+  then unpickles the task. Only that one file travels: the modules it imports must be importable
+  in the worker (local workers put the file's folder on their path, as the study process does). A
+  worker that cannot import the task fails each job with :class:`TaskUnavailableError` naming the
+  spec and the cause, instead of crashing the worker. Such a parcel unpickles as itself (a Dask
+  scheduler that passes it on imports nothing) and becomes the task where the job runs.
+* Built-in and other importable tasks pickle by reference, as any object.
 * :func:`init_worker` is the initializer of a local worker process: one torch thread, and exit
   when the study process is gone.
 
@@ -25,16 +35,23 @@ import collections
 import copy
 import functools
 import os
+import pickle
 import threading
 import time
 import uuid
 from typing import Any, Callable, Iterator
 
-__all__ = ["CandidateTimeoutError", "Parcels", "init_worker", "run_job", "unwrap"]
+__all__ = ["CandidateTimeoutError", "Parcels", "TaskUnavailableError", "init_worker", "run_job",
+           "unwrap"]
 
 
 class CandidateTimeoutError(TimeoutError):
     """A job ran past its per-candidate time limit."""
+
+
+class TaskUnavailableError(RuntimeError):
+    """A worker could not import or unpickle the task a job was sent with (the message says
+    which spec, why, and what to do)."""
 
 
 # --- the per-candidate deadline -------------------------------------------------------------------
@@ -103,7 +120,7 @@ def run_job(fn: Callable, args: tuple, kwargs: dict, timeout: float | None = Non
     if not timeout:
         return fn(*args, **kwargs)
     for task in _tasks_in((args, kwargs)):  # load data before the clock starts
-        task.data()
+        task.preload()  # Task.preload: data() when the task has one (an own-loop task may not)
     _install_deadline_hook()
     _LOCAL.limit, _LOCAL.deadline = timeout, time.monotonic() + timeout
     try:
@@ -121,16 +138,39 @@ class _TaskParcel:
     """A task on its way to a worker: pickles without its cached data, unpickles as the task.
 
     Unpickled in a worker, every parcel of the same task (``token``) gives the same task object,
-    so the data is loaded once per worker process, not once per job.
+    so the data is loaded once per worker process, not once per job. A task loaded from a file
+    or module spec is pickled into bytes once (:meth:`_payload`) and travels with its spec and
+    source, so that the worker imports the spec's module before unpickling it.
     """
 
-    __slots__ = ("task", "token")
+    __slots__ = ("task", "token", "_packed")
 
     def __init__(self, task, token: str):
-        self.task, self.token = task, token
+        self.task, self.token, self._packed = task, token, None
 
     def __reduce__(self):
-        return (_unparcel, (self.token, _without_caches(self.task)))
+        from lossforge.tasks.spec import is_spec, spec_of
+
+        spec = spec_of(self.task)
+        if spec is None or not is_spec(spec):  # built-in or importable: by reference, as before
+            return (_unparcel, (self.token, _without_caches(self.task)))
+        return (_SpecParcel, (self.token, spec, *self._payload(spec)))
+
+    def _payload(self, spec: str) -> tuple[bytes | None, bytes]:
+        """``(the task file's bytes as loaded or None, the pickled task)``, computed once."""
+        if self._packed is None:
+            from lossforge.tasks.spec import loaded_source
+
+            try:
+                blob = pickle.dumps(_without_caches(self.task), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as err:
+                raise TaskUnavailableError(
+                    f"task {self.task.name!r} ({spec}) cannot be pickled for a worker: "
+                    f"{type(err).__name__}: {err}; keep the task's attributes picklable (no "
+                    "lambdas or open files on the instance: define functions at module level), "
+                    "or run in-process (no --workers/--dask)") from err
+            self._packed = (loaded_source(spec), blob)
+        return self._packed
 
 
 def _without_caches(task):
@@ -146,7 +186,8 @@ def _without_caches(task):
     return clone
 
 
-def _unparcel(token: str, task):
+def _remember(token: str, task):
+    """The worker's task object for ``token``: ``task`` the first time, the known one after."""
     with _WORKER_TASKS_LOCK:
         known = _WORKER_TASKS.get(token)
         if known is None:
@@ -156,6 +197,47 @@ def _unparcel(token: str, task):
         else:
             _WORKER_TASKS.move_to_end(token)
         return known
+
+
+def _unparcel(token: str, task):
+    return _remember(token, task)
+
+
+class _SpecParcel:
+    """A spec'd task as it travels (``__reduce__`` of :class:`_TaskParcel`): the spec, the task
+    file's bytes and the pickled task, unpickled as itself — so a hop through a Dask scheduler,
+    which unpickles and pickles again, imports nothing — and turned into the task only where the
+    job runs (:func:`unwrap`): the spec's module is imported first, then the task unpickled, once
+    per process and ``token``."""
+
+    __slots__ = ("token", "spec", "source", "blob")
+
+    def __init__(self, token: str, spec: str, source: bytes | None, blob: bytes):
+        self.token, self.spec, self.source, self.blob = token, spec, source, blob
+
+    def __reduce__(self):
+        return (_SpecParcel, (self.token, self.spec, self.source, self.blob))
+
+    def task(self):
+        """The task (:class:`TaskUnavailableError` when this process cannot import it)."""
+        with _WORKER_TASKS_LOCK:
+            known = _WORKER_TASKS.get(self.token)
+        if known is not None:
+            return _remember(self.token, known)
+        from lossforge.tasks.spec import import_task_module
+
+        try:
+            import_task_module(self.spec, source=self.source)
+            task = pickle.loads(self.blob)
+        except Exception as err:
+            host = os.uname().nodename if hasattr(os, "uname") else "this machine"
+            raise TaskUnavailableError(
+                f"a worker ({host}, pid {os.getpid()}) could not load task {self.spec}: "
+                f"{type(err).__name__}: {err}; the worker receives the task file itself, but the "
+                "modules and packages it imports must be installed where the workers run (on a "
+                "Dask cluster on other machines: install them there, or send them with "
+                "distributed.Client.upload_file)") from err
+        return _remember(self.token, task)
 
 
 class Parcels:
@@ -181,9 +263,12 @@ class Parcels:
 
 
 def unwrap(obj):
-    """Parcels that were never pickled (in-process executors) back to their tasks."""
+    """Parcels that were never pickled (in-process executors) back to their tasks; a task the
+    worker could not load raises :class:`TaskUnavailableError`."""
     if isinstance(obj, _TaskParcel):
         return obj.task
+    if isinstance(obj, _SpecParcel):
+        return obj.task()
     if isinstance(obj, (tuple, list)):
         return type(obj)(unwrap(x) for x in obj)
     if isinstance(obj, dict):

@@ -1,6 +1,7 @@
 """``lossforge report FILE -o DIR``: an HTML page and PNG plots of a study, from its file alone.
 
-Nothing but the SQLite study file is read (no task data, no training), through the readers' door
+Nothing but the SQLite study file is read (no task data, no training, and no code the study names
+is imported: a study file is data), through the readers' door
 :func:`lossforge.study.load_study` (``readonly=True``), so a report can be made after a crash, while
 the search still runs, or on another machine. :func:`write_report` reads the study
 (:func:`read_study`), draws the figures (:mod:`lossforge.report.figures`) and writes the page
@@ -38,10 +39,11 @@ from lossforge.report.html import page
 __all__ = ["make_figures", "probe_curve", "read_study", "write_report"]
 
 
-def write_report(study_path: str | Path, output: str | Path, top: int = 3) -> Path:
+def write_report(study_path: str | Path, output: str | Path, top: int = 3, task=None) -> Path:
     """Write the report of the study at ``study_path`` into the directory ``output``; returns the
-    path of ``index.html``. Raises :class:`~lossforge.storage.StudyFileError` for a bad file."""
-    data = read_study(study_path)
+    path of ``index.html``. Raises :class:`~lossforge.storage.StudyFileError` for a bad file.
+    ``task``: see :func:`read_study`."""
+    data = read_study(study_path, task=task)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     figures = {name: save_figure(fig, out / f"{name}.png")
@@ -58,28 +60,54 @@ def write_report(study_path: str | Path, output: str | Path, top: int = 3) -> Pa
     return index
 
 
-def read_study(path: str | Path) -> dict[str, Any]:
-    """Everything the report shows, read from the study file (read-only when possible)."""
+def read_study(path: str | Path, task=None) -> dict[str, Any]:
+    """Everything the report shows, read from the study file (read-only when possible).
+
+    Nothing the study names is imported: the class count of the loss plots' probe is the stored
+    ``num_classes`` (studies written before it was stored: a built-in task's, looked up by name;
+    or that of ``task`` — a spec or task object the caller names, CLI ``--task``; else 10).
+    ``task`` must be the study's (its name): ``StudyFileError`` otherwise."""
     from lossforge.study import load_study
 
     study = load_study(path, readonly=True)
     try:
-        return _collect(study)
+        return _collect(study, task)
     finally:
         study.close()
 
 
-def _collect(study) -> dict[str, Any]:
-    s = study.settings
-    rows = study.candidates
-    num_classes = None
-    try:  # the class count, if this machine knows the task (only for the probe's size)
+def _num_classes(settings: dict[str, Any], task) -> int | None:
+    """The study's class count, without importing anything the study names (see
+    :func:`read_study`)."""
+    from lossforge.study import stored_task_spec
+    from lossforge.tasks.spec import is_spec, load_task
+
+    if task is not None:
+        from lossforge.storage import StudyFileError
+
+        task = load_task(task)
+        if task.name != settings["task"]:
+            raise StudyFileError(f"--task names task {task.name!r}, but the study was made with "
+                                 f"{settings['task']!r} ({stored_task_spec(settings)})")
+        return task.num_classes
+    if settings.get("num_classes") is not None:
+        return settings["num_classes"]
+    if is_spec(stored_task_spec(settings)):
+        return None  # a task file or module: never imported from a study file
+    try:  # a registered task (by name only, nothing imported): its class count
         from lossforge import tasks
 
-        num_classes = tasks.get(s["task"]).num_classes
+        return tasks.get(settings["task"]).num_classes
     except Exception:
-        pass
+        return None
+
+
+def _collect(study, task=None) -> dict[str, Any]:
+    s = study.settings
+    rows = study.candidates
+    num_classes = _num_classes(s, task)
     return {"path": str(study.path), "settings": s, "metric": s.get("metric", "fitness"),
             "rows": rows, "stats": study.stats, "hof": study.hall_of_fame, "best": study.best,
             "evaluation": study.meta("evaluation"), "created": study.meta("created"),
+            "baseline": study.meta("baseline"),
             "num_classes": min(10, max(2, num_classes or 10)), "explored": len(rows)}

@@ -1,6 +1,7 @@
 """The report's figures: matplotlib figures of a study's data (:func:`lossforge.report.read_study`).
 
-:func:`make_figures` draws progress, funnel, Pareto front and the top losses' curves
+:func:`make_figures` draws progress (with the task's baseline loss as a horizontal line when the
+study measured it), funnel, Pareto front and the top losses' curves
 (:func:`probe_curve`); :func:`typeset_formula` typesets a formula with mathtext. Plots use
 matplotlib's Agg canvas directly (no pyplot, no global backend change); every plot is
 ``FIGSIZE`` × ``DPI`` = 960 × 540 pixels. The funnel's bars follow
@@ -44,7 +45,7 @@ def _plotted(expr):
 
 def make_figures(data: dict[str, Any], top: int = 3) -> dict[str, Any]:
     """The report's matplotlib figures by file stem: progress, funnel, pareto, loss_1 … loss_top."""
-    figures = {"progress": _plot_progress(data["rows"], data["metric"]),
+    figures = {"progress": _plot_progress(data["rows"], data["metric"], data.get("baseline")),
                "funnel": _plot_funnel(data["stats"]),
                "pareto": _plot_pareto(data["rows"], data["hof"], data["metric"])}
     for k, entry in enumerate(data["hof"][:top], 1):
@@ -77,7 +78,19 @@ def _empty(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
-def _plot_progress(rows, metric: str):
+def baseline_fitness(baseline: dict | None) -> float | None:
+    """The stored baseline's fitness (:mod:`lossforge.evaluation.baseline`), ``None`` unless it
+    was measured and trained to a finite value."""
+    if not baseline or baseline.get("status") != TRAINED:
+        return None
+    fitness = baseline.get("fitness")
+    return float(fitness) if isinstance(fitness, (int, float)) and math.isfinite(fitness) else None
+
+
+def _plot_progress(rows, metric: str, baseline: dict | None = None):
+    """Trained candidates' fitness, best so far and running median over the explored
+    candidates; the task's baseline loss (same proxy training) as a horizontal dashed line
+    labelled ``baseline <loss> (<fitness>)`` when the study measured it."""
     fig, ax = _figure()
     xs, fits, best, median = [], [], [], []
     trained: list[float] = []
@@ -88,14 +101,19 @@ def _plot_progress(rows, metric: str):
             fits.append(r.fitness)
             best.append(max(best[-1], r.fitness) if best else r.fitness)
             median.append(statistics.median(trained))
+    reference = baseline_fitness(baseline)
+    if reference is not None:
+        ax.axhline(reference, color="k", ls="--", lw=1.2, zorder=2,
+                   label=f"baseline {baseline.get('loss', '')} ({reference:.4f})")
     if xs:
         ax.scatter(xs, fits, s=10, color="0.7", label="trained candidate", zorder=1)
         ax.step(xs + [len(rows)], best + best[-1:], where="post", color="C3", lw=2,
                 label="best so far", zorder=3)
         ax.plot(xs, median, color="C0", lw=1.5, label="median of trained so far", zorder=2)
-        ax.legend(loc="best")
     else:
         _empty(ax, "no candidate trained yet")
+    if xs or reference is not None:
+        ax.legend(loc="best")
     ax.set_xlim(0, max(1, len(rows)))
     ax.set_xlabel("candidates explored")
     ax.set_ylabel(f"fitness ({metric}, higher is better)")

@@ -71,6 +71,7 @@ def page(data: dict, figures: dict[str, str], losses: list[dict], best_latex) ->
     else:
         out.append(f"<p>fitness <b>{_num(best.fitness)}</b> ({_e(data['metric'])}), size {best.size}</p>")
         out.append(_formula_block(best.formula, best_latex))
+    out.append(_baseline_html(data.get("baseline"), None if best is None else best.fitness))
     out.append("<h2>Search progress</h2>")
     out.append(f'<img class="plot" src="{_e(figures["progress"])}" alt="best and median fitness '
                'over explored candidates">')
@@ -122,6 +123,20 @@ def page(data: dict, figures: dict[str, str], losses: list[dict], best_latex) ->
                + ".</p>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _baseline_html(baseline: dict | None, best_fitness: float | None) -> str:
+    """The task's baseline loss next to the best found: its proxy fitness (the same training and
+    seed as the candidates'), or why there is none ("not measured" for older study files)."""
+    from lossforge.evaluation.baseline import describe
+
+    text = describe(baseline, best_fitness)
+    if baseline is None:
+        text += " (this study file predates baseline measurements)"
+    elif baseline.get("seconds") is not None:
+        text += (f" — proxy training of {baseline.get('steps')} steps, seed "
+                 f"{baseline.get('seed')}, {baseline['seconds']:.1f} s")
+    return f'<p class="baseline">{_e(text)}</p>'
 
 
 def _evaluation_html(ev: dict) -> str:

@@ -1,11 +1,16 @@
-"""Tasks: ``tasks.get(name)``, ``tasks.names()``, ``tasks.register(name, factory)``."""
+"""Tasks: ``tasks.get(name)``, ``tasks.names()``, ``tasks.register(name, factory)``.
+
+A task with its own training loop overrides :meth:`Task.fit` (:func:`overrides_fit`); one made
+from a function is :func:`lossforge.objective_task` (:mod:`lossforge.tasks.objective`).
+"""
 from __future__ import annotations
 
 from typing import Callable
 
 from lossforge._hints import did_you_mean
 from lossforge.tasks.base import (BOX, CLASSIFICATION, REGRESSION, SIGNATURES, LossSlot, Metric,
-                                  ProxyConfig, Task, check_output_shape)
+                                  ProxyConfig, Report, Task, check_output_shape, has_data,
+                                  overrides_fit)
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
@@ -43,5 +48,5 @@ def _load_builtins() -> None:
             _REGISTRY.setdefault(key, cls)
 
 
-__all__ = ["BOX", "CLASSIFICATION", "REGRESSION", "SIGNATURES", "LossSlot", "Metric", "ProxyConfig", "Task",
-           "check_output_shape", "get", "names", "register"]
+__all__ = ["BOX", "CLASSIFICATION", "REGRESSION", "SIGNATURES", "LossSlot", "Metric", "ProxyConfig", "Report",
+           "Task", "check_output_shape", "get", "has_data", "names", "overrides_fit", "register"]

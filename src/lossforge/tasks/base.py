@@ -4,13 +4,21 @@ A task bundles data splits, a model factory, the loss signature (which variables
 named metrics with their direction, and proxy-training defaults. Built-in tasks subclass
 :class:`Task`; a user task may subclass it too, in the user's own file, or be any object with the
 same attributes. Nothing in the engine special-cases a built-in task.
+
+Training: :meth:`Task.fit` trains a fresh model with a loss and returns the validation metrics.
+The default is lossforge's own loop (:func:`lossforge.training.train`, the same run as the proxy
+stage's); a task that overrides it brings its own training loop, and the proxy stage then calls it
+(:mod:`lossforge.evaluation.proxy`). The screening stages never train: they need only the kind,
+the number of classes, a metric and a few real targets (:meth:`Task.probe_targets`), so a task
+with its own loop may have no :meth:`Task.data` and no :meth:`Task.make_model` at all
+(:func:`lossforge.objective_task` builds such a task from a function).
 """
 from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -31,6 +39,9 @@ SIGNATURES: dict[str, frozenset[str]] = {
     BOX: frozenset({"i", "u", "e"}),
 }
 
+
+#: ``report(step, metrics)``: what :meth:`Task.fit` may call along the way (see there).
+Report = Callable[[int, Mapping[str, float]], None]
 
 GLOBAL_RNG_LOCK = threading.RLock()
 """Held while code seeds and draws from torch's process-wide RNG (model initialisation)."""
@@ -91,7 +102,8 @@ class Metric:
 class ProxyConfig:
     """Proxy-training defaults: ``steps`` optimiser steps on minibatches of ``batch_size``.
 
-    ``optimizer`` is ``"adam"`` or ``"sgd"`` (with ``momentum``); ``lr`` the learning rate.
+    ``optimizer`` is ``"adam"`` or ``"sgd"`` (with ``momentum``); ``lr`` the learning rate;
+    ``num_workers``: ``DataLoader`` worker processes for ``Dataset`` splits (0: in the main process).
     """
 
     steps: int = 300
@@ -101,6 +113,7 @@ class ProxyConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     eval_batch_size: int = 512
+    num_workers: int = 0
 
     def with_(self, **changes) -> "ProxyConfig":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -134,12 +147,73 @@ class Task:
 
     # --- to implement ----------------------------------------------------------------------------
     def data(self) -> DataSplits:
-        """Train / val / test splits (cached by the task if expensive)."""
-        raise NotImplementedError
+        """Train / val / test splits (cached by the task if expensive).
+
+        Needed by the default :meth:`fit` and by the default :meth:`probe_targets`; a task that
+        overrides both may leave it out."""
+        raise NotImplementedError(
+            f"task {self.name!r} has no data(): implement Task.data() returning DataSplits for "
+            "lossforge's own training loop, or override Task.fit (your own loop) and "
+            "Task.probe_targets (a few real targets for the screening stages)")
 
     def make_model(self) -> nn.Module:
-        """A freshly initialised model (initialisation uses the global torch RNG)."""
-        raise NotImplementedError
+        """A freshly initialised model (initialisation uses the global torch RNG).
+
+        Needed by the default :meth:`fit` only."""
+        raise NotImplementedError(
+            f"task {self.name!r} has no make_model(): implement Task.make_model() for lossforge's "
+            "own training loop, or override Task.fit to train with your own loop")
+
+    # --- training ---------------------------------------------------------------------------------
+    def fit(self, loss: nn.Module, *, steps: int, seed: int, device: str = "cpu",
+            report: Report | None = None) -> dict[str, float]:
+        """Train a fresh model for ``steps`` optimisation steps with ``loss``; return the metrics
+        of the trained model on the validation split, ``{metric name: value}``.
+
+        ``loss`` is an ``nn.Module`` called as ``loss(output, target) -> scalar``: for a
+        single-slot task ``output`` is the model's output (classification: logits ``(N, C,
+        *spatial)``) and ``target`` the batch's targets (class indices ``(N, *spatial)``, where
+        ``ignore_index`` entries are left out of the loss by the module itself); for a multi-slot
+        task it is the composite ``sum_slots weight * loss_slot`` over
+        :meth:`slot_inputs` (``loss.losses[slot]`` is each slot's own module, for a loop that
+        needs them apart). ``seed`` must make the run reproducible (model initialisation and
+        data order). ``device`` is where to train (a ``torch.device`` string).
+
+        ``report(step, metrics)`` may be called any number of times along the way: ``step`` is
+        the number of optimisation steps done so far (an int, non-decreasing, ``0 <= step <=
+        steps``), ``metrics`` the validation metrics of the model at that step by the task's
+        metric names (each higher- or lower-is-better as its :class:`Metric` says). lossforge
+        shows them in the live view; a multi-fidelity scheduler will use them to stop a run
+        early. ``report`` may be ``None``: then there is nobody to tell.
+
+        A loss that diverges is not an error: return the metrics as they are (``nan`` for a
+        metric that cannot be computed); the proxy stage marks a non-finite target metric
+        ``invalid``. An exception raised here marks the candidate ``failed`` with the line of
+        your code that raised it, and the search goes on.
+
+        The default is lossforge's own loop: :func:`lossforge.training.train` with the task's
+        :attr:`proxy` settings, scoring the validation split (the run the proxy stage makes for a
+        task that does not override this method, with the same result); a diverged run returns
+        ``nan`` for every metric. It reports once, at the end.
+        """
+        from lossforge.training import OK, train  # the Task.fit façade (tests/test_import_graph.py)
+
+        spec = loss
+        parts = getattr(loss, "losses", None)  # a multi-slot composite: train() takes slot -> module
+        if len(self.loss_slots()) > 1 and isinstance(parts, nn.ModuleDict):
+            spec = dict(parts.items())
+        result = train(self, spec, steps=steps, seed=seed, device=device, splits=("val",))
+        if result.status != OK:
+            return {name: float("nan") for name in self.metrics}
+        if report is not None:
+            report(result.steps_done, dict(result.val))
+        return dict(result.val)
+
+    def preload(self) -> None:
+        """Load what a training needs before a time limit starts counting (the worker runtime
+        calls it): the data, when the task has :meth:`data`; nothing otherwise."""
+        if has_data(self):
+            self.data()
 
     def seeded_model(self, seed: int) -> nn.Module:
         """A fresh model whose weights depend on ``seed`` alone, in any thread.
@@ -201,9 +275,11 @@ class Task:
         the slot's targets from :meth:`slot_inputs`. Raises ``ValueError`` when that gives none.
         """
         self.slot(slot_name)
+        _require_data(self, "the screening probes of loss slot " + repr(slot_name),
+                      "Task.slot_probe_targets(slot_name, n, seed)")
         train = self.data().train
         gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(train.x), generator=gen)
+        order = torch.randperm(len(train), generator=gen)
         found: list[torch.Tensor] = []
         have = 0
         with isolated_global_rng(), torch.no_grad():
@@ -211,7 +287,8 @@ class Task:
             model.eval()
             for lo in range(0, min(len(order), 64 * max(n, 1)), 64):
                 idx = order[lo:lo + 64]
-                _, tgt = self.slot_inputs(model(train.x[idx]), train.y[idx])[slot_name]
+                x, y = train.items(idx)  # a Dataset split: reads these items only
+                _, tgt = self.slot_inputs(model(x), y)[slot_name]
                 if len(tgt):
                     found.append(tgt)
                     have += len(tgt)
@@ -222,6 +299,26 @@ class Task:
                              "implement Task.slot_probe_targets(slot_name, n, seed) to give the "
                              "screening probes real targets (box slots: (n, 4) boxes)")
         return torch.cat(found)[:n]
+
+    def probe_targets(self, n: int, seed: int) -> torch.Tensor:
+        """``n`` real training targets for the screening probes (checks, GEC, LRP), drawn with
+        ``seed``: class indices ``(n, *spatial)`` (classification) or values ``(n, *shape)``
+        (regression); fewer when the training set is smaller.
+
+        The default draws from the training split of :meth:`data`
+        (``train.targets(train.sample_indices(n, seed))``: a ``Dataset`` split reads only those
+        items). A task without :meth:`data` (its own training loop) overrides this method;
+        otherwise it raises ``ValueError`` saying what is missing."""
+        _require_data(self, "the screening stages (checks, GEC, LRP)",
+                      "Task.probe_targets(n, seed) returning a few real targets")
+        train = self.data().train
+        return train.targets(train.sample_indices(n, seed))  # a Dataset split: reads n items only
+
+    def screening_metric(self, name: str | None = None) -> Metric:
+        """The metric the loss-rejection protocol scores probe predictions with, for the target
+        metric ``name``: :meth:`metric` itself by default (its ``fn`` scores label maps or
+        values). A task whose metrics are computed only by its own loop returns a stand-in."""
+        return self.metric(name)
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         """Model outputs -> what the metrics score: class indices (argmax over dim 1) or values."""
@@ -259,3 +356,38 @@ def check_output_shape(task: Task, outputs: torch.Tensor, target: torch.Tensor) 
     elif tuple(outputs.shape) != tuple(target.shape):
         raise ValueError(f"task {task.name!r}: the model output has shape {tuple(outputs.shape)}, "
                          f"expected the target's shape {tuple(target.shape)}")
+
+
+def probe_targets(task, n: int, seed: int) -> torch.Tensor:
+    """``task.probe_targets(n, seed)`` (:meth:`Task.probe_targets`); for a task-like object
+    without that method, the same draw from its ``data().train``."""
+    method = getattr(task, "probe_targets", None)
+    if callable(method):
+        return method(n, seed)
+    return Task.probe_targets(task, n, seed)
+
+
+def has_data(task) -> bool:
+    """Whether ``task`` implements :meth:`Task.data` (a :class:`Task` subclass that overrides it,
+    or another object with a ``data`` method)."""
+    if isinstance(task, Task):
+        return type(task).data is not Task.data
+    return callable(getattr(task, "data", None))
+
+
+def overrides_fit(task) -> bool:
+    """Whether ``task`` brings its own training loop: a :class:`Task` subclass that overrides
+    :meth:`Task.fit`, or another object with a ``fit`` method."""
+    if isinstance(task, Task):
+        return type(task).fit is not Task.fit
+    return callable(getattr(task, "fit", None))
+
+
+def _require_data(task: Task, needed_by: str, override: str) -> None:
+    """``ValueError`` naming what is missing when ``task`` has no :meth:`Task.data`."""
+    if not has_data(task):
+        raise ValueError(
+            f"task {task.name!r} has no data(), and {needed_by} need a few real targets: "
+            f"implement {override} on the task, or Task.data(); for lossforge.objective_task, "
+            "pass probe_targets= (a tensor of a few real training targets: class indices "
+            "(n, *spatial) or values (n, ...))")

@@ -169,7 +169,8 @@ class ShapesSeg(_Cached):
     metrics = {
         name: Metric(name, fn)
         for name, fn in [("miou", M.miou), ("fwiou", M.fwiou), ("gacc", M.gacc),
-                         ("macc", M.macc), ("biou", M.biou), ("bf1", M.bf1)]
+                         ("macc", M.macc), ("biou", M.biou), ("bf1", M.bf1),
+                         ("trimap_iou", M.trimap_iou)]
     }
 
     def __init__(self, seed: int = 0, size: int = 64, n_train: int = 512, n_val: int = 128,

@@ -5,14 +5,19 @@ The first non-finite loss value stops the run with status ``"invalid"`` (AutoLos
 stop); nothing raises for a bad loss value.
 
 The package: this module is the training loop (:func:`train`, :func:`score_model`, the batch
-order and optimiser every path shares); :mod:`~lossforge.training.stacked` trains K copies of a
-model at once (``train_batched``) with the forwards of :mod:`~lossforge.training.stacked_forward`;
+order and optimiser every path shares; in-memory tensor splits are indexed directly, ``Dataset``
+splits stream through a ``DataLoader`` reading the same index batches, :class:`StepBatchSampler`);
+:mod:`~lossforge.training.stacked` trains K copies of a model at once (``train_batched``, tensor
+splits only) with the forwards of :mod:`~lossforge.training.stacked_forward`;
 :mod:`~lossforge.training.loss_spec` turns what a user names as a loss into an ``nn.Module``.
 """
 from __future__ import annotations
 
+import multiprocessing
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -74,6 +79,103 @@ def batch_indices(n: int, batch_size: int, steps: int, gen: torch.Generator):
         pos += batch_size
 
 
+class StepBatchSampler:
+    """The index batches of a training run, for a ``DataLoader`` over a ``Dataset`` split.
+
+    Yields the same ``steps`` batches :func:`batch_indices` gives for ``(n, batch_size, steps,
+    gen)`` (lists of ints), mapped through ``subset`` (the kept indices of a ``train_fraction``
+    run) when given; the ``Dataset`` path thus reads the items the tensor path indexes, in the
+    same order. Iterate it once per run (it draws from ``gen``)."""
+
+    def __init__(self, n: int, batch_size: int, steps: int, gen: torch.Generator,
+                 subset: torch.Tensor | None = None):
+        self.n, self.batch_size, self.steps, self.gen, self.subset = n, batch_size, steps, gen, subset
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for idx in batch_indices(self.n, self.batch_size, self.steps, self.gen):
+            yield (idx if self.subset is None else self.subset[idx]).tolist()
+
+    def __len__(self) -> int:
+        return self.steps
+
+
+def num_workers_of(task: Task) -> int:
+    """The task's ``DataLoader`` workers (``proxy.num_workers``; 0 for a config without it)."""
+    return int(getattr(task.proxy, "num_workers", 0) or 0)
+
+
+def usable_workers(num_workers: int) -> int:
+    """``num_workers``, or 0 (with a warning) inside a daemonic process, which may not start
+    worker processes of its own (a Dask worker by default: ``distributed.worker.daemon``). A
+    ``Dataset`` without randomness gives the same result either way."""
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if num_workers and multiprocessing.current_process().daemon:
+        warnings.warn(f"num_workers={num_workers}: this is a daemonic process (a Dask worker?), "
+                      "which cannot start DataLoader workers; reading the data in the process "
+                      "itself (set the Dask option distributed.worker.daemon to False to use "
+                      "workers)", RuntimeWarning, stacklevel=3)
+        return 0
+    return num_workers
+
+
+def tensor_data(task: Task) -> bool:
+    """True when every split of ``task.data()`` is in-memory tensors (what the batched engines of
+    :mod:`~lossforge.training.stacked` need); False for a ``Dataset`` split."""
+    data = task.data()
+    return all(getattr(getattr(data, s), "in_memory", True) for s in ("train", "val", "test"))
+
+
+class _TrainBatches:
+    """The ``(x, y)`` training batches of one run on ``device`` (a context manager: ``close``
+    stops a ``DataLoader``'s workers when the run ends early).
+
+    In-memory split: the tensors (moved to ``device`` once) indexed by :func:`batch_indices`.
+    ``Dataset`` split: a ``DataLoader`` with :class:`StepBatchSampler`, ``num_workers`` workers.
+    ``train_fraction`` < 1 first draws the kept subset from ``gen`` (both paths alike)."""
+
+    def __init__(self, split, batch_size: int, steps: int, gen: torch.Generator,
+                 train_fraction: float, device: torch.device, num_workers: int, seed: int):
+        n, keep = len(split), None
+        if train_fraction < 1.0:
+            keep = torch.randperm(n, generator=gen)[: max(1, int(round(train_fraction * n)))]
+            n = len(keep)
+        self.batch_size = bs = min(batch_size, n)
+        self.device = device
+        self._loader_iter = None
+        if getattr(split, "in_memory", True):
+            x, y = split.x, split.y
+            if keep is not None:
+                x, y = x[keep], y[keep]
+            self._iter = self._indexed(x.to(device), y.to(device), batch_indices(n, bs, steps, gen))
+        else:
+            loader = split.loader(StepBatchSampler(n, bs, steps, gen, keep), num_workers=num_workers,
+                                  seed=seed, pin_memory=device.type == "cuda")
+            self._loader_iter = iter(loader)
+            self._iter = self._moved(self._loader_iter)
+
+    def _indexed(self, x, y, batches):
+        for idx in batches:
+            idx = idx.to(self.device)
+            yield x[idx], y[idx]
+
+    def _moved(self, batches):
+        for xb, yb in batches:
+            yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+
+    def __iter__(self):
+        return self._iter
+
+    def __enter__(self) -> "_TrainBatches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._iter.close()
+        shutdown = getattr(self._loader_iter, "_shutdown_workers", None)
+        if shutdown is not None:  # a multi-process loader left mid-way: stop its workers now
+            shutdown()
+
+
 @torch.no_grad()
 def predict_split(task: Task, model: nn.Module, x: torch.Tensor, batch_size: int,
                   device: torch.device) -> np.ndarray:
@@ -84,16 +186,67 @@ def predict_split(task: Task, model: nn.Module, x: torch.Tensor, batch_size: int
     return torch.cat(outs).numpy()
 
 
-def score_model(task: Task, model: nn.Module, split, batch_size: int, device) -> dict[str, float]:
-    """All of the task's metrics for ``model`` on one data split."""
-    pred = predict_split(task, model, split.x, batch_size, torch.device(device))
-    return task.compute_metrics(pred, split.y.numpy())
+@torch.no_grad()
+def predict_batches(task: Task, model: nn.Module, batches: Iterable, device: torch.device
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and targets over ``(x, y)`` batches, concatenated in order, as NumPy arrays
+    (model in eval mode, back in training mode after)."""
+    model.eval()
+    preds, targets = [], []
+    try:
+        for xb, yb in batches:
+            preds.append(task.predict(model(xb.to(device))).cpu())
+            targets.append(yb)
+    finally:
+        model.train()
+    return torch.cat(preds).numpy(), torch.cat(targets).numpy()
+
+
+def score_model(task: Task, model: nn.Module, split, batch_size: int, device,
+                num_workers: int | None = None, loader=None) -> dict[str, float]:
+    """All of the task's metrics for ``model`` on one data split (every sample, in order).
+
+    An in-memory split is scored in slices of ``batch_size``; a ``Dataset`` split is streamed
+    through ``loader`` when given (an iterable of ``(x, y)`` batches, e.g. a ``DataLoader`` kept
+    across calls), else through ``split.loader`` with ``num_workers`` workers (default: the
+    task's ``proxy.num_workers``)."""
+    dev = torch.device(device)
+    if getattr(split, "in_memory", True):
+        pred = predict_split(task, model, split.x, batch_size, dev)
+        return task.compute_metrics(pred, split.y.numpy())
+    if loader is None:
+        workers = usable_workers(num_workers_of(task) if num_workers is None else num_workers)
+        loader = split.loader(batch_size=batch_size, num_workers=workers)
+    pred, target = predict_batches(task, model, loader, dev)
+    return task.compute_metrics(pred, target)
+
+
+class _Scorer:
+    """Scores a run's model on named splits, keeping one ``DataLoader`` per ``Dataset`` split
+    (workers persist across the ``eval_every`` scorings of a run)."""
+
+    def __init__(self, task: Task, data, batch_size: int, device: torch.device, num_workers: int):
+        self.task, self.data, self.batch_size = task, data, batch_size
+        self.device, self.num_workers = device, num_workers
+        self.loaders: dict[str, object] = {}
+
+    def __call__(self, model: nn.Module, name: str) -> dict[str, float]:
+        split = getattr(self.data, name)
+        loader = None
+        if not getattr(split, "in_memory", True):
+            if name not in self.loaders:
+                self.loaders[name] = split.loader(batch_size=self.batch_size,
+                                                  num_workers=self.num_workers,
+                                                  persistent_workers=True)
+            loader = self.loaders[name]
+        return score_model(self.task, model, split, self.batch_size, self.device, loader=loader)
 
 
 def train(task: Task | str, loss: str | Expr | nn.Module | dict, *, steps: int | None = None, seed: int = 0,
           device: str = "cpu", batch_size: int | None = None, lr: float | None = None,
           splits: tuple[str, ...] = ("val", "test"), curve_every: int = 10,
-          train_fraction: float = 1.0, eval_every: int = 0) -> TrainResult:
+          train_fraction: float = 1.0, eval_every: int = 0,
+          num_workers: int | None = None) -> TrainResult:
     """Train the task's model with ``loss`` for ``steps`` steps (default: the task's proxy steps).
 
     ``loss``: a zoo name, formula, ``Expr``, ``nn.Module`` or ``.py`` file. For a task with several
@@ -107,48 +260,60 @@ def train(task: Task | str, loss: str | Expr | nn.Module | dict, *, steps: int |
     subset of the training data (data-utilisation experiments). ``eval_every`` > 0 scores the
     validation split after every ``eval_every`` steps into ``val_curve`` (``{"step": s, **metrics}``;
     training speed: steps to reach a validation accuracy). Deterministic for ``seed`` on CPU.
+
+    Data: in-memory tensor splits are indexed directly (the fast path). A ``Dataset`` split
+    (:class:`~lossforge.data.Split`) streams through a ``DataLoader`` with ``num_workers`` workers
+    (default: the task's ``proxy.num_workers``) reading the very index batches the tensor path
+    uses: ``steps`` batches of ``min(batch_size, N)`` from fresh seeded permutations, an incomplete
+    last batch of a pass dropped (a new permutation starts). What differs from the usual
+    ``DataLoader(shuffle=True, drop_last=True)`` epoch loop: the run counts steps, not epochs, and
+    a split smaller than ``batch_size`` is one whole batch every step. A ``Dataset`` holding the
+    same samples as tensors gives the same result bit for bit, for any ``num_workers``, when its
+    items are deterministic and keep the tensors' memory layout (batches keep their items' layout,
+    :func:`~lossforge.data.collate_pairs`; items re-read from files come back row-major, and a
+    tensor with another layout, such as the built-in ``digits`` with NumPy's strides, may select
+    another convolution kernel: differences of order 1e-7 per step). Random augmentations inside
+    the ``Dataset`` repeat per seed for a given ``num_workers``: with workers, from the worker
+    seeds, which derive from ``seed`` (torch's global RNG is not drawn from); without, from the
+    global RNG, which :meth:`~lossforge.tasks.Task.seeded_model` seeds. Scoring reads every item of the split once,
+    in order (its loaders' workers seeded with 0, whatever the training seed).
     """
     task = get_task(task)
     cfg = task.proxy.with_(steps=steps, batch_size=batch_size, lr=lr)
+    workers = usable_workers(num_workers_of(task) if num_workers is None else num_workers)
     loaded = load_losses(loss, task)
     data = task.data()
     dev = torch.device(device)
     gen = batch_generator(seed)
-    x, y = data.train.x, data.train.y
-    if train_fraction < 1.0:
-        keep = torch.randperm(len(x), generator=gen)[: max(1, int(round(train_fraction * len(x))))]
-        x, y = x[keep], y[keep]
-    x, y = x.to(dev), y.to(dev)
-    model = task.seeded_model(seed).to(dev)
-    criterion = loaded.module.to(dev)
-    opt = make_optimizer(model.parameters(), cfg)
-    result = TrainResult(loaded.name, seed, cfg.steps, 0, OK)
-    start = time.perf_counter()
-    bs = min(cfg.batch_size, len(x))
-    for step, idx in enumerate(batch_indices(len(x), bs, cfg.steps, gen)):
-        idx = idx.to(dev)
-        out = model(x[idx])
-        if step == 0:
-            check_output_shape(task, out, y[idx])
-        value = criterion(out, y[idx])
-        if not torch.isfinite(value):
-            result.status = INVALID
-            result.loss_curve.append(float("nan"))
-            break
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
-        result.steps_done = step + 1
-        if eval_every > 0 and (step + 1) % eval_every == 0:
-            result.val_curve.append({"step": step + 1, **score_model(task, model, data.val,
-                                                                     cfg.eval_batch_size, dev)})
-        if step % curve_every == 0:
-            result.loss_curve.append(float(value.detach()))
+    with _TrainBatches(data.train, cfg.batch_size, cfg.steps, gen, train_fraction, dev, workers,
+                       seed) as batches:
+        model = task.seeded_model(seed).to(dev)
+        criterion = loaded.module.to(dev)
+        opt = make_optimizer(model.parameters(), cfg)
+        scorer = _Scorer(task, data, cfg.eval_batch_size, dev, workers)
+        result = TrainResult(loaded.name, seed, cfg.steps, 0, OK)
+        start = time.perf_counter()
+        for step, (xb, yb) in enumerate(batches):
+            out = model(xb)
+            if step == 0:
+                check_output_shape(task, out, yb)
+            value = criterion(out, yb)
+            if not torch.isfinite(value):
+                result.status = INVALID
+                result.loss_curve.append(float("nan"))
+                break
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            result.steps_done = step + 1
+            if eval_every > 0 and (step + 1) % eval_every == 0:
+                result.val_curve.append({"step": step + 1, **scorer(model, "val")})
+            if step % curve_every == 0:
+                result.loss_curve.append(float(value.detach()))
     if result.status == OK and not all(torch.isfinite(p).all() for p in model.parameters()):
         result.status = INVALID
     if result.status == OK:
         for name in splits:
-            setattr(result, name, score_model(task, model, getattr(data, name),
-                                              cfg.eval_batch_size, dev))
+            setattr(result, name, scorer(model, name))
     result.wall_time = time.perf_counter() - start
     return result

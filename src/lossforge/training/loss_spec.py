@@ -80,21 +80,30 @@ def _load_one(spec, task: Task, slot: LossSlot) -> LoadedLoss:
 
     spec = spec.strip()
     if spec in zoo.names():
-        entry = zoo.get(spec)
-        if entry.expr is not None:
-            return _from_expr(spec, entry.expr, task, slot)
-        if entry.kind != slot.kind:
-            raise ValueError(f"zoo loss {spec!r} is a {entry.kind} loss; {_where(task, slot)} "
-                             f"needs a {slot.kind} loss (zoo: {', '.join(zoo.names(slot.kind))})")
-        return LoadedLoss(spec, entry.module())
+        return _from_zoo(spec, task, slot)
     if spec.endswith(".py"):
         return LoadedLoss(Path(spec).stem, load_source_file(spec))
     try:
         expr = parse(spec)
     except ParseError as err:
-        raise ValueError(f"{spec!r} is not a zoo name ({', '.join(zoo.names())}), nor a .py file, "
-                         f"and not a valid formula for task {task.name!r}: {err}") from None
+        raise ValueError(f"{spec!r} is not a zoo name ({', '.join(zoo.names(slot.kind))}), nor a "
+                         f".py file, and not a valid formula for task {task.name!r}: {err}") from None
     return _from_expr(spec, expr, task, slot)
+
+
+def _from_zoo(name: str, task: Task, slot: LossSlot) -> LoadedLoss:
+    """Zoo entry ``name`` in its form for the slot's kind (``mse`` on regression: the mean squared
+    error; on classification: the Brier score); ``ValueError`` when it has no such form."""
+    from lossforge import zoo
+
+    if slot.kind not in zoo.kinds(name):
+        raise ValueError(f"zoo loss {name!r} is a {' and '.join(zoo.kinds(name))} loss; "
+                         f"{_where(task, slot)} needs a {slot.kind} loss (zoo: "
+                         f"{', '.join(zoo.names(slot.kind))})")
+    entry = zoo.get(name, slot.kind)
+    if entry.expr is not None:
+        return _from_expr(name, entry.expr, task, slot)
+    return LoadedLoss(name, entry.module())
 
 
 def _where(task: Task, slot: LossSlot) -> str:
@@ -145,9 +154,21 @@ def slot_assignments(items: list[str], what: str = "slot=loss") -> dict[str, str
     return out
 
 
+def spec_kinds(spec) -> tuple[str, ...]:
+    """Every loss kind ``spec`` can be used for: a zoo name's kinds (``mse``: classification and
+    regression), else the one of :func:`spec_kind` (``()`` when it cannot tell)."""
+    from lossforge import zoo
+
+    if isinstance(spec, str) and spec.strip() in zoo.names():
+        return zoo.kinds(spec.strip())
+    kind = spec_kind(spec)
+    return () if kind is None else (kind,)
+
+
 def spec_kind(spec) -> str | None:
     """The loss kind a spec is written for (``None`` when it cannot tell: a .py file, a module
-    without a ``kind`` attribute, a formula of no known kind)."""
+    without a ``kind`` attribute, a formula of no known kind); a zoo name with several forms
+    (``mse``) gives its first (see :func:`spec_kinds`)."""
     from lossforge import zoo
     from lossforge.expr.interpret import loss_kind
 
@@ -158,7 +179,7 @@ def spec_kind(spec) -> str | None:
             return loss_kind(spec)
         if isinstance(spec, str):
             if spec.strip() in zoo.names():
-                return zoo.get(spec.strip()).kind
+                return zoo.kinds(spec.strip())[0]
             if spec.strip().endswith(".py"):
                 return None
             return loss_kind(parse(spec))
@@ -186,8 +207,8 @@ def resolve_slots(spec, task: Task) -> dict[str, object]:
     elif len(slots) == 1:
         given = {names[0]: spec}
     else:
-        kind = spec_kind(spec)
-        match = [s.name for s in slots if s.kind == kind]
+        kinds = spec_kinds(spec)
+        match = [s.name for s in slots if s.kind in kinds]
         if len(match) != 1:
             raise ValueError(
                 f"task {task.name!r} has loss slots {', '.join(f'{s.name} ({s.kind})' for s in slots)}: "
