@@ -9,7 +9,7 @@ executor and returns the study's summary.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 import typer
 
@@ -19,7 +19,7 @@ from lossforge.cli._task_options import ALLOW_CHANGED_HELP, STUDY_TASK_HELP, TAS
 
 if TYPE_CHECKING:
     from lossforge.evaluation.funnel import FunnelConfig
-    from lossforge.study import LossSearch, Study
+    from lossforge.study import LossSearch
 
 #: Hall-of-fame entries in the summary ``search``/``resume`` print at the end.
 TOP = 10
@@ -73,11 +73,11 @@ def make_search(task: str, study: str | Path, *, metric: str | None = None,
     return run
 
 
-def run_search(make_study: Callable[[Any, Any], Study], title: str, path: str | Path,
-               budget: int | None = None, *, live: bool = True, workers: int | None = None,
-               dask: str | None = None, timeout: float | None = None) -> dict[str, Any]:
-    """Run ``make_study(progress, executor) -> Study`` with the live view on stderr (``live``) and
-    the executor the options ask for; the finished study's summary (top :data:`TOP`)."""
+def run_search(run: LossSearch, title: str, path: str | Path, budget: int | None = None, *,
+               live: bool = True, workers: int | None = None, dask: str | None = None,
+               timeout: float | None = None) -> dict[str, Any]:
+    """Run the checked search ``run`` with the live view on stderr (``live``) as its progress
+    callback and the executor the options ask for; the finished study's summary (top :data:`TOP`)."""
     from lossforge.cli.live import LiveView, SearchView
     from lossforge.execution import make_executor
 
@@ -85,13 +85,16 @@ def run_search(make_study: Callable[[Any, Any], Study], title: str, path: str | 
     plain = workers is None and dask is None and timeout is None
     executor = None if plain else make_executor(workers=workers, dask=dask, timeout=timeout)
     try:
+        run.executor = executor
         if not live:  # stdout gets the final JSON only, stderr nothing
-            study = make_study(None, executor)
+            run.progress = None
+            study = run.run()
         else:
             view = SearchView(title, study=path, budget=budget,
                               executor="in-process" if plain else repr(executor))
             with LiveView(err_console, view) as shown:
-                study = make_study(shown.update, executor)
+                run.progress = shown.update
+                study = run.run()
     finally:
         if executor is not None:
             executor.shutdown()
@@ -145,11 +148,7 @@ def search_cli(
     except TypeError as err:  # unknown strategy options
         fail(str(err))
 
-    def start(progress, executor):
-        run.progress, run.executor = progress, executor
-        return run.run()
-
-    summary = run_search(start, "searching", study, budget, live=format != Format.json,
+    summary = run_search(run, "searching", study, budget, live=format != Format.json,
                          workers=workers, dask=dask, timeout=timeout)
     _print_summary(summary, format)
 
@@ -178,10 +177,6 @@ def resume_cli(
     load_study(study).close()  # a missing or bad file fails before any worker starts
     run = prepare_resume(study, budget=budget, task=task, allow_changed_task=allow_changed_task)
 
-    def start(progress, executor):
-        run.progress, run.executor = progress, executor
-        return run.run()
-
-    summary = run_search(start, "resuming", study, budget, live=format != Format.json,
+    summary = run_search(run, "resuming", study, budget, live=format != Format.json,
                          workers=workers, dask=dask, timeout=timeout)
     _print_summary(summary, format)
