@@ -217,7 +217,7 @@ def test_task_is_registered_with_two_slots():
     assert [(s.name, s.kind, s.default) for s in t.loss_slots()] == [
         ("cls", "classification", "focal"), ("box", "box", "giou")]
     assert t.default_metric == "map" and set(t.metrics) == {"map", "map50"}
-    assert t.variables == {"p", "y", "z", "i", "u", "e"}
+    assert t.variables == {"p", "y", "z", "q", "i", "u", "e"}
 
 
 def test_slot_inputs_and_probe_targets(task):

@@ -62,9 +62,9 @@ def test_to_torch_matches_to_sympy(e, seed):
 
 
 @pytest.mark.parametrize("name", [n for n in zoo.names("classification")
-                                  if zoo.get(n).expr is not None])
+                                  if zoo.get(n, "classification").expr is not None])
 def test_zoo_to_torch_matches_to_sympy(name):
-    e = zoo.get(name).expr
+    e = zoo.get(name, "classification").expr
     logits, target = classification_inputs(7, shape=(3, 4, 3, 3))
     env, _ = K.prepare_classification(logits, target)
     got = full(interpret(e, env), logits.shape)
@@ -119,7 +119,8 @@ def run_exported(expressions: list[Expr], tmp_path) -> list[list[float]]:
     return [[float.fromhex(v) for v in row] for row in json.loads(proc.stdout)]
 
 
-ZOO_EXPRS = [zoo.get(n).expr for n in zoo.names("classification") if zoo.get(n).expr is not None]
+ZOO_EXPRS = [zoo.get(n, "classification").expr for n in zoo.names("classification")
+             if zoo.get(n, "classification").expr is not None]
 
 
 @settings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck))
@@ -219,7 +220,12 @@ def test_constant_and_aggregated_constant_expressions():
 # ---- sympy and LaTeX -------------------------------------------------------------------------
 def test_to_sympy_spells_out_protected_forms():
     p, y = sympy.symbols("p y", real=True)
-    assert sympy.simplify(parse("log(p)").to_sympy() - sympy.log(sympy.Abs(p) + 1e-6)) == 0
+    assert sympy.simplify(parse("log(y)").to_sympy() - sympy.log(sympy.Abs(y) + 1e-6)) == 0
+    assert sympy.simplify(parse("log(1 - p)").to_sympy() - sympy.log(sympy.Abs(1 - p) + 1e-6)) == 0
+    # log of the softmax itself is exact (lossforge.expr.exact): no guard to spell out
+    assert parse("log(p)").to_sympy() == sympy.log(p)
+    assert parse("slog(p)").to_sympy() == sympy.log(p)
+    assert parse("log10(p)").to_sympy() == sympy.log(p, 10)
     assert sympy.simplify(parse("p / y").to_sympy() - p / (y + 1e-6)) == 0
     s = parse("-sum_c(y * log(p))").to_sympy()
     assert s.has(sympy.Function("sum_c"))

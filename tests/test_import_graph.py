@@ -18,7 +18,8 @@ import lossforge
 SRC = Path(lossforge.__file__).resolve().parent
 #: The expression façade: ``lossforge.expr.expr`` and the modules its methods import lazily.
 FACADE = {"lossforge.expr", "lossforge.expr.expr", "lossforge.expr.export",
-          "lossforge.expr.interpret", "lossforge.expr.parse", "lossforge.expr.simplify"}
+          "lossforge.expr.interpret", "lossforge.expr.parse", "lossforge.expr.simplify",
+          "lossforge.expr.exact"}
 #: The ``Task.fit`` façade: the default ``fit`` runs ``lossforge.training.train``.
 FACADE_EDGES = {("lossforge.tasks.base", "lossforge.training")}
 

@@ -56,13 +56,13 @@ def test_mse_resolves_by_the_task_kind():
 
 def test_a_zoo_name_of_another_kind_says_which_kind_is_needed():
     with pytest.raises(ValueError) as info:
-        load_loss("mae", tasks.get("tiny-blobs"))
+        load_loss("huber", tasks.get("tiny-blobs"))
     message = str(info.value)
-    assert "'mae' is a regression loss" in message and "needs a classification loss" in message
-    assert "brier" in message and "huber" not in message  # lists the classification entries
+    assert "'huber' is a regression loss" in message and "needs a classification loss" in message
+    assert "brier" in message and "barron" not in message  # lists the classification entries
     result = invoke("evaluate", "--task", "diabetes", "--loss", "dice", "--steps", 1)
     assert result.exit_code != 0 and "Traceback" not in result.output
-    assert "needs a regression loss (zoo: mse, mae, huber)" in result.stderr
+    assert "needs a regression loss (zoo: mse, mae, huber, barron)" in result.stderr
 
 
 def test_a_plain_zoo_name_goes_to_the_slot_of_its_kind():
@@ -229,14 +229,14 @@ def test_baseline_spec_of_a_multi_slot_task_uses_the_fixed_slots():
 
 class _WrongBaseline(H.TinyBlobs):
     name = "tiny-blobs-wrong-baseline"
-    baseline = "mae"  # a regression loss on a classification task
+    baseline = "huber"  # a regression loss on a classification task
 
 
 def test_a_baseline_that_cannot_train_is_recorded_not_raised():
     b = B.measure_baseline(_WrongBaseline(), "accuracy", ProxyStageConfig(steps=5))
     assert b["status"] == "failed" and b["fitness"] is None
-    assert "'mae' is a regression loss" in b["reason"]
-    assert B.describe(b, 0.9).startswith("baseline mae: failed (ValueError: zoo loss 'mae'")
+    assert "'huber' is a regression loss" in b["reason"]
+    assert B.describe(b, 0.9).startswith("baseline huber: failed (ValueError: zoo loss 'huber'")
 
 
 # ---- the report --------------------------------------------------------------------------------

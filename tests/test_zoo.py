@@ -4,6 +4,7 @@ the usual thing for the loss kind (``mse`` on regression is ``F.mse_loss``, on c
 Brier score), and the regression entries equal torch's ``mse_loss``/``l1_loss``/``huber_loss``."""
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -21,15 +22,22 @@ def log(x):
     return torch.log(x.abs() + EPS)
 
 
+def exact_log(p):
+    """``log`` of the softmax itself: exact, no guard (the rule of lossforge.expr.exact)."""
+    return torch.log(p)
+
+
 def div(a, b):
     """The documented protected division: a / (b + 1e-6)."""
     return a / (b + EPS)
 
 
-EXPECTED = {"ce", "wce", "focal", "poly1", "mse", "brier", "dice", "baikal", "baikal-cma", "lovasz"}
-REGRESSION = {"mse", "mae", "huber"}
+EXPECTED = {"ce", "wce", "focal", "poly1", "mse", "brier", "dice", "baikal", "baikal-cma", "lovasz",
+            "mae", "gce", "sce", "nce+rce", "logit-adjusted", "balanced-softmax", "cb-focal"}
+REGRESSION = {"mse", "mae", "huber", "barron"}
 BOX = {"iou", "giou", "l1"}  # box-regression entries: tests/test_slots.py
-VARIABLES = {"classification": {"p", "y", "z"}, "regression": {"f", "y"}, "box": {"i", "u", "e"}}
+PRIOR_LOSSES = {"logit-adjusted", "balanced-softmax", "cb-focal"}  # read the class prior q
+VARIABLES = {"classification": {"p", "y", "z", "q"}, "regression": {"f", "y"}, "box": {"i", "u", "e"}}
 
 
 def data(seed: int, shape, ignore: bool):
@@ -91,11 +99,13 @@ def test_a_name_means_the_usual_thing_for_its_kind():
     assert zoo.get("mse", "classification").formula == zoo.get("brier").formula == "sum_c(square(p - y))"
     assert zoo.get("mse", "regression").formula == "square(f - y)"
     assert zoo.get("mae", "regression").formula == "abs(f - y)"
-    with pytest.raises(KeyError, match="'mae' is a regression loss, not a classification loss"):
-        zoo.get("mae", "classification")
+    assert zoo.get("mae").kind == "regression"  # its first form; on probabilities: Ghosh et al.
+    assert zoo.get("mae", "classification").formula == "sum_c(abs(p - y))"
+    with pytest.raises(KeyError, match="'huber' is a regression loss, not a classification loss"):
+        zoo.get("huber", "classification")
     with pytest.raises(KeyError) as info:
         zoo.get("ce", "regression")
-    assert "regression losses: mse, mae, huber" in str(info.value)
+    assert "regression losses: mse, mae, huber, barron" in str(info.value)
 
 
 def test_known_formulas():
@@ -131,7 +141,7 @@ def test_ce_matches_torch(shape, ignore):
     ref = F.cross_entropy(logits, target, ignore_index=255).item()
     assert value("ce", logits, target) == pytest.approx(ref, rel=1e-4)
     p, y, _ = flat(logits, target)
-    assert value("ce", logits, target) == pytest.approx((-(y * log(p)).sum(1)).mean().item(), rel=1e-9)
+    assert value("ce", logits, target) == pytest.approx((-(y * exact_log(p)).sum(1)).mean().item(), rel=1e-9)
 
 
 @pytest.mark.parametrize("shape, ignore", CASES)
@@ -157,7 +167,7 @@ def test_focal_matches_direct_formula(shape, ignore):
                         (0.5, zoo.focal(0.5)), (1.7, zoo.focal(1.7))]:
         # integer gamma: (1 - p)^gamma exactly; otherwise through the protected log
         modulator = (1 - pt) ** gamma if gamma == int(gamma) else ((1 - pt).abs() + EPS) ** gamma
-        ref = (-modulator * log(pt)).mean().item()
+        ref = (-modulator * exact_log(pt)).mean().item()
         assert value(expr, logits, target) == pytest.approx(ref, rel=1e-9), gamma
         textbook = (-(1 - pt) ** gamma * torch.log(pt)).mean().item()
         assert value(expr, logits, target) == pytest.approx(textbook, rel=1e-3), gamma
@@ -172,7 +182,7 @@ def test_poly1_matches_direct_formula(shape, ignore):
     p, y, _ = flat(logits, target)
     pt = (p * y).sum(1)
     for eps, expr in [(1.0, zoo.get("poly1").expr), (2.5, zoo.poly1(2.5)), (-0.5, zoo.poly1(-0.5))]:
-        ref = (-log(pt) + eps * (1 - pt)).mean().item()
+        ref = (-exact_log(pt) + eps * (1 - pt)).mean().item()
         assert value(expr, logits, target) == pytest.approx(ref, rel=1e-9), eps
 
 
@@ -201,7 +211,7 @@ TORCH_LOSS = {"mse": F.mse_loss, "mae": F.l1_loss,
 
 
 @pytest.mark.parametrize("shape", REGRESSION_SHAPES)
-@pytest.mark.parametrize("name", sorted(REGRESSION))
+@pytest.mark.parametrize("name", sorted(TORCH_LOSS))  # barron: tests/test_expert_losses.py
 def test_regression_entries_match_torch(name, shape):
     """Value and gradient equal torch's loss (reduction 'mean') on random tensors whose residuals
     fall on both sides of Huber's delta = 1; the exported standalone module gives the same."""
@@ -245,10 +255,11 @@ def test_dice_matches_direct_formula(shape, ignore):
 def test_baikal_matches_direct_formula(shape, ignore):
     logits, target = data(7, shape, ignore)
     p, y, _ = flat(logits, target)
-    ref = (-(log(p) - div(y, p)).mean(1)).mean().item()
+    ref = (-(exact_log(p) - div(y, p)).mean(1)).mean().item()
     assert value("baikal", logits, target) == pytest.approx(ref, rel=1e-9)
     w0, w1, w2 = 2.6904, 1.5352, 1.8158
-    ref = (-(w0 * log(w1 * p) - w2 * div(y, p)).mean(1)).mean().item()
+    # log(w1 * p) of the softmax is exact too: log p + ln w1 (lossforge.expr.exact)
+    ref = (-(w0 * (exact_log(p) + math.log(w1)) - w2 * div(y, p)).mean(1)).mean().item()
     assert value("baikal-cma", logits, target) == pytest.approx(ref, rel=1e-9)
     # away from tiny probabilities the guards do not matter: the textbook formula
     mild = (logits / 4, target)
@@ -325,7 +336,8 @@ def test_expression_entries_have_finite_gradients():
     logits, target = data(10, (2, 4, 5, 5), True)
     for name in zoo.names("classification"):
         x = logits.clone().requires_grad_(True)
-        loss = zoo.get(name).module()(x, target)
+        loss = zoo.get(name, "classification").module(**(
+            {"prior": torch.tensor([0.4, 0.3, 0.2, 0.1])} if name in PRIOR_LOSSES else {}))(x, target)
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(x.grad).all(), name
 

@@ -13,14 +13,28 @@ Brier score, which also has its own name ``brier``. ``get(name)`` without a kind
 first form (``mse``: the classification one, as before regression entries existed).
 
 Conventions of the expression entries (DESIGN.md §3): ``p`` softmax probabilities, ``y`` one-hot
-ground truth, ``z`` logits, all shaped ``(N, C, *spatial)``; the loss is the mean of what remains
-after the expression's aggregations, over the positions that are not ignored. ``log`` and ``/`` are
-the protected forms of the op registry (``log(|x| + 1e-6)``, ``a / (b + 1e-6)``), so an entry can
-differ from its textbook form by terms of order 1e-6.
+ground truth, ``z`` logits, ``q`` the class prior of the training set, all shaped
+``(N, C, *spatial)``; the loss is the mean of what remains after the expression's aggregations,
+over the positions that are not ignored. ``log(p)`` of the softmax itself is exact
+(``log_softmax`` of the logits, :mod:`lossforge.expr.exact`): ``ce`` *is*
+``torch.nn.functional.cross_entropy`` at any margin, and so are the log terms of ``focal``,
+``poly1``, ``baikal``, ``sce``, ``nce+rce``, ``gce``. Other ``log`` and ``/`` are the protected
+forms of the op registry (``log(|x| + 1e-6)``, ``a / (b + 1e-6)``), so such an entry can differ
+from its textbook form by terms of order 1e-6 relative to the guarded quantity.
+
+Expert losses for noisy labels (``mae`` on probabilities, ``gce``, ``sce``, ``nce+rce``), for
+long-tailed classes (``logit-adjusted``, ``balanced-softmax``, ``cb-focal``: they read the
+class prior ``q``, which a task provides through :meth:`~lossforge.tasks.Task.class_prior` and
+an exported module keeps as its ``prior`` buffer; without one, ``q`` is uniform and the module
+warns), and for heavy-tailed regression (``huber``, ``barron``) follow their papers; each entry's
+``doc`` states the constants chosen. LDAM (Cao et al., NeurIPS 2019) is left out: its margins
+``Δ_j = K / n_j^{1/4}`` are normalised so that the largest is 0.5, which needs a minimum over
+the classes (the language has sums and means over classes only), and its published form
+scales cosine logits of a normalised classifier by s = 30, a change of the model, not the loss.
 
 Lovász-softmax is sort-based and has no expression: it is a module entry (:class:`LovaszSoftmax`).
 
-Regression entries (``kind == "regression"``: ``mse``, ``mae``, ``huber``) are formulas over the
+Regression entries (``kind == "regression"``: ``mse``, ``mae``, ``huber``, ``barron``) are formulas over the
 prediction ``f`` and the target ``y`` of one shape ``(N,)`` or ``(N, D, ...)``: ``forward(pred,
 target)``, the loss is the mean over every element, as ``reduction="mean"`` in torch.
 
@@ -45,13 +59,20 @@ __all__ = [
     "BoxL1Loss",
     "LovaszSoftmax",
     "ZooEntry",
+    "barron",
+    "cb_focal",
     "entries",
     "focal",
+    "gce",
     "get",
+    "huber",
     "kinds",
+    "logit_adjusted",
     "lovasz_softmax",
     "names",
+    "nce_rce",
     "poly1",
+    "sce",
     "taylorglo",
 ]
 
@@ -73,6 +94,16 @@ class ZooEntry:
     doc: str
     factory: Callable[..., nn.Module] | None = None
     kind: str = "classification"
+    #: for entries whose constants depend on the training set (``cb-focal``: its size): the
+    #: expression for a task (``None``: ``expr`` fits every task).
+    for_task: Callable[..., Expr] | None = None
+
+    def expr_for(self, task) -> Expr | None:
+        """The expression to train ``task`` with: ``for_task(task)`` when the entry has one,
+        else :attr:`expr`."""
+        if self.for_task is not None and task is not None:
+            return self.for_task(task)
+        return self.expr
 
     def module(self, **kw) -> nn.Module:
         """A fresh ``nn.Module`` computing the loss; ``forward(logits, target)`` (box entries:
@@ -164,6 +195,136 @@ def taylorglo(theta: Sequence[float]) -> Expr:
     for term in terms[1:]:
         f = apply("add", f, term)
     return apply("neg", apply("sum_c", f))
+
+
+# ---- expert losses: noisy labels, long tails, robust regression ----------------------------------
+_Q, _F = var("q"), var("f")
+
+
+def _pt() -> Expr:
+    """``p_t = sum_c(y * p)``: the probability of the true class."""
+    return apply("sum_c", apply("mul", _Y, _P))
+
+
+def _ce() -> Expr:
+    return apply("neg", apply("sum_c", apply("mul", _Y, apply("log", _P))))
+
+
+def _finite(name: str, **values: float) -> None:
+    for k, v in values.items():
+        if not math.isfinite(v):
+            raise ValueError(f"{name}: {k} must be finite, got {v!r}")
+
+
+def gce(q: float = 0.7) -> Expr:
+    """Generalised cross-entropy ``(1 - p_t^q) / q`` (Zhang & Sabuncu 2018), ``0 < q <= 1``.
+
+    ``p_t^q`` is written ``sum_c(y * exp(q * log(p)))`` (``y`` is one-hot) so that ``log(p)`` is
+    the exact log-softmax; ``1 / q`` is a constant factor. Raises ``ValueError`` outside
+    ``(0, 1]``."""
+    q = float(q)
+    if not 0 < q <= 1:
+        raise ValueError(f"gce: q must be in (0, 1], got {q!r}")
+    ptq = apply("sum_c", apply("mul", _Y, apply("exp", apply("mul", const(q), apply("log", _P)))))
+    return _scaled(1.0 / q, apply("sub", const(1), ptq))
+
+
+def _scaled(c: float, e: Expr) -> Expr:
+    """``c * e`` (``e`` itself for ``c = 1``)."""
+    return e if c == 1 else apply("mul", const(c), e)
+
+
+def _rce(beta: float, a: float) -> Expr:
+    """``beta`` times the reverse cross-entropy ``-sum_k p_k log y_k`` with ``log 0 = a``
+    (``a < 0``): ``-beta a (1 - p_t)``."""
+    return _scaled(-a * beta, apply("sub", const(1), _pt()))
+
+
+def sce(alpha: float = 0.01, beta: float = 1.0, a: float = -4.0) -> Expr:
+    """Symmetric cross-entropy ``alpha CE + beta RCE`` (Wang et al. 2019), RCE with
+    ``log 0 = a``."""
+    _finite("sce", alpha=alpha, beta=beta, a=a)
+    return apply("add", _scaled(alpha, _ce()), _rce(beta, a))
+
+
+def nce_rce(alpha: float = 1.0, beta: float = 100.0, a: float = -4.0) -> Expr:
+    """Active-passive loss NCE+RCE (Ma et al. 2020): ``alpha NCE + beta RCE``, with normalised CE
+    ``NCE = log p_t / sum_k log p_k`` and RCE as in :func:`sce`.
+
+    The division is the protected ``/``: its ``1e-6`` is negligible next to ``sum_k log p_k``,
+    which is at most ``C log(1 / C)``."""
+    _finite("nce+rce", alpha=alpha, beta=beta, a=a)
+    nce = apply("div", apply("sum_c", apply("mul", _Y, apply("log", _P))),
+                apply("sum_c", apply("log", _P)))
+    return apply("add", _scaled(alpha, nce), _rce(beta, a))
+
+
+def logit_adjusted(tau: float = 1.0) -> Expr:
+    """Logit-adjusted cross-entropy (Menon et al. 2021): cross-entropy of the softmax of
+    ``z + tau log q``, with ``q`` the class prior.
+
+    Written with the exact ``log(p)``: ``-log softmax(z + tau log q)_t = -(log p_t + tau log q_t)
+    + log sum_k p_k q_k^tau``; ``q^tau`` is ``exp(tau log q)`` for ``tau != 1``. ``log q`` and the
+    last ``log`` are protected (``+1e-6``: a class of prior 0 is guarded; the sum is at least
+    the smallest prior)."""
+    _finite("logit-adjusted", tau=tau)
+    logq = apply("log", _Q)
+    qtau = _Q if tau == 1 else apply("exp", apply("mul", const(tau), logq))
+    adj = logq if tau == 1 else apply("mul", const(tau), logq)
+    nll = apply("neg", apply("sum_c", apply("mul", _Y, apply("add", apply("log", _P), adj))))
+    return apply("add", nll, apply("log", apply("sum_c", apply("mul", _P, qtau))))
+
+
+def cb_focal(n_train: int, beta: float = 0.9999, gamma: float = 1.0) -> Expr:
+    """Class-balanced focal loss (Cui et al. 2019) for a training set of ``n_train`` samples.
+
+    Class weights ``w_j = (1 - beta) / (1 - beta^{n_j})`` (inverse effective number), normalised
+    to sum to the number of classes, with ``n_j = q_j n_train``: ``beta^{n_j} = exp(n_train
+    ln(beta) q_j)``, and ``w_t / mean_c(w)`` is the normalised weight of the true class
+    (``1 - beta`` cancels). The focal term is the softmax focal loss of :func:`focal` (the paper's
+    experiments use a sigmoid focal loss; ``p`` here is the softmax). Raises ``ValueError`` for
+    ``n_train < 1``, ``beta`` outside ``(0, 1)`` or ``gamma < 0``."""
+    if int(n_train) < 1 or not 0 < beta < 1:
+        raise ValueError(f"cb-focal: need n_train >= 1 and 0 < beta < 1, got {n_train!r}, {beta!r}")
+    k = float(n_train) * math.log(beta)
+    w = apply("inv", apply("sub", const(1), apply("exp", apply("mul", const(k), _Q))))
+    weight_t = apply("div", apply("sum_c", apply("mul", _Y, w)), apply("mean_c", w))
+    return apply("mul", weight_t, focal(gamma))
+
+
+def huber(delta: float = 1.0) -> Expr:
+    """Huber loss (Huber 1964) of ``r = f - y``: ``0.5 r^2`` where ``|r| <= delta``, else
+    ``delta (|r| - 0.5 delta)``; as torch's ``huber_loss(delta=delta)``. Written with
+    ``m = min(|r|, delta)``: ``0.5 m^2 + delta (|r| - m)``."""
+    delta = float(delta)
+    if not math.isfinite(delta) or delta <= 0:
+        raise ValueError(f"huber: delta must be > 0, got {delta!r}")
+    r = apply("abs", apply("sub", _F, _Y))
+    m = apply("min", r, const(delta))
+    quad = apply("mul", const(0.5), apply("square", m))
+    if delta == 1:  # the text of the 'huber' entry: 0.5 * square(m) + abs(r) - m
+        return apply("sub", apply("add", quad, r), m)
+    return apply("add", quad, apply("mul", const(delta), apply("sub", r, m)))
+
+
+def barron(alpha: float = 0.0, c: float = 1.0) -> Expr:
+    """Barron's general robust loss (CVPR 2019) of ``x = (f - y) / c``:
+    ``|alpha - 2| / alpha * ((x^2 / |alpha - 2| + 1)^{alpha / 2} - 1)``, with its limits
+    ``alpha = 0``: ``log(x^2 / 2 + 1)`` (Cauchy) and ``alpha = 2``: ``x^2 / 2`` (L2).
+    Powers are ``exp(k log(.))`` of an argument >= 1 (the guard's ``1e-6`` is negligible)."""
+    _finite("barron", alpha=alpha, c=c)
+    if c <= 0:
+        raise ValueError(f"barron: c must be > 0, got {c!r}")
+    x = apply("sub", _F, _Y) if c == 1 else apply("mul", const(1.0 / c), apply("sub", _F, _Y))
+    x2 = apply("square", x)
+    if alpha == 2:
+        return apply("mul", const(0.5), x2)
+    if alpha == 0:
+        return apply("log", apply("add", apply("mul", const(0.5), x2), const(1)))
+    b = abs(alpha - 2)
+    inner = apply("add", apply("mul", const(1.0 / b), x2), const(1))
+    power = apply("exp", apply("mul", const(alpha / 2), apply("log", inner)))
+    return apply("mul", const(b / alpha), apply("sub", power, const(1)))
 
 
 # ---- Lovász-softmax ----------------------------------------------------------------------------
@@ -268,11 +429,13 @@ def _add(entry: ZooEntry) -> None:
     forms[entry.kind] = entry
 
 
-def _add_expr(name: str, expr: Expr | str, source: str, doc: str) -> None:
+def _add_expr(name: str, expr: Expr | str, source: str, doc: str,
+              for_task: Callable[..., Expr] | None = None) -> None:
     from lossforge.expr.interpret import loss_kind
 
     e = parse(expr) if isinstance(expr, str) else expr
-    _add(ZooEntry(name=name, formula=str(e), expr=e, source=source, doc=doc, kind=loss_kind(e)))
+    _add(ZooEntry(name=name, formula=str(e), expr=e, source=source, doc=doc, kind=loss_kind(e),
+                  for_task=for_task))
 
 
 _add_expr(
@@ -367,6 +530,88 @@ _add_expr(
     "Huber loss with delta = 1: 0.5 r^2 where |r| < 1, |r| - 0.5 elsewhere, r = f - y, mean over "
     "every element; written with m = min(|r|, 1) as 0.5 m^2 + |r| - m (an expression, so it "
     "exports like any formula). Equals F.huber_loss(pred, target, delta=1).",
+)
+
+
+# ---- expert losses -------------------------------------------------------------------------------
+_add_expr(
+    "mae", "sum_c(abs(p - y))",
+    "Ghosh, Kumar, Sastry: Robust Loss Functions under Label Noise for Deep Neural Networks, "
+    "AAAI 2017 (arXiv 1712.09482)",
+    "On classification: the L1 distance of the softmax probabilities to the one-hot target, "
+    "sum_c |p_c - y_c| = 2 (1 - p_t), symmetric and so noise-tolerant (Ghosh et al., Theorem 1). "
+    "On regression 'mae' is the mean absolute error of the prediction.",
+)
+_add_expr(
+    "gce", gce(0.7),
+    "Zhang & Sabuncu: Generalized Cross Entropy Loss for Training Deep Neural Networks with "
+    "Noisy Labels, NeurIPS 2018 (arXiv 1805.07836); q = 0.7 as in the paper",
+    "(1 - p_t^q) / q with q = 0.7: between CE (q -> 0) and MAE (q = 1); gce(q) builds other q. "
+    "The truncated variant L_trunc is not included.",
+)
+_add_expr(
+    "sce", sce(0.01, 1.0),
+    "Wang, Ma, Chen, Luo, Yi, Bailey: Symmetric Cross Entropy for Robust Learning with Noisy "
+    "Labels, ICCV 2019 (arXiv 1908.06112); alpha = 0.01, beta = 1, A = -4: the paper's MNIST "
+    "setting",
+    "alpha CE + beta RCE with RCE = -sum_k p_k log y_k, log 0 clipped to A = -4, i.e. "
+    "4 (1 - p_t). alpha = 0.01, beta = 1.0 are the paper's values for MNIST (our noisy families "
+    "are MNIST-like digit/clothing images); its CIFAR-10 setting is sce(0.1, 1.0).",
+)
+_add_expr(
+    "nce+rce", nce_rce(1.0, 100.0),
+    "Ma, Huang, Wang, Romano, Erfani, Bailey: Normalized Loss Functions for Deep Learning with "
+    "Noisy Labels, ICML 2020 (arXiv 2006.13554); alpha = 1, beta = 100: the paper's MNIST setting",
+    "Active-passive loss alpha NCE + beta RCE, NCE = log p_t / sum_k log p_k (normalised CE), "
+    "RCE as in 'sce' (A = -4). alpha = 1, beta = 100 as the paper uses on MNIST; its CIFAR-10 "
+    "setting is nce_rce(1, 1).",
+)
+_add_expr(
+    "logit-adjusted", logit_adjusted(1.0),
+    "Menon, Jayasumana, Rawat, Jain, Veit, Kumar: Long-tail learning via logit adjustment, "
+    "ICLR 2021 (arXiv 2007.07314); tau = 1",
+    "Cross-entropy of softmax(z + tau log q) with q the training-set class prior (the variable "
+    "q), tau = 1; logit_adjusted(tau) builds other tau. At tau = 1 it equals 'balanced-softmax'.",
+)
+_add_expr(
+    "balanced-softmax", logit_adjusted(1.0),
+    "Ren, Yu, Sheng, Ma, Zhao, Yi, Li: Balanced Meta-Softmax for Long-Tailed Visual Recognition, "
+    "NeurIPS 2020 (arXiv 2007.10740)",
+    "Balanced softmax: -log(n_t e^{z_t} / sum_k n_k e^{z_k}) with n the class counts, i.e. "
+    "cross-entropy of softmax(z + log q): the same function as 'logit-adjusted' at tau = 1 "
+    "(Menon et al. note the equivalence). The meta-sampler of the paper is not a loss.",
+)
+_CB_DEFAULT_N = 10_000
+
+
+def _cb_focal_for(task) -> Expr:
+    """'cb-focal' for ``task``: the effective numbers need its training-set size."""
+    try:
+        n = len(task.data().train)
+    except (NotImplementedError, AttributeError, ValueError):
+        n = _CB_DEFAULT_N
+    return cb_focal(n, 0.9999, 1.0)
+
+
+_add_expr(
+    "cb-focal", cb_focal(_CB_DEFAULT_N, 0.9999, 1.0),
+    "Cui, Jia, Lin, Song, Belongie: Class-Balanced Loss Based on Effective Number of Samples, "
+    "CVPR 2019 (arXiv 1901.05555); beta = 0.9999, gamma = 1 (from the paper's grid 0.5, 1, 2)",
+    "Focal loss (gamma = 1) weighted by the inverse effective number of the true class, "
+    "(1 - beta) / (1 - beta^{n_t}), beta = 0.9999, weights normalised to sum to C. n_j = q_j N "
+    "needs the training-set size N: the listed formula is for N = 10,000; training, evaluating "
+    "or searching on a task substitutes the task's N. Softmax focal (the paper's experiments use "
+    "the sigmoid form).",
+    for_task=_cb_focal_for,
+)
+_add_expr(
+    "barron", barron(0.0, 1.0),
+    "Barron: A General and Adaptive Robust Loss Function, CVPR 2019 (arXiv 1701.03077); "
+    "alpha = 0 (Cauchy / Lorentzian), c = 1",
+    "Barron's loss with fixed shape alpha = 0: log((r / c)^2 / 2 + 1), r = f - y, c = 1 (targets of "
+    "unit scale), a redescending loss whose influence falls off for large residuals, so gross "
+    "outliers barely pull the fit; barron(alpha, c) builds others (alpha = 1: pseudo-Huber, "
+    "alpha = 2: L2, alpha = -2: Geman-McClure).",
 )
 
 

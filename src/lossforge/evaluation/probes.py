@@ -14,7 +14,8 @@ small and inside its target instead (:func:`box_lrp_start`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,10 @@ class Probe:
     ``target``: class indices ``(B, *spatial)`` (classification), values (regression) or boxes
     ``(B, 4)`` (box); ``pred_shape``: shape of the prediction tensor being optimised /
     differentiated; ``anchor``: box probes only, the boxes predictions are decoded around.
+    ``prior``: classification probes, the class prior ``(C,)`` the loss variable ``q`` reads
+    (the task's training-set prior, :meth:`~lossforge.tasks.Task.class_prior`; ``None``: uniform);
+    ``prior_source``: a function giving it, called once when the variables are first needed
+    (building a probe reads only the targets it draws).
     """
 
     kind: str
@@ -72,12 +77,22 @@ class Probe:
     num_classes: int | None
     ignore_index: int = 255
     anchor: torch.Tensor | None = None
+    prior: torch.Tensor | None = None
+    prior_source: Callable[[], "torch.Tensor | None"] | None = field(default=None, repr=False,
+                                                                      compare=False)
+
+    def class_prior(self) -> torch.Tensor | None:
+        """The class prior ``(C,)`` (``None``: uniform), from ``prior_source`` on first use."""
+        if self.prior is None and self.prior_source is not None:
+            self.prior, self.prior_source = self.prior_source(), None
+        return self.prior
 
     def variables(self, pred: torch.Tensor):
         """(variables, mask) for a prediction ``pred`` of shape ``pred_shape`` (leading dims may
         add a population axis only in the batched path, not here)."""
         if self.kind == CLASSIFICATION:
-            return K.prepare_classification(pred, self.target, self.ignore_index)
+            return K.prepare_classification(pred, self.target, self.ignore_index,
+                                            self.class_prior())
         if self.kind == BOX:
             return K.prepare_box(decode_boxes(pred, self.anchor), self.target)
         return K.prepare_regression(pred, self.target)
@@ -121,7 +136,8 @@ def task_probe(task: Task, samples: int, seed: int, spatial_size: int | None = N
             step = -(-target.shape[-1] // spatial_size)
             target = target[..., ::step, ::step]
         shape = (target.shape[0], task.num_classes, *target.shape[1:])
-        return Probe(CLASSIFICATION, target.long(), tuple(shape), task.num_classes, task.ignore_index)
+        return Probe(CLASSIFICATION, target.long(), tuple(shape), task.num_classes, task.ignore_index,
+                     prior_source=getattr(task, "class_prior", None))
     if target.dim() == 1:
         target = target.unsqueeze(1)
     target = _shrink_values(target.float(), spatial_size)
@@ -142,7 +158,8 @@ def _shrink_values(target: torch.Tensor, spatial_size: int | None) -> torch.Tens
 
 def synthetic_probe(kind: str, samples: int, num_classes: int | None, seed: int,
                     spatial: tuple[int, ...] = ()) -> Probe:
-    """A probe with uniformly random labels (used for GEC fingerprints and benchmarks)."""
+    """A probe with uniformly random labels (used for GEC fingerprints and benchmarks); its class
+    prior is the uniform one."""
     gen = torch.Generator().manual_seed(seed)
     if kind == CLASSIFICATION:
         target = torch.randint(0, num_classes, (samples, *spatial), generator=gen)

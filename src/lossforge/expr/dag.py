@@ -21,15 +21,17 @@ from typing import Any
 import numpy as np
 
 from lossforge.expr.expr import Expr, apply, const, format_number, var
-from lossforge.expr.spaces import LABEL, SearchSpace, VariationError
+from lossforge.expr.spaces import CONTEXT_VARIABLES, LABEL, SearchSpace, VariationError
 
 __all__ = ["dag_inputs", "dag_to_expr", "mutate_dag", "random_dag"]
 
 
 def dag_inputs(space: SearchSpace) -> list[str]:
-    """Input names of a DAG genome: the label, the prediction variable(s), then the constants."""
+    """Input names of a DAG genome: the label, the prediction variable(s), the class prior ``q``
+    (``nlfs+q`` only), then the constants."""
     label = [LABEL] if LABEL in space.variables else []  # box spaces (i, u, e) have no label
-    return (label + list(space.prediction_variables)
+    context = [v for v in space.variables if v in CONTEXT_VARIABLES]
+    return (label + list(space.prediction_variables) + context
             + [format_number(c) for c in (space.constants or ())])
 
 

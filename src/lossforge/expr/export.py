@@ -13,19 +13,23 @@ from torch import nn
 
 from lossforge.expr import kernels as K
 from lossforge.expr import ops as _ops
+from lossforge.expr.exact import LOGP, exact_form, is_softmax_log
 from lossforge.expr.expr import Expr, format_number
 from lossforge.expr.interpret import BoxExprLoss, ExprLoss, RegressionExprLoss, loss_kind
 
 
 # ---- nn.Module ---------------------------------------------------------------------------------
-def to_torch(expr: Expr, kind: str = "auto", ignore_index: int = 255) -> nn.Module:
+def to_torch(expr: Expr, kind: str = "auto", ignore_index: int = 255, prior=None) -> nn.Module:
     """The expression as an ``nn.Module`` (see :mod:`lossforge.expr.interpret`'s
     :class:`ExprLoss`, :class:`RegressionExprLoss`, :class:`BoxExprLoss`); ``kind``:
     ``"classification"``, ``"regression"``, ``"box"`` or ``"auto"`` (from the variables,
-    :func:`loss_kind`)."""
+    :func:`loss_kind`). ``prior``: the class prior ``(C,)`` that the variable ``q`` reads
+    (classification only; ``None``: uniform, with a warning when ``q`` is read)."""
     kind = loss_kind(expr) if kind == "auto" else kind
+    if prior is not None and kind != "classification":
+        raise ValueError(f"prior= is the class prior of a classification loss; this is a {kind} loss")
     if kind == "classification":
-        return ExprLoss(expr, ignore_index=ignore_index)
+        return ExprLoss(expr, ignore_index=ignore_index, prior=prior)
     if kind == "regression":
         return RegressionExprLoss(expr)
     if kind == "box":
@@ -39,6 +43,7 @@ _KERNEL_DEPS = {
     "k_mean_bs": ["_spatial_dims", "_fit_mask", "_masked_mean"],
     "k_mean_b": ["_spatial_dims", "_fit_mask", "_masked_mean"],
     "reduce_loss": ["_fit_mask"],
+    "prepare_classification": ["prior_variable"],
 }
 
 
@@ -54,15 +59,25 @@ def _kernel_source(names: list[str]) -> str:
 def to_source(expr: Expr, name: str = "SearchedLoss", kind: str = "auto") -> str:
     """Text of a standalone Python module (imports only torch) defining ``class <name>(nn.Module)``.
 
-    The module's forward has the same signature and numerics as :func:`to_torch`.
+    The module's forward has the same signature and numerics as :func:`to_torch` (``log(p)`` is
+    ``log_softmax`` of the logits, the rule of :mod:`lossforge.expr.exact`). A classification
+    module takes ``prior=`` (the class prior ``(C,)`` the variable ``q`` reads, kept as the buffer
+    ``prior``; ``None``: uniform ``1 / C``) besides ``ignore_index``.
     """
     if not name.isidentifier():
         raise ValueError(f"class name {name!r} is not a Python identifier")
     kind = loss_kind(expr) if kind == "auto" else kind
+    formula = str(expr)
+    expr = exact_form(expr)
     lines: list[str] = []
     temp: dict[int, str] = {}
     kernels: list[str] = []
     for n, node in enumerate(expr.nodes()):
+        if node.is_var and node.value == LOGP:
+            kernels.append("log_softmax_classes")
+            lines.append(f'        t{n} = log_softmax_classes(v["z"])')
+            temp[id(node)] = f"t{n}"
+            continue
         if node.is_var:
             temp[id(node)] = f'v["{node.value}"]'
             continue
@@ -82,8 +97,12 @@ def to_source(expr: Expr, name: str = "SearchedLoss", kind: str = "auto") -> str
     if kind == "classification":
         kernels.append("prepare_classification")
         signature = "logits, target"
-        init = "    def __init__(self, ignore_index=255):\n        super().__init__()\n        self.ignore_index = ignore_index\n"
-        prep = "        v, mask = prepare_classification(logits, target, self.ignore_index)"
+        init = ("    def __init__(self, ignore_index=255, prior=None):\n"
+                "        super().__init__()\n"
+                "        self.ignore_index = ignore_index\n"
+                "        self.register_buffer(\"prior\", None if prior is None else "
+                "torch.as_tensor(prior, dtype=torch.float32))\n")
+        prep = "        v, mask = prepare_classification(logits, target, self.ignore_index, self.prior)"
     elif kind == "regression":
         kernels.append("prepare_regression")
         signature = "pred, target"
@@ -101,7 +120,6 @@ def to_source(expr: Expr, name: str = "SearchedLoss", kind: str = "auto") -> str
     kernels.append("reduce_loss")
     body = "\n".join([prep, "        ref = next(iter(v.values()))", *lines,
                       f"        return reduce_loss({result}, mask)"])
-    formula = str(expr)
     return f'''"""{name}: a loss function found with lossforge.
 
 Formula: {formula}
@@ -136,7 +154,9 @@ def _symbols(expr: Expr) -> dict[str, sympy.Symbol]:
 def to_sympy(expr: Expr, *, protected: bool = True) -> sympy.Expr:
     """The identical sympy expression (protected forms spelt out, aggregations as functions
     ``sum_c(.)``, ``mean_c(.)``, ...). ``protected=False`` keeps every op other than ``+ - * neg
-    square`` as an opaque function named after the op (what :func:`simplify` works on)."""
+    square`` as an opaque function named after the op (what :func:`simplify` works on).
+    ``log(p)``, ``slog(p)``, ``log10(p)`` of the softmax ``p`` are exact (the rule of
+    :mod:`lossforge.expr.exact`): ``log(p)`` / ``log(p, 10)``, without the guard."""
     syms = _symbols(expr)
     values: dict[int, sympy.Expr] = {}
     exact = {"add", "sub", "mul", "neg", "square"}
@@ -149,7 +169,9 @@ def to_sympy(expr: Expr, *, protected: bool = True) -> sympy.Expr:
         else:
             spec = _ops.OPS[node.op]
             args = [values[id(a)] for a in node.args]
-            if protected or node.op in exact or spec.aggregation:
+            if protected and is_softmax_log(node):  # the argument is c * p with c > 0
+                out = sympy.log(args[0], 10) if node.op == "log10" else sympy.log(args[0])
+            elif protected or node.op in exact or spec.aggregation:
                 out = spec.sympy_fn(*args)
             else:
                 out = sympy.Function(node.op)(*args)

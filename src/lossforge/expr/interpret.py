@@ -9,17 +9,26 @@ the scalar loss over the positions that count. :func:`loss_kind` infers the loss
 :class:`RegressionExprLoss` and :class:`BoxExprLoss` are drop-in ``nn.Module`` losses that compute
 :func:`loss_value` on prepared inputs. Every funnel stage, the proxy training and the exported
 modules (:func:`lossforge.expr.export.to_torch`) evaluate losses through this module.
+
+Every expression is evaluated in its exact form (:func:`lossforge.expr.exact.exact_form`):
+``log(p)`` is ``log_softmax(z)``, with no guard. Two variables are derived when the caller's
+``env`` lacks them: ``logp`` (``log_softmax(z)`` over the classes, or ``log(p)`` unguarded when
+``env`` has ``p`` but no ``z``) and ``q`` (the uniform class prior ``1 / C``: a caller that knows
+the task's prior passes it, e.g. through :func:`~lossforge.expr.kernels.prepare_classification`).
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
 
 from lossforge.expr import kernels as K
 from lossforge.expr import ops as _ops
+from lossforge.expr.exact import LOGP, exact_form
 from lossforge.expr.expr import Expr
 
-CLASSIFICATION_VARS = frozenset({"p", "y", "z"})
+CLASSIFICATION_VARS = frozenset({"p", "y", "z", "q"})
 REGRESSION_VARS = frozenset({"f", "y"})
 BOX_VARS = frozenset({"i", "u", "e"})
 KINDS = ("classification", "regression", "box")
@@ -34,18 +43,17 @@ def interpret(expr: Expr, env: dict[str, torch.Tensor], mask: torch.Tensor | Non
     ``mask (N, 1, *spatial)`` marks the positions that count in aggregations (``None``: all).
     ``cache`` (``id(node) -> value``, for the same ``env`` and ``mask``) lets several calls share
     the values of common sub-expressions: nodes found there are not recomputed, new ones are added.
+    ``log(p)`` is evaluated exactly (the module docstring; ``logp`` and ``q`` are derived when
+    ``env`` lacks them).
     """
     ref = next(iter(env.values()))
     values: dict[int, torch.Tensor] = {} if cache is None else cache
+    expr = exact_form(expr)
     for node in expr.nodes():
         if id(node) in values:
             continue
         if node.is_var:
-            try:
-                out = env[node.value]
-            except KeyError:
-                raise ValueError(f"the loss reads variable {node.value!r}, which this task does not "
-                                 f"provide (it provides {', '.join(sorted(env))})") from None
+            out = env[node.value] if node.value in env else _derived(node.value, env)
         elif node.is_const:
             out = torch.tensor(node.value, dtype=ref.dtype, device=ref.device)
         else:
@@ -62,13 +70,26 @@ def interpret(expr: Expr, env: dict[str, torch.Tensor], mask: torch.Tensor | Non
     return values[id(expr)]
 
 
+def _derived(name: str, env: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The value of a variable ``env`` does not hold: ``logp`` or ``q`` (see the module
+    docstring); ``ValueError`` naming what the task provides for any other."""
+    if name == LOGP and "z" in env:
+        return K.log_softmax_classes(env["z"])
+    if name == LOGP and "p" in env:
+        return torch.log(env["p"])
+    if name == "q" and ("z" in env or "p" in env):
+        return K.prior_variable(None, env["z"] if "z" in env else env["p"])
+    raise ValueError(f"the loss reads variable {name!r}, which this task does not "
+                     f"provide (it provides {', '.join(sorted(env))})")
+
+
 def loss_value(expr: Expr, env: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
     """The scalar loss: :func:`interpret` followed by the mean over the positions that count."""
     return K.reduce_loss(interpret(expr, env, mask), mask)
 
 
 def loss_kind(expr: Expr) -> str:
-    """``"classification"`` (variables among p, y, z), ``"regression"`` (f, y) or ``"box"``
+    """``"classification"`` (variables among p, y, z, q), ``"regression"`` (f, y) or ``"box"``
     (i, u, e)."""
     v = expr.variables()
     if "f" in v and v <= REGRESSION_VARS:
@@ -88,22 +109,45 @@ class ExprLoss(nn.Module):
 
     ``forward(logits, target)``: logits ``(N, C, *spatial)``, class-index target ``(N, *spatial)``;
     positions labelled ``ignore_index`` do not count. Returns a scalar.
+
+    ``prior``: the class prior ``(C,)`` of the training set (the variable ``q``), kept as the
+    buffer ``prior`` (it moves with ``.to(device)`` and is saved in the ``state_dict``); ``None``
+    gives the uniform prior ``1 / C``, with a warning when the expression reads ``q``.
     """
 
     kind = "classification"
 
-    def __init__(self, expr: Expr, ignore_index: int = 255):
+    def __init__(self, expr: Expr, ignore_index: int = 255, prior=None):
         super().__init__()
         self.expr = expr
         self.formula = str(expr)
         self.ignore_index = ignore_index
+        self.register_buffer("prior", checked_prior(prior))
+        if prior is None and "q" in expr.variables():
+            warnings.warn(f"loss {self.formula!r} reads the class prior q but no prior was given: "
+                          "using the uniform prior 1/C (pass prior=task.class_prior())",
+                          UserWarning, stacklevel=2)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        env, mask = K.prepare_classification(logits, target, self.ignore_index)
+        env, mask = K.prepare_classification(logits, target, self.ignore_index, self.prior)
         return loss_value(self.expr, env, mask)
 
     def extra_repr(self) -> str:
-        return f"formula={self.formula!r}, ignore_index={self.ignore_index}"
+        prior = "" if self.prior is None else f", prior={[round(v, 4) for v in self.prior.tolist()]}"
+        return f"formula={self.formula!r}, ignore_index={self.ignore_index}{prior}"
+
+
+def checked_prior(prior) -> torch.Tensor | None:
+    """A class prior as a float32 tensor ``(C,)`` (``None`` stays ``None``); ``ValueError`` unless
+    it is a finite, non-negative vector summing to 1 (within 1e-4)."""
+    if prior is None:
+        return None
+    t = torch.as_tensor(prior, dtype=torch.float32).detach().clone()
+    if t.dim() != 1 or t.numel() < 1 or not bool(torch.isfinite(t).all()) or bool((t < 0).any()) \
+            or abs(float(t.sum()) - 1.0) > 1e-4:
+        raise ValueError(f"a class prior must be a vector (C,) of non-negative numbers summing to "
+                         f"1 (e.g. Task.class_prior()), got {prior!r}")
+    return t
 
 
 class RegressionExprLoss(nn.Module):
@@ -152,5 +196,5 @@ class BoxExprLoss(nn.Module):
         return f"formula={self.formula!r}"
 
 
-__all__ = ["interpret", "loss_value", "loss_kind", "ExprLoss", "RegressionExprLoss", "BoxExprLoss",
+__all__ = ["interpret", "loss_value", "loss_kind", "checked_prior", "ExprLoss", "RegressionExprLoss", "BoxExprLoss",
            "KINDS", "CLASSIFICATION_VARS", "REGRESSION_VARS", "BOX_VARS"]

@@ -230,12 +230,40 @@ def reduce_loss(x, mask=None):
 
 
 # ---- turning a model output and a target into the variables of a loss --------------------------
-def prepare_classification(logits, target, ignore_index=255):
+def log_softmax_classes(logits):
+    """``log p`` exactly: ``log_softmax`` of ``logits (N, C, *spatial)`` over the classes (dim 1).
+
+    The value of the derived variable ``logp`` (the exact-log rule of
+    :mod:`lossforge.expr.exact`: ``log(p)`` of a loss is evaluated as this, with no guard)."""
+    return torch.log_softmax(logits, dim=1)
+
+
+def prior_variable(prior, logits):
+    """The variable ``q``: the class prior ``prior (C,)`` broadcast to ``logits``' shape
+    ``(N, C, *spatial)`` (an expanded view, constant over samples and positions).
+
+    ``prior=None`` gives the uniform prior ``1 / C``. Raises ``ValueError`` when ``prior`` does
+    not have one entry per class."""
+    c = logits.shape[1]
+    view = (1, c) + (1,) * (logits.dim() - 2)
+    if prior is None:
+        q = torch.full(view, 1.0 / c, dtype=logits.dtype, device=logits.device)
+    else:
+        prior = torch.as_tensor(prior)
+        if prior.dim() != 1 or prior.shape[0] != c:
+            raise ValueError(f"the class prior must have shape ({c},), one entry per class of "
+                             f"the logits, got {tuple(prior.shape)}")
+        q = prior.to(dtype=logits.dtype, device=logits.device).reshape(view)
+    return q.expand(logits.shape)
+
+
+def prepare_classification(logits, target, ignore_index=255, prior=None):
     """``logits (N, C, *spatial)`` and class-index ``target (N, *spatial)`` -> (variables, mask).
 
     Variables: ``p`` softmax probabilities, ``y`` one-hot target (all zeros where ignored), ``z``
-    logits, each ``(N, C, *spatial)``. ``mask (N, 1, *spatial)`` is ``None`` when nothing is
-    ignored. Raises ``ValueError`` for shapes or labels that do not fit.
+    logits, ``q`` the class prior ``prior (C,)`` broadcast (uniform ``1 / C`` when ``None``,
+    :func:`prior_variable`), each ``(N, C, *spatial)``. ``mask (N, 1, *spatial)`` is ``None``
+    when nothing is ignored. Raises ``ValueError`` for shapes or labels that do not fit.
     """
     if logits.dim() < 2:
         raise ValueError(f"logits must be (N, C, *spatial), got shape {tuple(logits.shape)}")
@@ -257,7 +285,7 @@ def prepare_classification(logits, target, ignore_index=255):
     if mask is not None:
         y = y * mask.to(logits.dtype)
     p = torch.softmax(logits, dim=1)
-    return {"p": p, "y": y, "z": logits}, mask
+    return {"p": p, "y": y, "z": logits, "q": prior_variable(prior, logits)}, mask
 
 
 def prepare_regression(pred, target):

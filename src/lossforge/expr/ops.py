@@ -12,6 +12,16 @@ Pareto hall of fame. Protected forms guard the points where the plain function i
   guarded, ``x = -EPS`` is not (the value is then infinite and the candidate is rejected);
 * ``aq(a, b) = a / sqrt(1 + b^2)``, the analytic quotient of GP and EvoMAL.
 
+**Exact log of the softmax.** One rewrite rule overrides the guard: ``log(p)``, ``slog(p)`` and
+``log10(p)`` applied directly to the softmax variable ``p`` (or to a positive constant multiple
+``c * p``: plus ``ln c``) are evaluated as ``log_softmax(z)`` over the classes (``log10``:
+divided by ``ln 10``), exactly and stably, with no ``EPS``: so
+``-sum_c(y * log(p))`` *is* ``torch.nn.functional.cross_entropy``, at any margin. The rule is
+defined once, in :mod:`lossforge.expr.exact` (:func:`~lossforge.expr.exact.exact_form` rewrites
+such nodes into the derived variable ``logp``); the interpreter, the exported module and
+standalone source, and the batched screening evaluate that form, and sympy/LaTeX show ``log(p)``
+without the guard. Any other argument (``log(1 - p)``, ``log(p * y)``) keeps the protected form.
+
 ``exp``, ``sinh`` and ``square`` are not clipped: overflow yields ``inf`` and the funnel rejects
 the candidate (AutoLoss-Zero's early stop on invalid values). Gradients are finite everywhere
 except: ``inv``/``div`` at ``-EPS``, overflow of ``exp``/``sinh``, ``abs``/``sign``/``max``/``min``
@@ -40,6 +50,8 @@ VARIABLES: dict[str, str] = {
     "p": "softmax probabilities (N, C, *spatial)",
     "y": "one-hot ground truth (N, C, *spatial)",
     "z": "logits (N, C, *spatial)",
+    "q": "class prior of the training set (N, C, *spatial), the same for every sample and position "
+         "(uniform 1/C when the task gives none)",
     "f": "regression prediction (N, D)",
     "i": "box intersection area (N, 1)",
     "u": "box union area (N, 1)",

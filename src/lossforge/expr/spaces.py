@@ -20,7 +20,17 @@ read it. Presets, by name (:func:`get`, :func:`names`):
     parameters); built by ``lossforge.zoo.taylorglo``.
 
 Every preset adapts to the task's loss signature: ``get(name, variables=("f", "y"))`` gives the
-regression variant (the prediction variable is ``f``). Variables other than the label ``y`` are
+regression variant (the prediction variable is ``f``). The class prior ``q`` (a classification
+variable, constant over the batch) is left out of every preset by default, so a search reads it
+only when asked: the variant ``<preset>+q`` (e.g. ``get("glo+q")``, ``--space glo+q``) adds
+``q`` as a leaf (a DAG input for ``nlfs+q``), which the long-tail losses of the zoo
+(``logit-adjusted``, ``balanced-softmax``, ``cb-focal``) need. ``q`` is neither the label nor a
+prediction variable (:data:`CONTEXT_VARIABLES`). The variant ``<preset>+x`` adds the primitives
+the expert losses are written with where a tree preset lacks them — ``exp``, ``inv``, ``neg``
+and the class aggregations ``sum_c``, ``mean_c`` (GLO has none of these, so it cannot write
+GCE's ``p_t^0.7``, NCE's ratio of class sums, or a class-balanced weight); suffixes combine
+(``glo+x+q``). Defaults are unchanged: existing searches see neither ``q`` nor the extras.
+``tests/test_space_expressiveness.py`` lists which expert loss each space can express. Variables other than the label ``y`` are
 *prediction* variables; a valid loss reads ``y`` and at least one prediction variable. Box spaces
 (``variables=("i", "u", "e")``) have no label: each of the intersection, union and enclosing areas
 depends on both the predicted and the target box, so a valid loss reads at least one of them.
@@ -35,6 +45,14 @@ from lossforge.expr import ops as _ops
 from lossforge.expr.expr import Expr
 
 LABEL = "y"
+#: Variables that are neither the label nor a prediction: the class prior ``q``.
+CONTEXT_VARIABLES = frozenset({"q"})
+#: Name suffix of the preset variants that add the class prior ``q``.
+PRIOR_SUFFIX = "+q"
+#: Name suffix of the tree-preset variants that add the expert losses' primitives.
+EXTRA_SUFFIX = "+x"
+EXTRA_OPS = ("exp", "inv", "neg")
+EXTRA_AGGREGATIONS = ("sum_c", "mean_c")
 #: Variables that depend on both the prediction and the label (box regression): a space made of
 #: them only needs no separate label.
 JOINT_VARIABLES = frozenset({"i", "u", "e"})
@@ -104,8 +122,8 @@ class SearchSpace:
     # ---- derived -------------------------------------------------------------------------------
     @property
     def prediction_variables(self) -> tuple[str, ...]:
-        """The variables other than the label (``p``, ``z``, or ``f``)."""
-        return tuple(v for v in self.variables if v != LABEL)
+        """The variables other than the label and the prior (``p``, ``z``, or ``f``)."""
+        return tuple(v for v in self.variables if v != LABEL and v not in CONTEXT_VARIABLES)
 
     @property
     def ops(self) -> frozenset[str]:
@@ -228,7 +246,7 @@ _PRESETS = {"autoloss-zero": _alz, "glo": _glo, "nlfs": _nlfs, "taylor": _taylor
 
 
 def names() -> list[str]:
-    """Names of the preset spaces."""
+    """Names of the preset spaces (each tree/DAG preset also has its ``+q`` variant)."""
     return list(_PRESETS)
 
 
@@ -243,7 +261,9 @@ def normalize_variables(variables: Iterable[str] | None) -> tuple[str, ...]:
     if isinstance(variables, str):
         variables = (variables,)
     vs = set(variables)
-    return tuple(sorted(vs - {LABEL})) + ((LABEL,) if LABEL in vs else ())
+    context = tuple(sorted(vs & CONTEXT_VARIABLES))
+    return tuple(sorted(vs - {LABEL} - CONTEXT_VARIABLES)) + context + \
+        ((LABEL,) if LABEL in vs else ())
 
 
 def get(name: str, variables: Iterable[str] | None = None, **overrides) -> SearchSpace:
@@ -254,15 +274,47 @@ def get(name: str, variables: Iterable[str] | None = None, **overrides) -> Searc
     """
     if isinstance(name, SearchSpace):
         return replace(name, **overrides) if overrides else name
+    base, suffixes = _split_variant(name)
+    with_prior, extras = PRIOR_SUFFIX in suffixes, EXTRA_SUFFIX in suffixes
     try:
-        factory = _PRESETS[name]
+        factory = _PRESETS[base]
     except KeyError:
-        hint = did_you_mean(name, _PRESETS)
+        known = list(_PRESETS) + [n + PRIOR_SUFFIX for n in _PRESETS if n != "taylor"]
+        hint = did_you_mean(name, known)
         raise KeyError(f"unknown search space {name!r}{hint}; known spaces: "
-                       f"{', '.join(_PRESETS)}") from None
-    space = factory(normalize_variables(variables))
+                       f"{', '.join(known)} (tree presets also take +x)") from None
+    vs = [v for v in normalize_variables(variables) if v not in CONTEXT_VARIABLES]
+    if with_prior:
+        if base == "taylor" or "p" not in vs:
+            raise ValueError(f"space {name!r}: the class prior q is a variable of classification "
+                             f"tree/DAG spaces (variables p, y), not of {base!r} with {vs}")
+        vs.append("q")
+    space = factory(normalize_variables(vs))
+    if extras:
+        if space.kind != "tree":
+            raise ValueError(f"space {name!r}: {EXTRA_SUFFIX} applies to the tree presets "
+                             "(autoloss-zero, glo)")
+        space = replace(space, unary=space.unary + tuple(o for o in EXTRA_OPS if o not in space.unary),
+                        aggregations=space.aggregations + tuple(
+                            a for a in EXTRA_AGGREGATIONS if a not in space.aggregations))
+    if suffixes:
+        space = replace(space, name=name, description=space.description
+                        + "".join({PRIOR_SUFFIX: "; + class prior q",
+                                   EXTRA_SUFFIX: "; + exp, inv, neg, sum_c, mean_c"}[x]
+                                  for x in suffixes))
     return replace(space, **overrides) if overrides else space
 
 
+def _split_variant(name: str) -> tuple[str, tuple[str, ...]]:
+    """``"glo+x+q"`` -> ``("glo", ("+x", "+q"))``; a name without variant suffixes is itself."""
+    if not isinstance(name, str):
+        return name, ()
+    suffixes: list[str] = []
+    while len(name) > 2 and name.endswith((PRIOR_SUFFIX, EXTRA_SUFFIX)):
+        suffixes.insert(0, name[-2:])
+        name = name[:-2]
+    return name, tuple(dict.fromkeys(suffixes))
+
+
 __all__ = ["SearchSpace", "VariationError", "get", "names", "normalize_variables", "LABEL",
-           "LINEAR_OPS", "JOINT_VARIABLES"]
+           "LINEAR_OPS", "JOINT_VARIABLES", "CONTEXT_VARIABLES", "PRIOR_SUFFIX", "EXTRA_SUFFIX"]

@@ -34,7 +34,7 @@ BOX = "box"
 
 #: Variables a loss may read, by loss kind (DESIGN.md §3).
 SIGNATURES: dict[str, frozenset[str]] = {
-    CLASSIFICATION: frozenset({"p", "y", "z"}),
+    CLASSIFICATION: frozenset({"p", "y", "z", "q"}),
     REGRESSION: frozenset({"f", "y"}),
     BOX: frozenset({"i", "u", "e"}),
 }
@@ -314,6 +314,23 @@ class Task:
         train = self.data().train
         return train.targets(train.sample_indices(n, seed))  # a Dataset split: reads n items only
 
+    def class_prior(self) -> torch.Tensor | None:
+        """The class frequencies of the training targets, ``(num_classes,)`` float32 summing to 1
+        (positions labelled ``ignore_index`` left out); what the loss variable ``q`` reads.
+
+        ``None`` for a task that is not single-slot classification or has no :meth:`data`.
+        Computed once and cached on the task. In-memory splits count ``train.y``; a ``Dataset``
+        split uses its dataset's ``targets`` attribute when it has one per item, else reads the
+        targets in chunks of 1024 items (never the whole split at once)."""
+        cached = self.__dict__.get("_class_prior_cache")
+        if cached is not None:
+            return cached[0]
+        prior = None
+        if self.kind == CLASSIFICATION and not self.slots and self.num_classes and has_data(self):
+            prior = _label_frequencies(self.data().train, int(self.num_classes), self.ignore_index)
+        self.__dict__["_class_prior_cache"] = (prior,)
+        return prior
+
     def screening_metric(self, name: str | None = None) -> Metric:
         """The metric the loss-rejection protocol scores probe predictions with, for the target
         metric ``name``: :meth:`metric` itself by default (its ``fn`` scores label maps or
@@ -365,6 +382,28 @@ def probe_targets(task, n: int, seed: int) -> torch.Tensor:
     if callable(method):
         return method(n, seed)
     return Task.probe_targets(task, n, seed)
+
+
+def _label_frequencies(split, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """Class frequencies ``(num_classes,)`` of a split's class-index targets (ignore left out)."""
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+
+    def add(y) -> None:
+        y = torch.as_tensor(y).reshape(-1).long()
+        y = y[y != ignore_index]
+        counts.add_(torch.bincount(y, minlength=num_classes)[:num_classes].double())
+
+    if split.in_memory:
+        add(split.y)
+    elif len(getattr(split.dataset, "targets", ())) == len(split):
+        add(split.dataset.targets)
+    else:
+        for lo in range(0, len(split), 1024):
+            add(split.targets(torch.arange(lo, min(lo + 1024, len(split)))))
+    total = float(counts.sum())
+    if total <= 0:
+        return torch.full((num_classes,), 1.0 / num_classes)
+    return (counts / total).float()
 
 
 def has_data(task) -> bool:

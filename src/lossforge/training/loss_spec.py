@@ -4,6 +4,8 @@ A loss may be given as an :class:`Expr`, an ``nn.Module``, a zoo name (``ce``, `
 formula (``-sum_c(y * log(p))``) or the path of a ``.py`` file written by ``to_source``. For a task
 with several loss slots (:meth:`Task.loss_slots`), a ``dict`` slot -> loss or a text
 ``"cls=focal; box=giou"`` gives each slot its loss; slots not named keep their ``default``.
+A classification loss that reads the class prior ``q`` gets the task's
+:meth:`~lossforge.tasks.Task.class_prior` (uniform when the task has none, with a warning).
 """
 from __future__ import annotations
 
@@ -101,8 +103,8 @@ def _from_zoo(name: str, task: Task, slot: LossSlot) -> LoadedLoss:
                          f"{_where(task, slot)} needs a {slot.kind} loss (zoo: "
                          f"{', '.join(zoo.names(slot.kind))})")
     entry = zoo.get(name, slot.kind)
-    if entry.expr is not None:
-        return _from_expr(name, entry.expr, task, slot)
+    if entry.expr is not None:  # cb-focal: constants of the task's training set
+        return _from_expr(name, entry.expr_for(task), task, slot)
     return LoadedLoss(name, entry.module())
 
 
@@ -119,7 +121,19 @@ def _from_expr(name: str, expr: Expr, task: Task, slot: LossSlot) -> LoadedLoss:
                          f"{_where(task, slot)} does not provide (its variables: "
                          f"{', '.join(sorted(slot.variables))})")
     kw = {"ignore_index": task.ignore_index} if slot.kind == "classification" else {}
+    if slot.kind == "classification" and "q" in expr.variables():
+        kw["prior"] = task_prior(task, slot)
     return LoadedLoss(name, expr.to_torch(kind=slot.kind, **kw), expr)
+
+
+def task_prior(task: Task, slot: LossSlot):
+    """The class prior ``(C,)`` a classification loss of ``task`` reads as ``q``
+    (:meth:`Task.class_prior`; a task-like object without it, or a multi-slot task: ``None``).
+    ``None`` stands for the uniform prior, and the loss module warns that it uses it."""
+    method = getattr(task, "class_prior", None)
+    if not callable(method) or len(task.loss_slots()) > 1 or slot.kind != "classification":
+        return None
+    return method()
 
 
 # ---- several slots ---------------------------------------------------------------------------

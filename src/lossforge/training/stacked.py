@@ -35,7 +35,8 @@ How it works.
 * **Losses.** Each copy's loss is its own expression evaluated on its slice of the stacked outputs.
   For expression losses of classification tasks, the target's one-hot encoding and mask are
   computed once per step and the softmax once for all copies (per-position operations, so each
-  copy gets the values :func:`~lossforge.expr.kernels.prepare_classification` would give); other
+  copy gets the values :func:`~lossforge.expr.kernels.prepare_classification` would give; ``log(p)``
+  is the exact ``log_softmax`` of the copy's logits and ``q`` its loss module's prior); other
   losses (regression, modules such as Lovász-softmax) are called as modules on their slice. The
   loss values of the live copies are summed for one backward pass; the copies share no parameter,
   so each copy gets exactly its own gradient (the sum's derivative is 1 per term).
@@ -171,11 +172,13 @@ class _Losses:
         self.task = task
         self.exprs: list[Expr | None] = []
         self.modules: list[nn.Module | None] = []
+        self.priors: list[torch.Tensor | None] = []  # the class prior q of each ExprLoss
         for ld in loaded:
             fast = (task.kind == CLASSIFICATION and ld.expr is not None
                     and isinstance(ld.module, ExprLoss))
             self.exprs.append(ld.expr if fast else None)
             self.modules.append(None if fast else ld.module.to(device))
+            self.priors.append(ld.module.prior if fast else None)
         self.need_p = any(e is not None and "p" in e.variables() for e in self.exprs)
 
     def values(self, out: torch.Tensor, target: torch.Tensor, live: list[int]) -> list:
@@ -195,6 +198,8 @@ class _Losses:
                     env = {"y": env0["y"], "z": outs[j]}
                     if ps is not None:
                         env["p"] = ps[j]
+                    if "q" in expr.variables():
+                        env["q"] = K.prior_variable(self.priors[i], outs[j])
                     value = loss_value(expr, env, mask)
                 else:
                     value = self.modules[i](outs[j], target)

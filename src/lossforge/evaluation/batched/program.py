@@ -22,6 +22,7 @@ from lossforge.evaluation.batched.schedule import Group, Schedule
 from lossforge.evaluation.batched.store_shapes import representative
 from lossforge.evaluation.probes import Probe
 from lossforge.expr import kernels as K
+from lossforge.expr.exact import LOGP
 from lossforge.expr.expr import Expr
 from lossforge.expr.interpret import interpret
 
@@ -202,11 +203,14 @@ class Program:
         torch's kernels (bit-for-bit the reference's: GEC fingerprints and checks, where chaotic
         expressions amplify a last-bit difference into another 2-digit fingerprint)."""
         b = bound or self._bound
-        soft = None
+        soft = logsoft = None
         for v, view in b.var_views:
             if v == "p":
                 soft = class_softmax(X) if fast_softmax else torch.softmax(X, dim=2)
                 view.copy_(soft)
+            elif v == LOGP:  # the exact log(p) of lossforge.expr.exact: log_softmax over classes
+                logsoft = torch.log_softmax(X, dim=2)
+                view.copy_(logsoft)
             else:
                 view.copy_(X)
         index_select = torch.index_select
@@ -244,7 +248,10 @@ class Program:
             if v == "p":
                 gv = (class_softmax_backward(gv, soft) if fast_softmax
                       else torch._softmax_backward_data(gv, soft, 2, X.dtype))
-            dX = gv.clone() if dX is None and v != "p" else (gv if dX is None else dX + gv)
+            elif v == LOGP:
+                gv = torch._log_softmax_backward_data(gv, logsoft, 2, X.dtype)
+            fresh = v in ("p", LOGP)  # gv is a new tensor, not the pull buffer
+            dX = gv.clone() if dX is None and not fresh else (gv if dX is None else dX + gv)
         if dX is None:
             dX = torch.zeros_like(X)
         return values, dX

@@ -16,8 +16,10 @@ Contract. ``Schedule(exprs, kind, shape, materialize, device)`` turns a populati
 
 It reads nothing from any tensor value: only expression structure and shapes (its index tensors
 live on ``device``). Groups and roots also carry the fields that binding to a probe sets (masks,
-counts). Per-expression templates are cached in :data:`_TEMPLATES` (weakly keyed by the
-expression; :func:`clear_cache`). An expression the program cannot represent raises
+counts). Expressions are lowered in their exact form
+(:func:`lossforge.expr.exact.exact_form`): ``log(p)`` becomes the prediction variable ``logp``,
+which the program computes as ``log_softmax`` of the prediction, with its own backward. Per-expression
+templates are cached in :data:`_TEMPLATES` (weakly keyed by the exact form; :func:`clear_cache`). An expression the program cannot represent raises
 :class:`~lossforge.evaluation.batched.support.UnsupportedExprError`.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from lossforge.evaluation.batched.store_shapes import (
 from lossforge.evaluation.batched.support import check_supported, probe_variables
 from lossforge.evaluation.batched.vjp import ZERO_GRAD, op_kernels
 from lossforge.expr import ops as _ops
+from lossforge.expr.exact import exact_form
 from lossforge.expr.expr import Expr
 
 
@@ -109,7 +112,7 @@ class Schedule:
 
     def __init__(self, exprs: list[Expr], kind: str, shape: tuple[int, ...], materialize: bool,
                  device: torch.device):
-        self.exprs = list(exprs)
+        self.exprs = [exact_form(e) for e in exprs]
         self.P = len(self.exprs)
         self.kind = kind
         self.shape = tuple(shape)

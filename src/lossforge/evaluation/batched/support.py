@@ -2,7 +2,8 @@
 
 Contract. An expression can be vectorised on a probe of kind ``classification`` or ``regression``
 when it reads at least one prediction variable and only variables the probe provides
-(:func:`probe_variables`). :func:`check_supported` raises :class:`UnsupportedExprError` otherwise
+(:func:`probe_variables`). Expressions are checked in their exact form
+(:func:`lossforge.expr.exact.exact_form`: ``log(p)`` reads the prediction variable ``logp``). :func:`check_supported` raises :class:`UnsupportedExprError` otherwise
 (the compiler calls it); :func:`supported` answers the same question as a bool (box probes:
 never). An unsupported expression goes through the per-candidate reference path, which keeps its
 exact behaviour, errors included.
@@ -10,6 +11,7 @@ exact behaviour, errors included.
 from __future__ import annotations
 
 from lossforge.evaluation.probes import Probe
+from lossforge.expr.exact import LOGP, exact_form
 from lossforge.expr.expr import Expr
 
 
@@ -20,14 +22,14 @@ class UnsupportedExprError(ValueError):
 def probe_variables(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(variables a probe of ``kind`` provides, the prediction variables among them)."""
     if kind == "classification":
-        return ("p", "y", "z"), ("p", "z")
+        return ("p", "y", "z", "q", LOGP), ("p", "z", LOGP)
     return ("f", "y"), ("f",)
 
 
 def check_supported(e: Expr, kind: str) -> None:
     """Raise :class:`UnsupportedExprError` unless ``e`` can be vectorised on a probe of ``kind``."""
     provided, pred = probe_variables(kind)
-    v = e.variables()
+    v = exact_form(e).variables()
     if v - set(provided):
         raise UnsupportedExprError(f"{e} reads {sorted(v - set(provided))}, which the probe does "
                                    "not provide")
