@@ -460,3 +460,33 @@ def test_nothing_to_score():
         M.accuracy([], [])
     with pytest.raises(ValueError, match="radius"):
         M.SegmentationMeter(3, radius=0)
+
+
+# ----------------------------------------------------------------------------- long-tail metrics
+def test_macro_f1_hand_case():
+    # target 0 0 1 1 2, pred 0 1 1 1 0: class 0 tp1 fp1 fn1 -> 0.5; class 1 tp2 fp1 fn0 -> 0.8;
+    # class 2 tp0 fn1 -> 0
+    assert M.macro_f1([0, 1, 1, 1, 0], [0, 0, 1, 1, 2]) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    # two classes: still the macro mean (f1's "auto" would score class 1 only)
+    assert M.macro_f1([0, 1, 1], [0, 0, 1]) == pytest.approx((2 / 3 + 2 / 3) / 2)
+
+
+def test_group_accuracy_hand_case():
+    target = [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]
+    pred = [0, 0, 0, 1, 1, 0, 2, 2, 0, 0]
+    # recalls: class 0 3/4, class 1 1/2, class 2 2/4
+    assert M.group_accuracy(pred, target, classes=[0]) == pytest.approx(0.75)
+    assert M.group_accuracy(pred, target, classes=[1, 2]) == pytest.approx((0.5 + 0.5) / 2)
+    assert M.group_accuracy(pred, target, classes=(2, 7)) == pytest.approx(0.5)  # 7 is absent
+    with pytest.raises(ValueError, match="none of the classes"):
+        M.group_accuracy(pred, target, classes=[5])
+
+
+def test_shot_groups_standard_and_scaled_thresholds():
+    counts = [500, 101, 100, 20, 19, 5]
+    assert M.shot_groups(counts) == {"many": [0, 1], "medium": [2, 3], "few": [4, 5]}
+    assert M.shot_groups([106, 63, 38, 23, 14, 8, 5, 3, 2, 1], many_above=21.2,
+                         few_below=4.24) == {"many": [0, 1, 2, 3], "medium": [4, 5, 6],
+                                             "few": [7, 8, 9]}
+    with pytest.raises(ValueError, match="few_below"):
+        M.shot_groups(counts, many_above=10, few_below=20)

@@ -19,15 +19,37 @@ def zoo_entries() -> list[dict[str, Any]]:
 
 
 def task_entries() -> list[dict[str, Any]]:
-    """The registered tasks: ``{"task", "kind", "metrics" (default first), "proxy_steps"}`` each."""
+    """The registered tasks: ``{"task", "kind", "metrics" (default first), "proxy_steps",
+    "options"}`` each; ``options``: ``{"name", "type", "default", "help"}`` per constructor
+    keyword (:func:`lossforge.tasks.options.option_specs`)."""
     from lossforge import tasks
+    from lossforge.tasks.options import option_specs
 
     out = []
     for name in tasks.names():
         t = tasks.get(name)
         metrics = [t.default_metric] + [m for m in t.metrics if m != t.default_metric]
-        out.append({"task": name, "kind": t.kind, "metrics": metrics, "proxy_steps": t.proxy.steps})
+        options = [o.to_dict() for o in option_specs(tasks.factory(name)).values()]
+        out.append({"task": name, "kind": t.kind, "metrics": metrics, "proxy_steps": t.proxy.steps,
+                    "options": options})
     return out
+
+
+def print_task_options(entries: list[dict[str, Any]]) -> None:
+    """The second table of ``lossforge tasks``: every task's options (``--task-option KEY=VALUE``)
+    with type, default and help."""
+    from rich.table import Table
+
+    from lossforge.cli.tables import console
+
+    table = Table(title="task options (--task-option KEY=VALUE)")
+    for col in ("task", "option", "type", "default", "what it sets"):
+        table.add_column(col, overflow="fold")
+    for entry in entries:
+        for i, o in enumerate(entry["options"]):
+            table.add_row(entry["task"] if i == 0 else "", o["name"], o["type"], repr(o["default"]),
+                          o["help"])
+    console.print(table)
 
 
 @app.command("zoo")
@@ -50,9 +72,12 @@ def tasks_cli(
     device: str = typer.Option("cpu", "--device", help="Device of --check."),
     format: Format = _FORMAT,
 ):
-    """List the built-in tasks with their metrics, or check a task (--check SPEC)."""
+    """List the built-in tasks with their metrics and options, or check a task (--check SPEC)."""
     if check is None:
-        emit(task_entries(), format, "print_tasks")
+        entries = task_entries()
+        emit(entries, format, "print_tasks")
+        if format != Format.json:
+            print_task_options(entries)
         return
     from lossforge.tasks.check import check_task
 

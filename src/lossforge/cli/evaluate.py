@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from lossforge.cli._app import _FORMAT, Format, app, emit, err_console, fail, guarded
-from lossforge.cli._task_options import TASK_HELP
+from lossforge.cli._task_options import TASK_HELP, TASK_OPTION_HELP, load_task_with_options
 
 
 def save_evaluation(study: str | Path, result) -> None:
@@ -28,6 +28,7 @@ def save_evaluation(study: str | Path, result) -> None:
 @guarded
 def evaluate_cli(
     task: str = typer.Option(..., "--task", help=TASK_HELP),
+    task_option: List[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
     loss: List[str] = typer.Option(..., "--loss", help=(
         "Formula, zoo name or exported .py file; repeatable (one compared loss each). Tasks with "
         "several loss slots (e.g. cls and box): 'box=giou' sets one slot, 'cls=focal; box=giou' "
@@ -43,7 +44,6 @@ def evaluate_cli(
 ):
     """Train each loss K times on a task; mean ± std of every metric, Δ and Welch p vs cross-entropy."""
     from lossforge.comparison import evaluate
-    from lossforge.tasks.spec import load_task
     from lossforge.training.loss_spec import load_loss
     from lossforge.study import load_study
 
@@ -53,7 +53,7 @@ def evaluate_cli(
         fail("--steps must be at least 1")
     if split not in ("val", "test"):
         fail(f"--split must be 'val' or 'test', got {split!r}")
-    t = load_task(task)
+    t = load_task_with_options(task, task_option)
     for spec in loss:  # fail fast on a bad loss before any training
         load_loss(spec, t)
     if study is not None:  # and on a bad study file

@@ -5,7 +5,8 @@ device (converted to NumPy ``int64`` for labels, ``float64`` for values) and ret
 Every name is importable from here (``lossforge.metrics.miou``); the modules hold one family each:
 
 - :mod:`~lossforge.metrics.classification` — classification: :func:`accuracy`,
-  :func:`balanced_accuracy`, :func:`f1`; regression: :func:`mae`, :func:`rmse` (non-finite values
+  :func:`balanced_accuracy`, :func:`f1`, :func:`macro_f1`, long-tail :func:`group_accuracy` and
+  :func:`shot_groups`; regression: :func:`mae`, :func:`rmse` (non-finite values
   raise ``ValueError``);
 - :mod:`~lossforge.metrics.segmentation` — on ``(N, H, W)`` or ``(H, W)`` label maps, counts
   accumulated over the whole evaluation set (see :class:`SegmentationMeter`): confusion-matrix
@@ -27,14 +28,16 @@ Absent classes are left out of every mean, never counted as 0 or 1; target pixel
 from __future__ import annotations
 
 from lossforge.metrics.boundary import boundary_iou_distance, default_radius
-from lossforge.metrics.classification import accuracy, balanced_accuracy, f1, mae, rmse
+from lossforge.metrics.classification import (accuracy, balanced_accuracy, f1, group_accuracy,
+                                              macro_f1, mae, rmse, shot_groups)
 from lossforge.metrics.keypoints import (HAS_PYCOCOTOOLS, decode_heatmaps, keypoint_error,
                                          keypoints_of, oks_ap, pck)
 from lossforge.metrics.segmentation import (SegmentationMeter, bf1, biou, confusion_matrix, fwiou,
                                             gacc, macc, miou, trimap_iou)
 
 __all__ = [
-    "accuracy", "balanced_accuracy", "f1", "mae", "rmse",
+    "accuracy", "balanced_accuracy", "f1", "macro_f1", "group_accuracy", "shot_groups", "mae",
+    "rmse",
     "confusion_matrix", "miou", "fwiou", "gacc", "macc", "biou", "bf1",
     "trimap_iou", "SegmentationMeter", "default_radius", "boundary_iou_distance",
     "pck", "keypoint_error", "oks_ap", "decode_heatmaps", "keypoints_of", "HAS_PYCOCOTOOLS",

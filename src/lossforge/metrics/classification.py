@@ -4,7 +4,9 @@ Every function takes the prediction first, then the target, as NumPy arrays or t
 device (labels as ``int64``, values as ``float64``; see :mod:`lossforge.metrics._common`) and
 returns a Python float.
 
-Classification: :func:`accuracy`, :func:`balanced_accuracy`, :func:`f1`.
+Classification: :func:`accuracy`, :func:`balanced_accuracy`, :func:`f1`, :func:`macro_f1`; for
+long-tailed data :func:`group_accuracy` (mean recall over a group of classes) and
+:func:`shot_groups` (many / medium / few-shot classes by training count).
 Regression: :func:`mae`, :func:`rmse` (non-finite values raise ``ValueError``).
 
 Absent classes (as in :mod:`lossforge.metrics.segmentation`): a class contributes to a mean only if
@@ -18,7 +20,8 @@ import numpy as np
 
 from lossforge.metrics._common import as_labels, check_same_shape, confusion_counts, to_numpy
 
-__all__ = ["accuracy", "balanced_accuracy", "f1", "mae", "rmse"]
+__all__ = ["accuracy", "balanced_accuracy", "f1", "group_accuracy", "macro_f1", "mae", "rmse",
+           "shot_groups"]
 
 _F1_AVERAGES = ("auto", "binary", "macro", "micro", "weighted")
 
@@ -95,6 +98,39 @@ def f1(pred, target, num_classes: int | None = None, average: str = "auto",
         return float(scores.mean())
     support = cm.sum(1)[present]
     return float((scores * support).sum() / support.sum())
+
+
+def macro_f1(pred, target, num_classes: int | None = None) -> float:
+    """Unweighted mean of the per-class F1 over the classes present in ``pred`` or ``target``
+    (:func:`f1` with ``average="macro"``, also for two classes)."""
+    return f1(pred, target, num_classes=num_classes, average="macro")
+
+
+def group_accuracy(pred, target, classes) -> float:
+    """Mean recall over the classes of ``classes`` that occur in ``target`` (the many-, medium- or
+    few-shot accuracy of long-tailed recognition, on a balanced test set equal to the accuracy on
+    those classes' images). ``ValueError`` when no class of the group occurs in ``target``."""
+    p, t = _label_pair(pred, target)
+    recalls = [float(np.mean(p[t == c] == c)) for c in sorted({int(c) for c in classes})
+               if np.any(t == c)]
+    if not recalls:
+        raise ValueError(f"none of the classes {sorted(int(c) for c in classes)} occurs in the "
+                         "target: the group's accuracy is undefined")
+    return float(np.mean(recalls))
+
+
+def shot_groups(train_counts, many_above: float = 100, few_below: float = 20
+                ) -> dict[str, list[int]]:
+    """Classes grouped by their number of training samples ``train_counts[c]``: ``"many"``
+    (more than ``many_above``), ``"few"`` (fewer than ``few_below``), ``"medium"`` (the rest).
+    The defaults are the standard thresholds of long-tailed recognition (Liu et al., CVPR 2019:
+    >100, 20–100, <20 images); a group may be empty."""
+    if few_below > many_above:
+        raise ValueError(f"few_below ({few_below}) must not exceed many_above ({many_above})")
+    counts = np.asarray(train_counts)
+    return {"many": [int(c) for c in np.flatnonzero(counts > many_above)],
+            "medium": [int(c) for c in np.flatnonzero((counts >= few_below) & (counts <= many_above))],
+            "few": [int(c) for c in np.flatnonzero(counts < few_below)]}
 
 
 # ----------------------------------------------------------------------------- regression

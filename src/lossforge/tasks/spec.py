@@ -422,7 +422,9 @@ def spec_of(task: Task) -> str | None:
 
 def load_task(spec: str | Task, **options: Any) -> Task:
     """The task ``spec`` names (see the module docstring); ``options`` go to its constructor or
-    factory. A ``Task`` object is returned unchanged. Raises :class:`TaskSpecError`."""
+    factory, checked and typed first and recorded on the task
+    (:mod:`lossforge.tasks.options`; a bad one raises ``TaskOptionError``). A ``Task`` object is
+    returned unchanged. Raises :class:`TaskSpecError`."""
     if isinstance(spec, Task):
         return spec
     if not isinstance(spec, str):
@@ -443,7 +445,14 @@ def load_task(spec: str | Task, **options: Any) -> Task:
         attr = obj.__name__
     else:
         obj = _lookup(module, attr, place, spec)
-    task = _make(obj, options, attr, place, spec)
+    if options and not isinstance(obj, Task):  # typed and checked: a clear error for a bad name
+        from lossforge.tasks.options import check_options, record_options, resolved_options
+
+        options = check_options(obj, options, attr, strict=False)  # typed; the rest: its error
+        task = record_options(_make(obj, options, attr, place, spec),
+                              resolved_options(obj, options))
+    else:
+        task = _make(obj, options, attr, place, spec)
     return _record(_named(task), canonical_spec(spec))
 
 
