@@ -116,3 +116,56 @@ def rows_key(study):
     """What must match between two runs of the same search (row order and ids aside)."""
     return sorted((r.generation, r.position, r.proposed, r.formula, r.status, r.fitness, r.fingerprint,
                    r.same_as) for r in study.candidates)
+
+
+def blobs_task_source(cls: str = "FileBlobs", name: str = "file-blobs", *, steps: int = 25,
+                      batch_size: int = 32, sizes: tuple[int, int, int] = (200, 100, 100),
+                      size_arg: int | None = None, label_hook: bool = False) -> str:
+    """The source of a task file holding ``TinyBlobs`` under class ``cls`` and task ``name``
+    (no import from the tests): three Gaussian blobs, a linear model, proxy ``steps`` and
+    ``batch_size`` with lr 0.05, train/val/test of ``sizes`` drawn from one generator seeded 0
+    (with the defaults, the same data and rows as ``tiny-blobs``).
+
+    ``size_arg``: the class takes ``__init__(self, n=size_arg)`` and every split has ``n``
+    samples (``sizes`` unused); ``label_hook``: the labels pass through a method
+    ``labels(self, y)`` (identity) that a subclass may override. The text holds the lines
+    ``import torch`` and ``name = "<name>"`` for tests that edit it."""
+    init = (f"\n    def __init__(self, n: int = {size_arg}):\n        self.n = n\n"
+            if size_arg is not None else "")
+    hook = "\n    def labels(self, y):\n        return y\n" if label_hook else ""
+    n = ("self.n",) * 3 if size_arg is not None else tuple(map(str, sizes))
+    y = "self.labels(y)" if label_hook else "y"
+    return f'''
+import torch
+from torch import nn
+
+from lossforge.data import DataSplits, Split
+from lossforge.tasks import Metric, ProxyConfig, Task
+
+
+def accuracy(pred, target):
+    return float((pred == target).mean())
+
+
+class {cls}(Task):
+    """Three Gaussian blobs, a linear model."""
+
+    name = "{name}"
+    num_classes = 3
+    metrics = {{"accuracy": Metric("accuracy", accuracy)}}
+    default_metric = "accuracy"
+    proxy = ProxyConfig(steps={steps}, batch_size={batch_size}, lr=0.05)
+{init}{hook}
+    def data(self) -> DataSplits:
+        g = torch.Generator().manual_seed(0)
+        centres = torch.tensor([[0.0, 2.0], [2.0, -1.5], [-2.0, -1.5]])
+
+        def split(n):
+            y = torch.randint(0, 3, (n,), generator=g)
+            return Split(centres[y] + torch.randn(n, 2, generator=g), {y})
+
+        return DataSplits(split({n[0]}), split({n[1]}), split({n[2]}), 3, "blobs")
+
+    def make_model(self) -> nn.Module:
+        return nn.Linear(2, 3)
+'''

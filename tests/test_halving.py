@@ -6,7 +6,7 @@ import pytest
 
 import lfhelpers  # noqa: F401  (registers tiny-blobs)
 from lossforge import tasks
-from lossforge.evaluation import halving
+from lossforge.evaluation import own_loop
 from lossforge.evaluation.halving import HalvingRound, successive_halving
 
 GOOD = ["ce", "-sum_c(y * log(p)) + sum_c(square(p - y))", "sum_c(square(p - y))"]
@@ -32,13 +32,13 @@ def test_bad_loss_is_eliminated_first_and_rounds_shrink():
 
 def test_ranks_on_validation_never_test(monkeypatch):
     calls = []
-    real = halving.train
+    real = own_loop.train  # what halving trains with (through own_loop.training_run)
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get("splits"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(halving, "train", spy)
+    monkeypatch.setattr(own_loop, "train", spy)
     res = successive_halving(GOOD, [HalvingRound("tiny-blobs", keep=2, steps=20, seeds=(0,))])
     assert calls and all(s == ("val",) for s in calls)
     assert all(r.test == {} and "accuracy" in r.val for r in res.runs)

@@ -470,3 +470,64 @@ def test_an_objective_task_runs_in_a_worker_process_with_the_same_results(tmp_pa
         [(r.formula, r.status, r.fitness) for r in inline]
     assert any(r.status == TRAINED for r in pooled)
     assert not [s for s in seen if s.get("event") == "report"]
+
+
+# ---- evaluate, successive halving and refine train with the task's own loop --------------------
+def test_evaluate_trains_with_the_tasks_own_loop_and_scores_what_it_returned():
+    task = BlobsOwnLoop()
+    with pytest.warns(UserWarning, match="validation split, not the test split"):
+        result = lossforge.evaluate(task, [FOCAL], seeds=[0, 1], steps=12, split="test")
+    assert result.split == "val" and result.baseline == "ce"
+    # the baseline first, then the loss, once per seed, all through fit with the asked steps
+    assert [(c["steps"], c["seed"]) for c in task.calls] == [(12, 0), (12, 1)] * 2
+    assert [c["loss"] for c in task.calls] == [CE, CE, FOCAL, FOCAL]
+    direct = [own_loop(parse(f).to_torch(kind="classification"), 12, s) for f in (CE, FOCAL)
+              for s in (0, 1)]
+    assert [r.val for r in result.runs] == direct  # to the bit; val_ce too: the loop's metric
+    focal = next(r for r in result.rows if r.loss == FOCAL)
+    assert focal.mean["accuracy"] == pytest.approx(np.mean([d["accuracy"] for d in direct[2:]]))
+    assert lossforge.evaluate(BlobsOwnLoop(), [FOCAL], seeds=1, steps=4).split == "val"  # no warning
+
+
+def test_an_exception_in_the_own_loop_raises_from_evaluate_with_the_users_line():
+    class Raises(BlobsOwnLoop):
+        def fit(self, loss, *, steps, seed, device="cpu", report=None):
+            raise RuntimeError("out of memory in my loop")
+
+    from lossforge.evaluation.own_loop import OwnLoopError
+
+    with pytest.raises(OwnLoopError, match="out of memory in my loop") as info:
+        lossforge.evaluate(Raises(), [FOCAL], seeds=1, steps=4)
+    assert f"{__file__}:" in str(info.value)
+
+
+def test_successive_halving_trains_with_the_tasks_own_loop_even_when_batched():
+    from lossforge.evaluation.halving import HalvingRound, successive_halving
+
+    task = BlobsOwnLoop()
+    bad = "-sum_c(y * p)"  # rewards confidence in the label but ignores the rest
+    res = successive_halving([CE, FOCAL, bad], [HalvingRound(task, 2, steps=10, seeds=(1, 2)),
+                                                HalvingRound(task, 1, steps=14, seeds=(3,))],
+                             batched=True)
+    assert [(c["loss"], c["steps"], c["seed"]) for c in task.calls] == \
+        [(f, 10, s) for s in (1, 2) for f in (CE, FOCAL, bad)] + \
+        [(f, 14, 3) for f in res.rounds[0].kept]
+    first = {s.loss: s for s in res.rounds[0].standings}
+    for f in (CE, FOCAL, bad):  # the round's means are the user's loop's accuracies
+        direct = [own_loop(parse(f).to_torch(kind="classification"), 10, s)["accuracy"]
+                  for s in (1, 2)]
+        assert first[f].values == pytest.approx(direct) and first[f].mean == pytest.approx(
+            np.mean(direct))
+    assert len(res.survivors) == 1 and res.survivors[0] in res.rounds[0].kept
+
+
+def test_refine_retrains_a_studys_best_with_the_tasks_own_loop(tmp_path):
+    from lossforge.refine import RoundSpec, refine_study
+
+    search(BlobsOwnLoop(), tmp_path, budget=6)
+    task = BlobsOwnLoop()
+    state = refine_study(tmp_path / "s.db", [RoundSpec(9, (1,), 1)], top=2, task=task)
+    assert [(c["steps"], c["seed"]) for c in task.calls] == [(9, 1)] * len(state["search_fitness"])
+    standings = state["results"][0]["standings"]
+    by_loss = {c["loss"]: c["result"]["accuracy"] for c in task.calls}
+    assert {s["loss"]: s["mean"] for s in standings} == pytest.approx(by_loss)

@@ -12,47 +12,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from lfhelpers import blobs_task_source
 from lossforge import cli
 from lossforge.tasks.check import Finding, TaskReport, check_task, metric_problem
 
 runner = CliRunner()
 
-#: A clean three-class task (Gaussian blobs, a linear model); the defects below subclass it.
-BLOBS = '''
-import torch
-from torch import nn
-
-from lossforge.data import DataSplits, Split
-from lossforge.tasks import Metric, ProxyConfig, Task
-
-
-def accuracy(pred, target):
-    return float((pred == target).mean())
-
-
-class Blobs(Task):
-    name = "blobs"
-    num_classes = 3
-    metrics = {"accuracy": Metric("accuracy", accuracy)}
-    default_metric = "accuracy"
-    proxy = ProxyConfig(steps=5, batch_size=16, lr=0.05)
-
-    def labels(self, y):
-        return y
-
-    def data(self):
-        g = torch.Generator().manual_seed(0)
-        centres = torch.tensor([[0.0, 2.0], [2.0, -1.5], [-2.0, -1.5]])
-
-        def split(n):
-            y = torch.randint(0, 3, (n,), generator=g)
-            return Split(centres[y] + torch.randn(n, 2, generator=g), self.labels(y))
-
-        return DataSplits(split(48), split(32), split(32), 3, "blobs")
-
-    def make_model(self):
-        return nn.Linear(2, 3)
-'''
+#: A clean three-class task (Gaussian blobs, a linear model); the defects below subclass it and
+#: may override its ``labels(y)`` hook.
+BLOBS = blobs_task_source("Blobs", "blobs", steps=5, batch_size=16, sizes=(48, 32, 32),
+                          label_hook=True)
 
 #: name -> (the subclass body, the check that fails, a fragment of its fix)
 DEFECTS = {

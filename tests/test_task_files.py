@@ -24,40 +24,7 @@ from lossforge.tasks.spec import module_name_for
 runner = CliRunner()
 
 #: The tiny task of ``lfhelpers.TinyBlobs``, in a file of its own (no import from the tests).
-TASK_SOURCE = '''
-import torch
-from torch import nn
-
-from lossforge.data import DataSplits, Split
-from lossforge.tasks import Metric, ProxyConfig, Task
-
-
-def accuracy(pred, target):
-    return float((pred == target).mean())
-
-
-class FileBlobs(Task):
-    """Three Gaussian blobs, a linear model."""
-
-    name = "file-blobs"
-    num_classes = 3
-    metrics = {"accuracy": Metric("accuracy", accuracy)}
-    default_metric = "accuracy"
-    proxy = ProxyConfig(steps=25, batch_size=32, lr=0.05)
-
-    def data(self):
-        g = torch.Generator().manual_seed(0)
-        centres = torch.tensor([[0.0, 2.0], [2.0, -1.5], [-2.0, -1.5]])
-
-        def split(n):
-            y = torch.randint(0, 3, (n,), generator=g)
-            return Split(centres[y] + torch.randn(n, 2, generator=g), y)
-
-        return DataSplits(split(200), split(100), split(100), 3, "blobs")
-
-    def make_model(self):
-        return nn.Linear(2, 3)
-'''
+TASK_SOURCE = H.blobs_task_source()
 SEARCH = ["--budget", "16", "--seed", "1", "--generation-size", "8", *H.NO_LRP_CLI]
 
 

@@ -11,44 +11,12 @@ from pathlib import Path
 
 import pytest
 
-import lfhelpers  # noqa: F401  (registers tiny-blobs)
+import lfhelpers  # registers tiny-blobs; blobs_task_source
 from lossforge.tasks.spec import (TaskSpecError, _split, canonical_spec, import_task_module, is_spec,
                                   load_task, loaded_source, module_name_for, spec_fingerprint, spec_of)
 
-#: A tiny task file, modelled on ``lfhelpers.TinyBlobs``.
-BLOBS = '''
-import torch
-from torch import nn
-
-from lossforge.data import DataSplits, Split
-from lossforge.tasks import Metric, ProxyConfig, Task
-
-
-class FileBlobs(Task):
-    """Three Gaussian blobs, a linear model."""
-
-    name = "file-blobs"
-    num_classes = 3
-    metrics = {"accuracy": Metric("accuracy", lambda p, t: float((p == t).mean()))}
-    default_metric = "accuracy"
-    proxy = ProxyConfig(steps=5, batch_size=32, lr=0.05)
-
-    def __init__(self, n: int = 60):
-        self.n = n
-
-    def data(self) -> DataSplits:
-        g = torch.Generator().manual_seed(0)
-        centres = torch.tensor([[0.0, 2.0], [2.0, -1.5], [-2.0, -1.5]])
-
-        def split(n):
-            y = torch.randint(0, 3, (n,), generator=g)
-            return Split(centres[y] + torch.randn(n, 2, generator=g), y)
-
-        return DataSplits(split(self.n), split(self.n), split(self.n), 3, "blobs")
-
-    def make_model(self) -> nn.Module:
-        return nn.Linear(2, 3)
-'''
+#: A tiny task file, modelled on ``lfhelpers.TinyBlobs``; ``FileBlobs(n=60)`` has splits of ``n``.
+BLOBS = lfhelpers.blobs_task_source(steps=5, size_arg=60)
 
 
 @pytest.fixture(autouse=True)
@@ -314,7 +282,7 @@ def make_task():
     msg = message(f"{path}:FileBlob")
     assert f"task file {path.resolve()} has no 'FileBlob' (did you mean 'FileBlobs'?)" in msg
     assert "Task subclasses: FileBlobs" in msg and "task instances: TASK" in msg
-    assert "functions: make_task" in msg
+    assert "functions: accuracy, make_task" in msg  # the metric function of BLOBS, too
     assert "has no attribute 'x'" in message(f"{path}:FileBlobs.x")
 
 

@@ -5,19 +5,25 @@ The :class:`Comparison` it returns prints as a table (``str``/``repr``; ``_repr_
 notebook): one row per loss, ``mean ± std`` of each metric over the valid runs, and for every loss
 but the baseline ``Δ`` (its mean minus the baseline's) with the Welch p-value. The raw runs stay in
 ``result.runs``; ``result.to_dict()`` is the JSON form.
+
+A task that overrides :meth:`~lossforge.tasks.Task.fit` (its own training loop) is trained by
+that loop, as in a search (:func:`~lossforge.evaluation.own_loop.training_run`); ``fit`` returns
+validation metrics, so such a comparison scores the validation split.
 """
 from __future__ import annotations
 
 import html
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy import stats
 
-from lossforge.tasks import Task
+from lossforge.evaluation.own_loop import training_run
+from lossforge.tasks import Task, overrides_fit
 from lossforge.tasks.spec import load_task
-from lossforge.training import OK, TrainResult, train
+from lossforge.training import OK, TrainResult
 
 
 @dataclass
@@ -140,15 +146,33 @@ def welch_p(a: list[float], b: list[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def _split_for(task: Task, split: str | None) -> str:
+    """The split to score: ``split`` (default ``"test"``); ``"val"`` for a task whose own loop
+    (``fit``) returns validation metrics only (a warning when ``"test"`` was asked for)."""
+    if split not in (None, "val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    if not overrides_fit(task):
+        return split or "test"
+    if split == "test":
+        warnings.warn(f"task {task.name!r} trains with its own loop (fit), which returns "
+                      "validation metrics: scoring the validation split, not the test split",
+                      stacklevel=3)
+    return "val"
+
+
 def evaluate(task: Task | str, losses: list, *, seeds: int | list[int] = 3, steps: int | None = None,
-             device: str = "cpu", split: str = "test", baseline: str | None = None,
+             device: str = "cpu", split: str | None = None, baseline: str | None = None,
              progress=None) -> Comparison:
     """Train every loss in ``losses`` on ``task`` once per seed and summarise the ``split`` metrics.
 
+    ``split``: ``"test"`` (the default) or ``"val"``. A task with its own loop (``Task.fit``
+    overridden) is trained by it and scored on what it returns, the validation metrics: its
+    default split is ``"val"``, and asking for ``"test"`` warns and scores ``"val"``.
     The baseline (default: the task's, cross-entropy for classification) is added first if absent.
     ``progress(done, total, loss_name)`` is called after each run when given.
     """
     task = load_task(task)
+    split = _split_for(task, split)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ValueError("seeds must be at least 1")
@@ -164,7 +188,7 @@ def evaluate(task: Task | str, losses: list, *, seeds: int | list[int] = 3, step
         name = spec if isinstance(spec, str) else str(spec)
         per_loss[name] = []
         for seed in seed_list:
-            r = train(task, spec, steps=steps, seed=seed, device=device, splits=(split,))
+            r = training_run(task, spec, steps=steps, seed=seed, device=device, split=split)
             r.loss = name
             runs.append(r)
             per_loss[name].append(r)

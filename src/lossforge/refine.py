@@ -15,6 +15,9 @@ non-finite run ranked last). Contract:
   rounds continues after the last finished round (other settings: ``ValueError`` naming them, or
   ``restart=True`` to discard the stored refinement).
 * The study's own candidates and results are never modified.
+* A task with its own training loop (``Task.fit`` overridden) is retrained by that loop, as in
+  the search (successive halving trains through
+  :func:`~lossforge.evaluation.own_loop.training_run`).
 * The task: a built-in one is loaded by its stored name; a study of a task file or module needs
   it named again (``task=``, CLI ``--task``), and a task file changed since the study was created
   is refused unless ``allow_changed_task`` (:func:`lossforge.study.study_task`).

@@ -12,6 +12,10 @@ a number of training ``steps``, the ``seeds`` and how many losses to ``keep``. C
   :func:`lossforge.training.train` (or, with ``batched=True`` and a supported model, all losses of
   one seed together with :func:`~lossforge.training.stacked.train_batched`), scoring the
   **validation split only**: the test split is never computed, so the selection cannot see it.
+  A round's task that overrides :meth:`~lossforge.tasks.Task.fit` is trained by its own loop
+  instead, one loss at a time (:func:`~lossforge.evaluation.own_loop.training_run`, as the proxy
+  stage does), whatever ``batched`` says; an exception in that loop raises
+  :class:`~lossforge.evaluation.own_loop.OwnLoopError`.
 * Ranking, best first: losses whose runs were all valid before losses with a non-finite run
   (AutoLoss-Zero/NLFS: a loss that diverges is eliminated first), then fewer invalid runs, then the
   mean validation ``metric`` over the valid runs in the metric's direction, then the order of
@@ -29,10 +33,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from lossforge.evaluation.own_loop import training_run
 from lossforge.expr import Expr
-from lossforge.tasks import Task
+from lossforge.tasks import Task, overrides_fit
 from lossforge.tasks.spec import load_task
-from lossforge.training import OK, TrainResult, train
+from lossforge.training import OK, TrainResult
 
 __all__ = ["HalvingResult", "HalvingRound", "RoundResult", "Standing", "successive_halving"]
 
@@ -118,10 +123,10 @@ def _name(spec) -> str:
 
 
 def _train_round(task: Task, specs: list, names: list[str], steps, seeds, device, batched,
-                 progress, index) -> dict[str, list[TrainResult]]:
+                 progress, index, metric: str) -> dict[str, list[TrainResult]]:
     out: dict[str, list[TrainResult]] = {n: [] for n in names}
     use_batched = False
-    if batched:
+    if batched and not overrides_fit(task):
         from lossforge.training.stacked import supports_batched, train_batched
 
         use_batched = supports_batched(task)
@@ -133,8 +138,8 @@ def _train_round(task: Task, specs: list, names: list[str], steps, seeds, device
         else:
             results = []
             for spec, name in zip(specs, names):
-                results.append(train(task, spec, steps=steps, seed=seed, device=device,
-                                     splits=("val",)))
+                results.append(training_run(task, spec, steps=steps, seed=seed, device=device,
+                                            split="val", metric=metric))
                 done += 1
                 if progress:
                     progress(index, done, total, name)
@@ -184,7 +189,7 @@ def successive_halving(losses: Sequence[str | Expr], rounds: Sequence[HalvingRou
         seeds = [int(s) for s in rnd.seeds]
         steps = int(rnd.steps if rnd.steps is not None else task.proxy.steps)
         per_loss = _train_round(task, [spec_of[n] for n in alive], alive, steps, seeds, device,
-                                batched, progress, i)
+                                batched, progress, i, metric)
         standings = []
         for name in alive:
             runs = per_loss[name]

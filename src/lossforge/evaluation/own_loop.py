@@ -13,6 +13,10 @@ stage's result, the same fields as :func:`~lossforge.evaluation.proxy.proxy_job`
   the user's code that raised it (``file:line``); a per-candidate time limit
   (``TimeoutError``) is left to the executor, which reports it as a timeout.
 
+:func:`training_run` is the same choice for ``lossforge.evaluate`` and successive halving
+(``refine``): a task's own loop when it overrides ``fit`` (through :func:`fit_job`), else
+lossforge's, as one :class:`~lossforge.training.TrainResult`.
+
 ``report`` (what ``fit`` receives) is always a callable (:class:`Reports`): it checks the contract
 (``step`` an int that does not decrease, ``metrics`` a dict of numbers) and forwards each report
 to ``forward(step, metrics)`` when the caller listens (the in-process proxy stage: the study's
@@ -31,7 +35,9 @@ from pathlib import Path
 from typing import Callable
 
 from lossforge.evaluation.candidate import FAILED, INVALID, TRAINED
-from lossforge.tasks import Task
+from lossforge.tasks import Task, overrides_fit
+from lossforge.training import INVALID as TRAIN_INVALID
+from lossforge.training import OK, TrainResult, train
 from lossforge.training.loss_spec import load_losses
 
 log = logging.getLogger(__name__)
@@ -96,6 +102,39 @@ def fit_job(task: Task, formula, metric: str, steps: int | None, seed: int, devi
     result["seconds"] = time.perf_counter() - start
     result["steps_done"] = steps if report.last is None else report.last
     return result
+
+
+class OwnLoopError(RuntimeError):
+    """The task's own training loop (``fit``) raised or returned something unusable while
+    :func:`training_run` trained with it; the message is :func:`fit_job`'s reason."""
+
+
+def training_run(task: Task, loss, *, steps: int | None, seed: int, device: str = "cpu",
+                 split: str = "val", metric: str | None = None) -> TrainResult:
+    """One training of ``task`` with ``loss`` as a :class:`~lossforge.training.TrainResult`,
+    by the task's own loop when it overrides :meth:`Task.fit`, else by lossforge's
+    (:func:`~lossforge.training.train`, scoring ``split``). What ``evaluate`` and successive
+    halving train with, so a user's loop is used everywhere the proxy stage uses it.
+
+    Own loop: :func:`fit_job` with ``metric`` (default: the task's ``default_metric``) as the
+    target; ``fit`` returns validation metrics, so ``split`` must be ``"val"`` (``ValueError``
+    otherwise). Status ``ok`` with ``val`` = the finite metrics ``fit`` returned; a non-finite
+    target metric gives status ``invalid`` (as lossforge's loop does for a diverged run); an
+    exception in ``fit`` or a malformed return raises :class:`OwnLoopError` with the reason
+    (the user's line included), as an exception in lossforge's loop propagates."""
+    if not overrides_fit(task):
+        return train(task, loss, steps=steps, seed=seed, device=device, splits=(split,))
+    if split != "val":
+        raise ValueError(f"task {task.name!r} trains with its own loop (fit), which returns "
+                         f"validation metrics only; score split 'val', not {split!r}")
+    out = fit_job(task, loss, metric or task.default_metric, steps, seed, device)
+    if out["status"] == FAILED:
+        raise OwnLoopError(out["reason"])
+    ok = out["status"] == TRAINED
+    return TrainResult(loss=str(getattr(loss, "formula", loss)), seed=seed,
+                       steps=int(steps or task.proxy.steps), steps_done=int(out["steps_done"]),
+                       status=OK if ok else TRAIN_INVALID, val=dict(out["metrics"]) if ok else {},
+                       wall_time=float(out["seconds"]))
 
 
 def fit_outcome(task: Task, metric: str, out) -> dict:
