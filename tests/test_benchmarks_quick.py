@@ -65,3 +65,19 @@ def test_data_paths_quick():
             assert out[f"{task}_{path}_ratio"] > 0 and out[f"{task}_{path}_ms_per_step"] > 0
             assert out[f"{task}_{path}_max_loss_diff"] < 1e-4  # the same batches, the same run
         assert out[f"{task}_dataset_max_loss_diff"] == 0.0  # the very tensors: bit for bit
+
+
+@pytest.mark.slow
+def test_fidelity_rank_quick():
+    out = _last_json("fidelity_rank.py")
+    r = out["digits"]
+    assert r["rungs"] == [2, 6, 18] and len(r["spearman"]) == 3 and r["losses"] >= 3
+    assert all(0.0 <= s <= 1.0 for s in r["top3_survival"])
+
+
+@pytest.mark.slow
+def test_multifidelity_quick():
+    out = _last_json("multifidelity.py")
+    r = out["digits"]
+    assert len(r["none"]) == len(r["asha"]) == 2 and r["throughput_ratio"] > 0
+    assert r["ladder"] == [9, 27]  # default min_steps: max/η

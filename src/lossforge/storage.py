@@ -1,9 +1,12 @@
 """The study store: one SQLite file per study (stdlib ``sqlite3``, WAL, JSON columns, no pickle).
 
 Tables: ``meta`` (format marker, version, settings), ``candidates`` (one row per explored
-candidate, keyed by ``(generation, position)``, committed the moment its result exists) and
-``checkpoints`` (strategy state and stage timings after each completed generation). A file from
-elsewhere never executes code: everything is JSON.
+candidate, keyed by ``(generation, position)``, committed the moment its result exists),
+``checkpoints`` (strategy state and stage timings after each completed generation) and ``rungs``
+(multi-fidelity proxy training: one row per finished rung of a candidate, keyed by
+``(generation, position, rung)``, committed the moment the rung's training returns; study files
+written before it existed open unchanged — a writable open adds the empty table, a read-only one
+reads no rungs). A file from elsewhere never executes code: everything is JSON.
 
 Contract (as Optuna's ``BaseStorage``): all SQL of the package lives in this module; callers use
 :class:`Store`'s methods, each documented with what it returns and when it commits.
@@ -51,7 +54,24 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     state TEXT NOT NULL,
     created REAL NOT NULL
 );
+""" + """
+CREATE TABLE IF NOT EXISTS rungs (
+    generation INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    rung INTEGER NOT NULL,
+    bracket INTEGER NOT NULL,
+    steps INTEGER NOT NULL,
+    formula TEXT NOT NULL,
+    status TEXT NOT NULL,
+    fitness REAL,
+    metrics TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    details TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (generation, slot, rung)
+);
 """
+_RUNGS_SCHEMA = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS rungs"):]
 
 
 class StudyFileError(ValueError):
@@ -73,6 +93,28 @@ class Row:
     fitness: float | None
     fingerprint: str | None
     same_as: str | None
+    details: dict[str, Any]
+    created: float
+
+
+@dataclass(frozen=True)
+class RungRow:
+    """One finished rung of a candidate (multi-fidelity): the candidate's ``(generation,
+    position)``, the rung index within its ``bracket``, the rung's ``steps``, the outcome
+    (``status``, ``fitness`` — higher is better —, ``metrics``), the ``seconds`` this rung's
+    training took, and ``details`` (``started_at``: the step it continued from; ``restart``:
+    retrained from scratch because the task's own loop cannot continue)."""
+
+    generation: int
+    position: int
+    rung: int
+    bracket: int
+    steps: int
+    formula: str
+    status: str
+    fitness: float | None
+    metrics: dict[str, float]
+    seconds: float
     details: dict[str, Any]
     created: float
 
@@ -127,6 +169,9 @@ class Store:
         version = json.loads(meta["version"])
         if version > VERSION:
             raise StudyFileError(f"{path} was written by a newer lossforge (format {version})")
+        if not readonly:  # a study file from before the rungs table: add it (empty)
+            with conn:
+                conn.executescript(_RUNGS_SCHEMA)
         return cls(path, conn)
 
     def close(self) -> None:
@@ -200,6 +245,42 @@ class Store:
         """How many stored candidates ended in each status (statuses with none are absent)."""
         return dict(self._conn.execute(
             "SELECT status, count(*) FROM candidates GROUP BY status").fetchall())
+
+    # --- rungs (multi-fidelity) ---------------------------------------------------------------------
+    def add_rung(self, generation: int, position: int, rung: int, bracket: int, steps: int,
+                 formula: str, status: str, fitness: float | None, metrics: dict[str, float],
+                 seconds: float, details: dict[str, Any]) -> None:
+        """Commit one finished rung of the candidate at ``(generation, position)``; committed
+        before it returns. Idempotent: a second write of the same rung is ignored."""
+        with self._conn:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO rungs (generation, slot, rung, bracket, steps, formula, "
+                "status, fitness, metrics, seconds, details, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (generation, position, rung, bracket, steps, formula, status, fitness,
+                 json.dumps(_clean(metrics), allow_nan=False, default=_json_default), seconds,
+                 json.dumps(_clean(details), allow_nan=False, default=_json_default), time.time()))
+
+    def rung_rows(self, generation: int | None = None, before: int | None = None) -> list[RungRow]:
+        """Stored rung results ordered by (generation, position, rung): only ``generation``'s
+        when given, only those of generations before ``before`` when given. A study file without
+        the table (read-only, written before it existed) has none."""
+        where, params = [], []
+        if generation is not None:
+            where.append("generation = ?")
+            params.append(generation)
+        if before is not None:
+            where.append("generation < ?")
+            params.append(before)
+        sql = ("SELECT * FROM rungs " + (f"WHERE {' AND '.join(where)} " if where else "")
+               + "ORDER BY generation, slot, rung")
+        try:
+            rows = self._conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as err:
+            if "no such table" in str(err):
+                return []
+            raise
+        return [RungRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]), r[9],
+                        json.loads(r[10]), r[11]) for r in rows]
 
     # --- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, generation: int, state: dict[str, Any]) -> None:

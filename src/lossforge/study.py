@@ -17,7 +17,9 @@ Which task. ``LossSearch(task=...)`` takes a :class:`~lossforge.tasks.Task`, a b
 spec ``path/to/file.py[:ATTR]`` / ``package.module:ATTR`` (:func:`~lossforge.tasks.spec.load_task`).
 The settings record ``task`` (its name), ``task_spec`` (the canonical spec: a file path made
 absolute), ``task_fingerprint`` (sha256 of the task file's bytes as loaded; ``None`` for a built-in
-task) and ``num_classes`` (so that readers need not load the task). A study file is data, never
+task), ``task_options`` (the options the task was made with, :mod:`lossforge.tasks.options`:
+re-applied when the study's task is loaded again, and a setting a continued study must match)
+and ``num_classes`` (so that readers need not load the task). A study file is data, never
 code: readers (``show``, ``report``, ``export``) import nothing it names, and :func:`study_task`
 loads a task a study names only when it is built in or when the caller names it again
 (``task=``, CLI ``--task``). Continuing a study whose task file changed since it was created is
@@ -36,18 +38,20 @@ from typing import Any, Callable, Iterable, TypeVar
 from lossforge import search
 from lossforge.evaluation.candidate import (FAILED, GEC_HIT, INVALID, STAGES, STOPPED_BY, TRAINED,
                                             Candidate)
+from lossforge.evaluation.fidelity import row_selection_fitness
 from lossforge.evaluation.funnel import Funnel, FunnelConfig
 from lossforge.expr import Expr, parse
 from lossforge.search.strategy import Strategy, scored
 from lossforge.storage import Row, Store, StudyFileError
 from lossforge.tasks import Task
+from lossforge.tasks.options import task_options
 from lossforge.tasks.spec import is_spec, load_task, loaded_source, spec_fingerprint, spec_of
 
 #: Settings that must match to continue a study (the budget may grow).
-_FIXED = ("task", "metric", "strategy", "space", "seed", "funnel", "strategy_options", "slot",
-          "fixed", "joint")
+_FIXED = ("task", "task_options", "metric", "strategy", "space", "seed", "funnel",
+          "strategy_options", "slot", "fixed", "joint")
 #: Values of settings that study files written before they existed hold implicitly.
-_IMPLICIT = {"slot": "loss", "fixed": {}, "joint": False}
+_IMPLICIT = {"slot": "loss", "fixed": {}, "joint": False, "task_options": {}}
 T = TypeVar("T")
 
 
@@ -86,9 +90,12 @@ class Study:
     @property
     def best(self) -> Row | None:
         """The trained candidate with the highest fitness (on ties the smaller expression, then the
-        earlier one — the hall of fame's first entry); ``None`` if none."""
+        earlier one — the hall of fame's first entry); ``None`` if none. With multi-fidelity proxy
+        training the steps reached come first (:mod:`lossforge.evaluation.rungs`)."""
+        from lossforge.evaluation.fidelity import row_steps
+
         rows = self.trained()
-        return max(rows, key=lambda r: (r.fitness, -r.size, -r.id)) if rows else None
+        return max(rows, key=lambda r: (row_steps(r), r.fitness, -r.size, -r.id)) if rows else None
 
     @property
     def hall_of_fame(self) -> list[HallOfFameEntry]:
@@ -155,6 +162,7 @@ class Study:
             "stats": self.stats,
             "refine": self.store.meta("refine"),  # lossforge refine's races (None before any)
             "baseline": self.baseline,  # the task's baseline loss, proxy-trained (None: not measured)
+            "fidelity": _fidelity_summary(self.store),  # multi-fidelity rungs (None: not used)
         }
 
     @property
@@ -245,6 +253,11 @@ class LossSearch:
     ``task``: a task, a built-in name or a spec (``path/to/file.py:ATTR``, see the module
     docstring). ``allow_changed_task``: continue an existing study file even though its task file
     changed since the study was created (else :class:`StudyTaskChangedError`).
+
+    ``fidelity``: multi-fidelity proxy training — a
+    :class:`~lossforge.evaluation.rungs.FidelityConfig`, its dict, or ``"asha"`` / ``"none"``
+    (``None``: what ``funnel.proxy.fidelity`` says, by default one training of the proxy steps).
+    It is stored with the funnel settings, which a resumed study must match.
     """
 
     task: Task | str
@@ -262,6 +275,7 @@ class LossSearch:
     fixed: dict[str, str] = field(default_factory=dict)
     joint: bool = False
     allow_changed_task: bool = False
+    fidelity: Any = None
 
     def __post_init__(self):
         if self.budget <= 0:
@@ -277,6 +291,7 @@ class LossSearch:
         self._resolve_slots(cls)
         slot_kind = None if self.joint else self.task.slot(self.slot).kind
         self.funnel = cls.funnel_overrides(self.funnel, slot_kind)
+        self.funnel = _with_fidelity(self.funnel, self.fidelity, self.task, self.joint)
 
     def _resolve_slots(self, cls: type[Strategy]) -> None:
         """Check ``slot``/``fixed``/``joint`` against the task and the strategy class ``cls``;
@@ -320,6 +335,7 @@ class LossSearch:
         """What the study file records (``task_spec``/``task_fingerprint`` only for a task loaded
         from a name or spec, :func:`task_identity`)."""
         return {"task": self.task.name, **task_identity(self.task),
+                "task_options": task_options(self.task),
                 "num_classes": getattr(self.task, "num_classes", None), "metric": self.metric,
                 "strategy": self.strategy, "space": self.space, "seed": self.seed,
                 "budget": self.budget, "funnel": self.funnel.to_dict(),
@@ -440,6 +456,8 @@ class LossSearch:
         todo = [pos for pos in range(len(exprs)) if pos not in stored]
         before = _stage_seconds(funnel)
         if todo:
+            if hasattr(funnel.proxy, "bind"):  # multi-fidelity rungs: the store and positions
+                funnel.proxy.bind(store, generation, todo)
             funnel.proxy.on_report = self._reporter(store, generation)
             cands = funnel.run([exprs[p] for p in todo],
                                on_result=lambda i, c: self._commit(store, generation, todo[i],
@@ -447,7 +465,7 @@ class LossSearch:
             for i, c in enumerate(cands):  # GEC hits resolve last: commit whatever is still open
                 self._commit(store, generation, todo[i], exprs[todo[i]], c)
         rows = store.generation_rows(generation)
-        strategy.tell([(exprs[p], scored(rows[p].fitness, rows[p].fingerprint))
+        strategy.tell([(exprs[p], scored(row_selection_fitness(rows[p]), rows[p].fingerprint))
                        for p in range(len(exprs))])
         seconds = {name: s - before[name] for name, s in _stage_seconds(funnel).items()}
         store.save_checkpoint(generation, {"strategy": strategy.state_dict(),
@@ -470,6 +488,30 @@ class LossSearch:
         return lambda c, step, metrics: self.progress(
             {"event": "report", "explored": store.count(), "budget": self.budget,
              "generation": generation, "formula": str(c.expr), "step": step, "metrics": metrics})
+
+
+def _with_fidelity(funnel: FunnelConfig, fidelity: Any, task: Task, joint: bool) -> FunnelConfig:
+    """``funnel`` with ``LossSearch(fidelity=...)`` (a FidelityConfig, its dict or a kind name;
+    ``None``: keep the funnel's) in its proxy settings, checked (the rung ladder must exist)."""
+    from dataclasses import replace
+
+    from lossforge.evaluation.rungs import FidelityConfig
+
+    if fidelity is not None:
+        funnel = replace(funnel, proxy=replace(funnel.proxy, fidelity=FidelityConfig.coerce(fidelity)))
+    fid = funnel.proxy.fidelity
+    if fid is not None:
+        if joint:
+            raise ValueError("multi-fidelity proxy training does not support joint searches yet; "
+                             "use fidelity='none' or search one slot")
+        fid.ladder(funnel.proxy.steps or task.proxy.steps)  # ValueError: an impossible ladder
+    return funnel
+
+
+def _fidelity_summary(store: Store) -> dict[str, Any] | None:
+    from lossforge.evaluation.fidelity import study_fidelity
+
+    return study_fidelity(store)
 
 
 def _stage_seconds(funnel) -> dict[str, float]:
@@ -580,7 +622,7 @@ def study_task(settings: dict[str, Any], task: Task | str | None = None, *,
                 f"names: name it again to {verb}: `lossforge {verb} {path} --task {stored}` "
                 f"(Python: task={stored!r})")
         task = stored
-    task = load_task(task)
+    task = load_task(task, **settings.get("task_options", {})) if isinstance(task, str) else task
     if task.name != settings["task"]:
         raise StudyFileError(f"{path} was created for task {settings['task']!r}, not "
                              f"{task.name!r} (from {spec_of(task) or 'the task object given'}); "

@@ -15,7 +15,8 @@ import typer
 
 from lossforge.cli._app import (_DASK, _FORMAT, _TIMEOUT, _WORKERS, Format, app, emit, err_console,
                                 fail, guarded)
-from lossforge.cli._task_options import ALLOW_CHANGED_HELP, STUDY_TASK_HELP, TASK_HELP
+from lossforge.cli._task_options import (ALLOW_CHANGED_HELP, STUDY_TASK_HELP, TASK_HELP,
+                                         TASK_OPTION_HELP, load_task_with_options)
 
 if TYPE_CHECKING:
     from lossforge.evaluation.funnel import FunnelConfig
@@ -47,14 +48,18 @@ def make_search(task: str, study: str | Path, *, metric: str | None = None,
                 lrp_steps: int | None = None, use_lrp: bool = True, use_gec: bool = True,
                 population: int | None = None, generation_size: int | None = None,
                 options: Sequence[str] = (), slot: str | None = None, fixed: Sequence[str] = (),
-                joint: bool = False, allow_changed_task: bool = False) -> LossSearch:
+                joint: bool = False, allow_changed_task: bool = False,
+                task_options: Sequence[str] = (),
+                fidelity: dict[str, Any] | None = None) -> LossSearch:
     """A :class:`~lossforge.study.LossSearch` from command-line values, every setting checked
     (task — a built-in name or a spec, :func:`~lossforge.tasks.spec.load_task` —, metric, strategy
     and its ``KEY=VALUE`` ``options``, slots, ``SLOT=LOSS`` ``fixed``, an existing study file's
-    settings and task file) before any worker starts. Errors: ``ValueError`` (a
+    settings and task file) before any worker starts; ``task_options``: the task's ``KEY=VALUE``
+    settings (``--task-option``, stored with the study's settings). Errors: ``ValueError`` (a
     :class:`~lossforge.storage.StudyFileError` for the file, a
     :class:`~lossforge.tasks.spec.TaskSpecError` for the task), ``TypeError`` for unknown strategy
-    options."""
+    options. ``fidelity``: the :class:`~lossforge.evaluation.rungs.FidelityConfig` fields
+    (``kind``, ``min_steps``, ``max_steps``, ``eta``, ``brackets``; ``None``: one proxy length)."""
     from lossforge.search.strategy import parse_options
     from lossforge.study import LossSearch
     from lossforge.training.loss_spec import slot_assignments
@@ -65,10 +70,10 @@ def make_search(task: str, study: str | Path, *, metric: str | None = None,
                                           ("batch_size", generation_size)) if v}
     strategy_options.update(parse_options(list(options), "--option"))
     funnel = funnel_config(proxy_steps, lrp_steps, use_lrp, use_gec)
-    run = LossSearch(task=task, storage=study, metric=metric, strategy=strategy, budget=budget,
+    run = LossSearch(task=load_task_with_options(task, task_options), storage=study, metric=metric, strategy=strategy, budget=budget,
                      seed=seed, space=space, funnel=funnel, strategy_options=strategy_options,
                      slot=slot, fixed=slot_assignments(list(fixed), "--fixed"), joint=joint,
-                     allow_changed_task=allow_changed_task)
+                     allow_changed_task=allow_changed_task, fidelity=fidelity)
     run.check()
     return run
 
@@ -112,6 +117,7 @@ def _print_summary(summary: dict[str, Any], format: Format) -> None:
 @guarded
 def search_cli(
     task: str = typer.Option(..., "--task", help=TASK_HELP),
+    task_option: List[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
     study: str = typer.Option(..., "--study", help="Study file (SQLite); an existing one is continued."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Target metric (default: the task's)."),
     strategy: str = typer.Option("autoloss-zero", "--strategy",
@@ -133,18 +139,28 @@ def search_cli(
     fixed: List[str] = typer.Option([], "--fixed", help="SLOT=LOSS for another slot (repeatable)."),
     joint: bool = typer.Option(False, "--joint", help="Search every slot at once (autoloss-zero, random)."),
     allow_changed_task: bool = typer.Option(False, "--allow-changed-task", help=ALLOW_CHANGED_HELP),
+    fidelity: str = typer.Option("none", "--fidelity", help=(
+        "Proxy training: none (one training of --proxy-steps) or asha (rungs of min-steps·η^k "
+        "up to max-steps; the best 1/η of each rung continue training).")),
+    min_steps: Optional[int] = typer.Option(None, "--min-steps", help="Shortest rung (asha; default max/η)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Top rung (asha; default --proxy-steps or the task's)."),
+    eta: int = typer.Option(3, "--eta", help="Reduction factor η (asha)."),
+    brackets: int = typer.Option(1, "--brackets", help="Hyperband brackets (asha; 1 = plain ASHA)."),
     format: Format = _FORMAT,
     workers: Optional[int] = _WORKERS,
     dask: Optional[str] = _DASK,
     timeout: Optional[float] = _TIMEOUT,
 ):
     """Search for a loss function; every result is saved to the study file as it arrives."""
+    fid = None if fidelity == "none" else {"kind": fidelity, "min_steps": min_steps,
+                                            "max_steps": max_steps, "eta": eta, "brackets": brackets}
     try:
         run = make_search(task, study, metric=metric, strategy=strategy, budget=budget, seed=seed,
                           space=space, proxy_steps=proxy_steps, lrp_steps=lrp_steps,
                           use_lrp=not no_lrp, use_gec=not no_gec, population=population,
                           generation_size=generation, options=option, slot=slot, fixed=fixed,
-                          joint=joint, allow_changed_task=allow_changed_task)
+                          joint=joint, allow_changed_task=allow_changed_task,
+                          task_options=task_option, fidelity=fid)
     except TypeError as err:  # unknown strategy options
         fail(str(err))
 

@@ -100,6 +100,8 @@ def print_study(summary: dict) -> None:
     for name, st in summary["stats"].items():
         funnel.add_row(name, str(st["in"]), str(st["out"]), f"{st['seconds']:.1f}")
     console.print(funnel)
+    if summary.get("fidelity"):
+        print_fidelity(summary["fidelity"])
     hof = Table(title="hall of fame (Pareto: fitness vs size)")
     for col in ("rank", "fitness", "size", "formula"):
         hof.add_column(col, overflow="fold")
@@ -114,6 +116,21 @@ def print_study(summary: dict) -> None:
                            summary["best"]["fitness"] if summary["best"] else None), markup=False)
     if summary.get("refine"):
         print_refine(summary["refine"])
+
+
+def print_fidelity(fid: dict) -> None:
+    """Multi-fidelity rungs of a study: how many candidates stopped at each rung length, and the
+    proxy steps and seconds spent."""
+    cfg = fid.get("settings") or {}
+    t = Table(title=f"rungs ({cfg.get('kind', 'asha')}, eta {cfg.get('eta')}, "
+                    f"brackets {cfg.get('brackets')})")
+    for col in ("steps", "stopped here"):
+        t.add_column(col, justify="right")
+    for steps, n in fid["stopped_at"].items():
+        t.add_row(str(steps), str(n))
+    console.print(t)
+    console.print(f"{fid['candidates']} candidates trained in rungs: {fid['steps_spent']} proxy "
+                  f"steps, {fid['seconds']:.1f} s")
 
 
 def print_refine(state: dict) -> None:
@@ -132,5 +149,5 @@ def print_refine(state: dict) -> None:
         console.print(f"[bold green]refined best[/]: {state['survivors'][0]}")
 
 
-__all__ = ["console", "fmt_number", "print_comparison", "print_refine", "print_study",
+__all__ = ["console", "fmt_number", "print_comparison", "print_fidelity", "print_refine", "print_study",
            "print_task_check", "print_tasks", "print_zoo"]

@@ -29,7 +29,9 @@ class Candidate:
 
     ``expr`` may be replaced by an equivalent oriented form (NLFS orientation). ``fitness`` is
     *higher is better* (metric times its direction), ``None`` unless the candidate was trained or
-    reused a trained result through GEC. ``seconds``: time spent per stage.
+    reused a trained result through GEC. ``seconds``: time spent per stage. ``fidelity``: with
+    multi-fidelity proxy training, where the candidate stopped (``{"bracket", "rung", "steps",
+    "top"}``, :mod:`~lossforge.evaluation.fidelity`); empty otherwise.
     """
 
     expr: Expr
@@ -41,6 +43,7 @@ class Candidate:
     same_as: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    fidelity: dict[str, int] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -50,7 +53,11 @@ class Candidate:
         self.status, self.reason = status, reason
 
     def to_record(self) -> dict:
-        """JSON-serialisable details (everything except the expression itself)."""
-        return {"status": self.status, "fitness": self.fitness, "reason": self.reason,
-                "fingerprint": self.fingerprint, "lrp_score": self.lrp_score,
-                "same_as": self.same_as, "metrics": self.metrics, "seconds": self.seconds}
+        """JSON-serialisable details (everything except the expression itself; ``fidelity`` only
+        when set)."""
+        record = {"status": self.status, "fitness": self.fitness, "reason": self.reason,
+                  "fingerprint": self.fingerprint, "lrp_score": self.lrp_score,
+                  "same_as": self.same_as, "metrics": self.metrics, "seconds": self.seconds}
+        if self.fidelity:
+            record["fidelity"] = self.fidelity
+        return record

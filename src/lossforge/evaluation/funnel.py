@@ -17,7 +17,8 @@ from lossforge.evaluation.gec import GECConfig, GradientEquivalence
 from lossforge.evaluation.lrp import (BOX_LR_SCALE, BOX_THRESHOLD_SCALE, LossRejection,
                                       LRPConfig, calibrate, slot_metric)
 from lossforge.evaluation.probes import slot_probe
-from lossforge.evaluation.proxy import ProxyStageConfig, ProxyTraining
+from lossforge.evaluation.fidelity import make_proxy_stage
+from lossforge.evaluation.proxy import ProxyStageConfig
 from lossforge.expr import Expr, parse
 from lossforge.tasks import Task
 
@@ -114,8 +115,8 @@ class Funnel:
             lrp_cfg = replace(lrp_cfg, threshold=cfg.lrp.threshold * BOX_THRESHOLD_SCALE)
         self.lrp = LossRejection(lrp_probe, metric, lrp_cfg)
         fixed = dict(self.fixed) if len(slots) > 1 else None
-        self.proxy = ProxyTraining(self.task, self.metric, cfg.proxy, self.executor,
-                                   slot=slot.name if fixed is not None else None, fixed=fixed)
+        self.proxy = make_proxy_stage(self.task, self.metric, cfg.proxy, self.executor,
+                                      slot=slot.name if fixed is not None else None, fixed=fixed)
         self._batched = None
         if cfg.batched:
             from lossforge.evaluation import batched

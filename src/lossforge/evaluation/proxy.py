@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Iterator
 
 from lossforge.evaluation.candidate import FAILED, INVALID, TRAINED, Candidate
 from lossforge.evaluation.own_loop import Reports, fit_job
+from lossforge.evaluation.rungs import FidelityConfig
 from lossforge.evaluation.stage import StageStats, timed
 from lossforge.tasks import Task, overrides_fit
 from lossforge.training import OK, tensor_data, train
@@ -39,12 +40,20 @@ DEFAULT_CHUNK = 16
 class ProxyStageConfig:
     """``steps``: training steps (``None``: the task's proxy default); ``seed``: training seed;
     ``batch``: without an executor, train up to this many candidates at once when the task's model
-    allows it (:mod:`~lossforge.training.stacked`; 1: one at a time)."""
+    allows it (:mod:`~lossforge.training.stacked`; 1: one at a time); ``fidelity``: a
+    :class:`~lossforge.evaluation.rungs.FidelityConfig` (or its dict) for multi-fidelity rungs
+    (:mod:`~lossforge.evaluation.fidelity`); ``None`` = one training of ``steps``."""
 
     steps: int | None = None
     seed: int = 0
     device: str = "cpu"
     batch: int = DEFAULT_CHUNK
+    fidelity: FidelityConfig | None = None
+
+    def __post_init__(self):
+        if self.fidelity is not None:
+            fid = FidelityConfig.coerce(self.fidelity)
+            object.__setattr__(self, "fidelity", fid if fid.active else None)
 
 
 def proxy_job(task: Task, formula: str | dict[str, str], metric: str, steps: int | None, seed: int,

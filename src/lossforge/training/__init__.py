@@ -13,10 +13,11 @@ splits only) with the forwards of :mod:`~lossforge.training.stacked_forward`;
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -39,6 +40,9 @@ class TrainResult:
     ``val``/``test``: metric name -> value (empty when the run was invalid or the split skipped);
     ``loss_curve``: the training loss every ``curve_every`` steps; ``val_curve``: the validation
     metrics every ``eval_every`` steps (empty unless asked); ``wall_time`` in seconds.
+    ``state``: where training stopped (:class:`TrainState`), when ``train(..., keep_state=True)``
+    ran to the end with status ``ok``; ``None`` otherwise. A continued run's curves and
+    ``wall_time`` cover only the steps it trained.
     """
 
     loss: str
@@ -51,9 +55,66 @@ class TrainResult:
     loss_curve: list[float] = field(default_factory=list)
     val_curve: list[dict] = field(default_factory=list)
     wall_time: float = 0.0
+    state: "TrainState | None" = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field but ``state`` (tensors), as plain data."""
+        d = asdict(replace(self, state=None))
+        d.pop("state")
+        return d
+
+
+@dataclass
+class TrainState:
+    """Where a run of :func:`train` stopped, enough to continue it exactly.
+
+    ``steps_done`` optimiser steps were taken with ``seed``; ``model`` and ``optimizer`` are the
+    state dicts (tensors on CPU); ``rng`` is torch's global RNG state at that moment (dropout
+    masks). The data order is not stored: it is a function of ``seed`` alone (the batch
+    generator, :func:`batch_generator`), so a continued run re-draws the same index batches and
+    skips the first ``steps_done`` (index arithmetic only, no data is read).
+
+    Continuation is exact because lossforge's loop has no learning-rate schedule (a constant
+    ``lr``; Adam's and SGD's per-step state is in ``optimizer``): ``train(steps=s2,
+    state=train(steps=s1, keep_state=True).state)`` gives the weights and metrics of
+    ``train(steps=s2)`` bit for bit on CPU (tests/test_fidelity.py). A loop with a schedule would
+    have to define it on the final step count for this to hold.
+
+    :meth:`save` / :meth:`load` keep it in a file of tensors and numbers (``torch.load`` with
+    ``weights_only=True``: loading never executes code).
+    """
+
+    seed: int
+    steps_done: int
+    model: dict
+    optimizer: dict
+    rng: torch.Tensor
+
+    def save(self, path) -> None:
+        """Write the state to ``path`` atomically (a temporary file renamed into place)."""
+        import os
+
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save({"seed": self.seed, "steps_done": self.steps_done, "model": self.model,
+                    "optimizer": self.optimizer, "rng": self.rng}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path) -> "TrainState":
+        """The state :meth:`save` wrote at ``path``."""
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(int(d["seed"]), int(d["steps_done"]), d["model"], d["optimizer"], d["rng"])
+
+
+def _cpu(obj):
+    """``obj`` (nested dicts/lists of tensors) with every tensor copied to CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
 
 
 def batch_generator(seed: int) -> torch.Generator:
@@ -88,15 +149,17 @@ class StepBatchSampler:
     same order. Iterate it once per run (it draws from ``gen``)."""
 
     def __init__(self, n: int, batch_size: int, steps: int, gen: torch.Generator,
-                 subset: torch.Tensor | None = None):
+                 subset: torch.Tensor | None = None, start: int = 0):
         self.n, self.batch_size, self.steps, self.gen, self.subset = n, batch_size, steps, gen, subset
+        self.start = start
 
     def __iter__(self) -> Iterator[list[int]]:
-        for idx in batch_indices(self.n, self.batch_size, self.steps, self.gen):
+        batches = batch_indices(self.n, self.batch_size, self.steps, self.gen)
+        for idx in itertools.islice(batches, self.start, None):
             yield (idx if self.subset is None else self.subset[idx]).tolist()
 
     def __len__(self) -> int:
-        return self.steps
+        return self.steps - self.start
 
 
 def num_workers_of(task: Task) -> int:
@@ -132,10 +195,12 @@ class _TrainBatches:
 
     In-memory split: the tensors (moved to ``device`` once) indexed by :func:`batch_indices`.
     ``Dataset`` split: a ``DataLoader`` with :class:`StepBatchSampler`, ``num_workers`` workers.
-    ``train_fraction`` < 1 first draws the kept subset from ``gen`` (both paths alike)."""
+    ``train_fraction`` < 1 first draws the kept subset from ``gen`` (both paths alike).
+    ``start`` > 0 skips the first ``start`` batches (a continued run; the order is unchanged)."""
 
     def __init__(self, split, batch_size: int, steps: int, gen: torch.Generator,
-                 train_fraction: float, device: torch.device, num_workers: int, seed: int):
+                 train_fraction: float, device: torch.device, num_workers: int, seed: int,
+                 start: int = 0):
         n, keep = len(split), None
         if train_fraction < 1.0:
             keep = torch.randperm(n, generator=gen)[: max(1, int(round(train_fraction * n)))]
@@ -147,9 +212,11 @@ class _TrainBatches:
             x, y = split.x, split.y
             if keep is not None:
                 x, y = x[keep], y[keep]
-            self._iter = self._indexed(x.to(device), y.to(device), batch_indices(n, bs, steps, gen))
+            batches = itertools.islice(batch_indices(n, bs, steps, gen), start, None)
+            self._iter = self._indexed(x.to(device), y.to(device), batches)
         else:
-            loader = split.loader(StepBatchSampler(n, bs, steps, gen, keep), num_workers=num_workers,
+            loader = split.loader(StepBatchSampler(n, bs, steps, gen, keep, start),
+                                  num_workers=num_workers,
                                   seed=seed, pin_memory=device.type == "cuda")
             self._loader_iter = iter(loader)
             self._iter = self._moved(self._loader_iter)
@@ -246,7 +313,8 @@ def train(task: Task | str, loss: str | Expr | nn.Module | dict, *, steps: int |
           device: str = "cpu", batch_size: int | None = None, lr: float | None = None,
           splits: tuple[str, ...] = ("val", "test"), curve_every: int = 10,
           train_fraction: float = 1.0, eval_every: int = 0,
-          num_workers: int | None = None) -> TrainResult:
+          num_workers: int | None = None, state: TrainState | None = None,
+          keep_state: bool = False) -> TrainResult:
     """Train the task's model with ``loss`` for ``steps`` steps (default: the task's proxy steps).
 
     ``loss``: a zoo name, formula, ``Expr``, ``nn.Module`` or ``.py`` file. For a task with several
@@ -277,6 +345,12 @@ def train(task: Task | str, loss: str | Expr | nn.Module | dict, *, steps: int |
     seeds, which derive from ``seed`` (torch's global RNG is not drawn from); without, from the
     global RNG, which :meth:`~lossforge.tasks.Task.seeded_model` seeds. Scoring reads every item of the split once,
     in order (its loaders' workers seeded with 0, whatever the training seed).
+
+    Continuation (multi-fidelity rungs): ``keep_state=True`` returns the run's end in
+    ``TrainResult.state``; ``state=`` (a :class:`TrainState` of the same task, loss, ``seed``,
+    batch size and ``train_fraction``) continues it from ``state.steps_done`` to ``steps``, giving
+    exactly the weights and metrics of one run of ``steps`` (see :class:`TrainState`).
+    ``ValueError`` when ``state`` has another seed or more steps than ``steps``.
     """
     task = get_task(task)
     cfg = task.proxy.with_(steps=steps, batch_size=batch_size, lr=lr)
@@ -284,18 +358,23 @@ def train(task: Task | str, loss: str | Expr | nn.Module | dict, *, steps: int |
     loaded = load_losses(loss, task)
     data = task.data()
     dev = torch.device(device)
+    first = _check_state(state, seed, cfg.steps)
     gen = batch_generator(seed)
     with _TrainBatches(data.train, cfg.batch_size, cfg.steps, gen, train_fraction, dev, workers,
-                       seed) as batches:
+                       seed, start=first) as batches:
         model = task.seeded_model(seed).to(dev)
         criterion = loaded.module.to(dev)
         opt = make_optimizer(model.parameters(), cfg)
+        if state is not None:
+            model.load_state_dict(state.model)
+            opt.load_state_dict(state.optimizer)
+            torch.set_rng_state(state.rng)
         scorer = _Scorer(task, data, cfg.eval_batch_size, dev, workers)
-        result = TrainResult(loaded.name, seed, cfg.steps, 0, OK)
+        result = TrainResult(loaded.name, seed, cfg.steps, first, OK)
         start = time.perf_counter()
-        for step, (xb, yb) in enumerate(batches):
+        for step, (xb, yb) in enumerate(batches, start=first):
             out = model(xb)
-            if step == 0:
+            if step == first:
                 check_output_shape(task, out, yb)
             value = criterion(out, yb)
             if not torch.isfinite(value):
@@ -312,8 +391,25 @@ def train(task: Task | str, loss: str | Expr | nn.Module | dict, *, steps: int |
                 result.loss_curve.append(float(value.detach()))
     if result.status == OK and not all(torch.isfinite(p).all() for p in model.parameters()):
         result.status = INVALID
+    if result.status == OK and keep_state:  # before scoring: eval passes draw no random numbers
+        result.state = TrainState(seed, result.steps_done, _cpu(model.state_dict()),
+                                  _cpu(opt.state_dict()), torch.get_rng_state())
     if result.status == OK:
         for name in splits:
             setattr(result, name, scorer(model, name))
     result.wall_time = time.perf_counter() - start
     return result
+
+
+def _check_state(state: TrainState | None, seed: int, steps: int) -> int:
+    """The step a run with ``state`` starts from (0 without); ``ValueError`` for a state that
+    cannot continue to ``steps`` with ``seed``."""
+    if state is None:
+        return 0
+    if state.seed != seed:
+        raise ValueError(f"state was trained with seed {state.seed}, not {seed}: continue it with "
+                         f"seed={state.seed}")
+    if state.steps_done > steps:
+        raise ValueError(f"state has {state.steps_done} steps done, more than steps={steps}: "
+                         "continue to at least as many steps")
+    return state.steps_done

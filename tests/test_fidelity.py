@@ -1,0 +1,154 @@
+"""Multi-fidelity proxy training (ASHA rungs): the ladder and promotion rule on hand-made cases,
+a search whose rung results equal straight trainings, the same study in-process and on 2 worker
+processes, a search interrupted mid-generation that resumes to the same study, and old study
+files without the rungs table."""
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+
+import pytest
+
+from lossforge.evaluation.funnel import FunnelConfig
+from lossforge.evaluation.rungs import FidelityConfig, selection_key, selection_value, top_indices
+from lossforge.study import LossSearch, load_study, resume
+from lossforge.training import train
+
+
+# --- the schedule -------------------------------------------------------------------------------
+def test_ladder_geometric_down_from_max():
+    assert FidelityConfig("asha", 13, 120, 3).ladder(0) == [[13, 40, 120]]
+    assert FidelityConfig("asha", 13, 120, 3, brackets=3).ladder(0) == [[13, 40, 120], [40, 120],
+                                                                        [120]]
+    assert FidelityConfig("asha", 10, 160, 4).ladder(0) == [[10, 40, 160]]
+    assert FidelityConfig("asha", None, None, 3).ladder(90) == [[30, 90]]  # default min: max/η
+    with pytest.raises(ValueError, match="only 3"):
+        FidelityConfig("asha", 13, 120, 3, brackets=4).ladder(0)
+    with pytest.raises(ValueError, match="eta"):
+        FidelityConfig("asha", eta=1)
+    with pytest.raises(ValueError, match="fidelity must be"):
+        FidelityConfig("hyperband")
+
+
+def test_promotion_rule_top_fraction_of_seen():
+    assert top_indices([0.9], 3) == set()                  # fewer than η results: nobody yet
+    assert top_indices([0.5, 0.2, 0.6], 3) == {2}          # n=3: the best one
+    assert top_indices([0.5, 0.2, 0.5], 3) == {0}          # a tie goes to the earlier result
+    assert top_indices([0.1, 0.2, 0.3, 0.4, 0.5, 0.45], 3) == {4, 5}  # n=6: top 2
+    assert top_indices([0.1, 0.2, 0.3, 0.4], 4) == {3}
+
+
+def test_cross_rung_order_is_steps_first():
+    keys = [(40, 0.9), (120, 0.5), (120, 0.6), (13, 0.99)]
+    by_key = sorted(keys, key=lambda k: selection_key(*k), reverse=True)
+    by_value = sorted(keys, key=lambda k: selection_value(*k), reverse=True)
+    assert by_key == by_value == [(120, 0.6), (120, 0.5), (40, 0.9), (13, 0.99)]
+    assert selection_value(40, -3.0) > selection_value(13, 5.0)  # negative fitness: same order
+
+
+# --- searches -------------------------------------------------------------------------------------
+FUNNEL = replace(FunnelConfig(), use_lrp=False)
+FID = FidelityConfig("asha", min_steps=4, max_steps=36, eta=3)
+
+
+def _search(path, budget=16, **kw):
+    return LossSearch(task="digits", storage=path, budget=budget, seed=4, funnel=FUNNEL,
+                      fidelity=FID, strategy_options={"population_size": 16, "batch_size": 8},
+                      **kw)
+
+
+def _rows(study):
+    cands = sorted((r.generation, r.position, r.formula, r.status, r.fitness,
+                    r.details.get("fidelity", {}).get("steps")) for r in study.candidates)
+    rungs = [(r.generation, r.position, r.rung, r.steps, r.status, r.fitness)
+             for r in study.store.rung_rows()]
+    return cands, rungs
+
+
+def test_search_rungs_match_straight_training(tmp_path):
+    study = _search(tmp_path / "s.db").run()
+    cands, rungs = _rows(study)
+    assert rungs, "nothing was trained: the test needs candidates that pass screening"
+    assert {r[3] for r in rungs} <= {4, 12, 36}
+    trained = [r for r in study.trained()]
+    assert trained and all(r.details["fidelity"]["steps"] in (4, 12, 36) for r in trained)
+    top = [r for r in study.store.rung_rows() if r.steps == 36 and r.fitness is not None]
+    assert top, "no candidate reached the top rung"
+    r = top[0]
+    straight = train("digits", r.formula, steps=36, seed=0, splits=("val",))
+    assert straight.val == r.metrics  # continued through rungs == one run of 36 steps
+    # every stored candidate that trained has one rung row per rung it reached
+    per = {}
+    for g, p, k, *_ in rungs:
+        per.setdefault((g, p), []).append(k)
+    assert all(ks == list(range(len(ks))) for ks in per.values())
+    summary = study.summary()
+    assert summary["fidelity"]["settings"]["kind"] == "asha"
+    assert sum(summary["fidelity"]["stopped_at"].values()) == len(per)
+    assert study.best.details["fidelity"]["steps"] == max(x[5] or 0 for x in cands)
+    assert not list((tmp_path / "s.db.rungs").glob("*.pt"))  # states removed once final
+    study.close()
+
+
+def test_same_study_in_process_and_on_two_workers_and_after_interruption(tmp_path):
+    from lossforge.execution import make_executor
+
+    ref = _search(tmp_path / "ref.db").run()
+    expected = _rows(ref)
+    ref.close()
+
+    ex = make_executor(workers=2)
+    try:
+        pooled = _search(tmp_path / "pool.db", executor=ex).run()
+    finally:
+        ex.shutdown()
+    assert _rows(pooled) == expected
+    pooled.close()
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def crash(event):  # interrupt in the second generation, after a few results
+        seen.append(event)
+        if event["generation"] == 1 and len([e for e in seen if e["generation"] == 1]) == 3:
+            raise Stop
+
+    path = tmp_path / "killed.db"
+    with pytest.raises(Stop):
+        _search(path, progress=crash).run()
+    partial = load_study(path)
+    n_rungs = len(partial.store.rung_rows())
+    partial.close()
+    done = resume(path)
+    assert _rows(done) == expected
+    assert len(done.store.rung_rows()) >= n_rungs
+    done.close()
+
+
+def test_fidelity_none_keeps_the_single_proxy(tmp_path):
+    s = LossSearch(task="digits", storage=tmp_path / "n.db", budget=4, seed=0, funnel=FUNNEL,
+                   fidelity="none")
+    assert s.funnel.proxy.fidelity is None
+    with pytest.raises(ValueError, match="joint"):
+        LossSearch(task="shapes-det", storage=tmp_path / "j.db", strategy="random", joint=True,
+                   fidelity=FID)
+
+
+def test_old_study_without_rungs_table_opens(tmp_path):
+    path = tmp_path / "old.db"
+    from lossforge.storage import Store
+
+    store = Store.create(path, {"task": "digits", "funnel": {}})
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE rungs")
+    conn.commit()
+    conn.close()
+    ro = Store.open(path, readonly=True)
+    assert ro.rung_rows() == []
+    ro.close()
+    rw = Store.open(path)  # a writable open adds the table
+    assert rw.rung_rows() == []
+    rw.close()
