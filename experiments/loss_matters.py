@@ -58,6 +58,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
                   "experts": ["logit-adjusted", "balanced-softmax", "ldam", "cb-focal", "wce",
                               "focal"],
                   "transfer": [{"imbalance": 20.0}],
+                  # the class prior q lets the search reach logit adjustment (issue 17, part 4)
+                  "space": "autoloss-zero+q",
                   "title": "Long tail: digits, imbalance ratio 100, balanced val and test"},
     "heavy": {"task": "friedman-heavy", "options": {"noise": "student-t", "df": 1.5},
               "metric": "mae", "baseline": "mse", "experts": ["mae", "huber", "barron"],
@@ -99,7 +101,7 @@ def search_and_refine(family: dict[str, Any], cfg: dict[str, Any], work: Path) -
     path = work / f"{family['task']}.db"
     t0 = time.time()
     study = LossSearch(task=task, storage=path, metric=family["metric"], budget=cfg["budget"],
-                       seed=0, funnel=funnel,
+                       seed=0, funnel=funnel, space=family.get("space"),
                        strategy_options={"batch_size": cfg["generation"],
                                          "population_size": cfg["population"],
                                          "remove": "worst"}).run()
