@@ -531,3 +531,41 @@ def test_refine_retrains_a_studys_best_with_the_tasks_own_loop(tmp_path):
     standings = state["results"][0]["standings"]
     by_loss = {c["loss"]: c["result"]["accuracy"] for c in task.calls}
     assert {s["loss"]: s["mean"] for s in standings} == pytest.approx(by_loss)
+
+
+def test_objective_task_class_prior_reaches_a_loss_reading_q():
+    """``class_prior=`` is what ``q`` reads in the user's loop (no data: no other source)."""
+    import torch.nn.functional as F
+
+    from lossforge import objective_task
+    from lossforge.training.loss_spec import load_losses
+
+    seen = {}
+
+    def fn(loss, steps, seed, report):
+        logits = torch.tensor([[2.0, 0.0, -1.0]])
+        seen["value"] = float(loss(logits, torch.tensor([0])))
+        return {"accuracy": 1.0}
+
+    prior = torch.tensor([0.7, 0.2, 0.1])
+    task = objective_task(fn, name="prior-task", kind="classification", num_classes=3,
+                          metrics={"accuracy": "max"}, default_metric="accuracy",
+                          class_prior=prior)
+    loss = load_losses("logit-adjusted", task).module
+    task.fit(loss, steps=1, seed=0)
+    # logit adjustment (Menon et al. 2021, tau = 1): CE of z + log(prior)
+    want = float(F.cross_entropy(torch.tensor([[2.0, 0.0, -1.0]]) + prior.log(), torch.tensor([0])))
+    assert abs(seen["value"] - want) < 1e-4
+    with pytest.raises(ValueError, match="num_classes is 3"):
+        objective_task(fn, name="bad", kind="classification", num_classes=3,
+                       metrics={"accuracy": "max"}, default_metric="accuracy",
+                       class_prior=[0.5, 0.5])
+
+
+def test_a_failed_baseline_keeps_the_users_exception_and_line():
+    from lossforge.evaluation.baseline import describe, measure_baseline
+
+    line = _raise_in_user_code.__code__.co_firstlineno + 1
+    out = measure_baseline(Scripted(_raise_in_user_code), "accuracy", ProxyStageConfig(steps=5))
+    assert out["status"] == FAILED and f"{__file__}:{line}" in out["reason"]
+    assert "no such column" in describe(out)

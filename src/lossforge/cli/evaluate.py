@@ -36,7 +36,9 @@ def evaluate_cli(
         "kind.")),
     seeds: int = typer.Option(3, "--seeds", help="Trainings per loss (seeds 0..K-1)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the task's proxy steps)."),
-    split: str = typer.Option("test", "--split", help="Split to score: val or test."),
+    split: Optional[str] = typer.Option(
+        None, "--split", help="Split to score: val or test (default: test; val for a task that "
+                              "trains with its own loop, whose fit returns validation metrics)."),
     device: str = typer.Option("cpu", "--device"),
     format: Format = _FORMAT,
     study: Optional[str] = typer.Option(None, "--study",
@@ -51,7 +53,7 @@ def evaluate_cli(
         fail("--seeds must be at least 1")
     if steps is not None and steps < 1:
         fail("--steps must be at least 1")
-    if split not in ("val", "test"):
+    if split not in (None, "val", "test"):
         fail(f"--split must be 'val' or 'test', got {split!r}")
     t = load_task_with_options(task, task_option)
     for spec in loss:  # fail fast on a bad loss before any training

@@ -105,7 +105,9 @@ def measure_baseline(task: Task, metric: str, proxy: ProxyStageConfig = ProxySta
     out.update(status=result["status"], fitness=result["fitness"],
                metrics=_finite(result.get("metrics", {})),
                seconds=float(result.get("seconds") or time.perf_counter() - start))
-    if out["status"] == INVALID:
+    if result.get("reason"):  # a failed own loop: the user's exception and line
+        out["reason"] = str(result["reason"])
+    elif out["status"] == INVALID:
         out["reason"] = "the training loss became non-finite"
     if out["fitness"] is not None and not np.isfinite(out["fitness"]):
         out.update(fitness=None, status=INVALID, reason="the metric is not finite")

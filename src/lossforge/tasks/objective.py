@@ -80,7 +80,7 @@ class ObjectiveTask(Task):
     def __init__(self, fn: Callable[..., Mapping[str, float]], *, name: str, kind: str,
                  num_classes: int | None, metrics, default_metric: str,
                  probe_targets=None, ignore_index: int = 255, steps: int | None = None,
-                 baseline: str | None = None):
+                 baseline: str | None = None, class_prior=None):
         if not callable(fn):
             raise TypeError(f"objective_task: fn must be a function fn(loss, steps, seed, report) "
                             f"-> dict of metrics, got {type(fn).__name__}")
@@ -98,6 +98,7 @@ class ObjectiveTask(Task):
         self.baseline = baseline or ("ce" if self.kind == CLASSIFICATION else "mse")
         self._probe_targets = None if probe_targets is None else self._check_targets(probe_targets)
         self._passes_device = _accepts(fn, "device")
+        self._class_prior = self._check_prior(class_prior)
 
     # --- training: the user's function ------------------------------------------------------------
     def fit(self, loss: nn.Module, *, steps: int, seed: int, device: str = "cpu",
@@ -108,6 +109,22 @@ class ObjectiveTask(Task):
         if self._passes_device:
             return self.fn(loss, steps, seed, report, device=device)
         return self.fn(loss, steps, seed, report)
+
+    def class_prior(self) -> torch.Tensor | None:
+        """The ``class_prior`` given to :func:`objective_task` (``None``: the uniform prior)."""
+        return self._class_prior
+
+    def _check_prior(self, prior) -> torch.Tensor | None:
+        if prior is None:
+            return None
+        if self.kind != CLASSIFICATION:
+            raise ValueError(f"objective task {self.name!r}: class_prior is for classification")
+        from lossforge.expr.interpret import checked_prior
+        t = checked_prior(prior)
+        if t.numel() != self.num_classes:
+            raise ValueError(f"objective task {self.name!r}: class_prior has {t.numel()} entries, "
+                             f"num_classes is {self.num_classes}")
+        return t
 
     # --- screening: no data, no model ---------------------------------------------------------------
     def probe_targets(self, n: int, seed: int) -> torch.Tensor:
@@ -196,7 +213,7 @@ class ObjectiveTask(Task):
 def objective_task(fn: Callable[..., Mapping[str, float]], *, name: str, kind: str,
                    num_classes: int | None, metrics, default_metric: str, probe_targets=None,
                    ignore_index: int = 255, steps: int | None = None,
-                   baseline: str | None = None) -> ObjectiveTask:
+                   baseline: str | None = None, class_prior=None) -> ObjectiveTask:
     """Wrap ``fn(loss, steps, seed, report) -> {metric: value}`` into a task.
 
     ``kind``: ``"classification"`` (segmentation included) or ``"regression"``;
@@ -208,13 +225,16 @@ def objective_task(fn: Callable[..., Mapping[str, float]], *, name: str, kind: s
     targets for the screening stages (class indices ``(n, *spatial)`` or values ``(n, ...)``;
     8–32 are enough), required to search; ``ignore_index``: the target value the loss leaves out.
     ``steps``: the proxy training length when the search does not set one (default 300);
-    ``baseline``: the reference loss (default ``ce`` / ``mse``).
+    ``baseline``: the reference loss (default ``ce`` / ``mse``); ``class_prior``: the training
+    set's class frequencies ``(num_classes,)``, what the loss variable ``q`` reads (default: the
+    uniform prior, with a warning, for a loss that reads ``q``).
 
     ``ValueError`` / ``TypeError`` name what is wrong with an argument.
     """
     return ObjectiveTask(fn, name=name, kind=kind, num_classes=num_classes, metrics=metrics,
                          default_metric=default_metric, probe_targets=probe_targets,
-                         ignore_index=ignore_index, steps=steps, baseline=baseline)
+                         ignore_index=ignore_index, steps=steps, baseline=baseline,
+                         class_prior=class_prior)
 
 
 # ---- helpers ------------------------------------------------------------------------------------
