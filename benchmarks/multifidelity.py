@@ -71,7 +71,7 @@ def one_search(task: str, seed: int, seconds: float, fidelity: FidelityConfig | 
         rs = rung_summary(study.store.rung_rows())
         evaluated, steps = rs["candidates"], rs["steps_spent"]
     else:
-        evaluated = len(trained)
+        evaluated = study.stats["proxy"]["in"]  # trained, or stopped invalid/failed: like asha's
         steps = len(trained) * max_steps  # a diverged training stops early: not counted
     best = study.best
     study.close()

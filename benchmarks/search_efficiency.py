@@ -2,7 +2,8 @@
 
 The paper (FIELD.md) reports naive evolution 1×; + LRP ~700×; + GEC ~1000×; + stop for invalid
 loss values ~5000×. This measures the same cumulative ablation on our implementation
-(``naive / lrp / gec / invalid_stop / batched / batched_proxy``), side by side in one process;
+(``naive / lrp / gec / invalid_stop / batched / batched_proxy``) and ``multi_fidelity``
+(``batched`` + ASHA rungs: the "+ multi-fidelity" row), side by side in one process;
 the configurations and how they are charged are documented in :mod:`lossforge.ablation`, which
 ``experiments/autoloss_zero.py`` shares.
 
@@ -24,6 +25,7 @@ import torch
 from lossforge import tasks
 from lossforge.ablation import measure
 from lossforge.evaluation.lrp import LRPConfig
+from lossforge.evaluation.rungs import FidelityConfig
 
 
 def main(argv=None) -> dict:
@@ -39,6 +41,9 @@ def main(argv=None) -> dict:
                     help="proxy training steps (default: the task's; quick 30)")
     ap.add_argument("--lrp-steps", type=int, default=None,
                     help="LRP steps (default 500, FIELD.md; quick 100)")
+    ap.add_argument("--min-steps", type=int, default=None,
+                    help="multi_fidelity: the shortest rung (default proxy steps / eta)")
+    ap.add_argument("--eta", type=int, default=3, help="multi_fidelity: the reduction factor")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads for everything (default 1: shared small machine)")
@@ -57,20 +62,22 @@ def main(argv=None) -> dict:
           f"LRP {lrp_steps} steps; {n} candidates per funnel configuration, {n_naive} for naive "
           f"(seed {args.seed}); torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
           f"{os.cpu_count()} CPU(s), {platform.machine()}, load average {load:.1f}", flush=True)
+    fidelity = FidelityConfig("asha", min_steps=args.min_steps, max_steps=steps, eta=args.eta)
     out = measure(task, metric, n=n, n_naive=n_naive, steps=steps, lrp_steps=lrp_steps,
-                  seed=args.seed, log=lambda line: print(line, flush=True))
+                  seed=args.seed, log=lambda line: print(line, flush=True), fidelity=fidelity)
     rows, result = out["rows"], out["summary"]
     full_s, loop_s = result["full_training_s"], result["loop_s"]
 
     print()
     print(f"{'config':14} {'cands':>5} {'wall s':>8} {'charged s':>10} {'s/cand':>8} "
           f"{'speed-up':>9} {'trained':>8} {'fit':>4} {'invalid':>7} {'GEC hits':>8} "
-          f"{'agree':>7} {'bound':>7}")
+          f"{'agree':>7} {'bound':>7} {'steps':>7}")
     for name, r in rows.items():
         print(f"{name:14} {r['n']:5d} {r['wall_s']:8.1f} {r['charged_s']:10.1f} "
               f"{r['s_per_cand']:8.3f} {r['speedup']:8.1f}x {r['trained']:8d} {r['fit']:4d} "
               f"{'/'.join(map(str, r['invalid'])):>7} {r['gec_hits']:8d} {r['agree'] or '-':>7} "
-              f"{'-' if r['bound'] is None else format(r['bound'], '6.1f') + 'x':>7}")
+              f"{'-' if r['bound'] is None else format(r['bound'], '6.1f') + 'x':>7} "
+              f"{r['proxy_steps']:7d}")
     print(f"\ntrained: candidates that reached proxy training; fit: those that trained every step; "
           f"invalid: candidates with a non-finite loss value, found by checks/LRP/proxy (the "
           f"funnel's checks, always on, catch most with one evaluation: the early stop acts on the "
@@ -80,7 +87,9 @@ def main(argv=None) -> dict:
           f"invalid_stop left out). Charged = wall + a full-length training ({full_s:.2f}s, median "
           f"of the naive sample's complete trainings) for every training that stopped at an invalid "
           f"value in naive, and the difference to a complete training loop ({loop_s:.2f}s) for "
-          f"each in the proxy stage of lrp and gec. Per-stage seconds:")
+          f"each in the proxy stage of lrp and gec. multi_fidelity: batched + ASHA rungs "
+          f"{result['fidelity_ladder'][0]} (eta {args.eta}); its trained candidates reached the top "
+          f"rung or were pruned below it. steps: proxy-training steps spent. Per-stage seconds:")
     for name, r in rows.items():
         if "stages_s" in r:
             print(f"  {name:14} {r['stages_s']}")

@@ -27,6 +27,10 @@ def test_search_efficiency_quick():
         assert isinstance(speedup[key], (int, float)) and speedup[key] > 0
     assert speedup["naive"] == 1.0
     assert set(speedup) <= set(out["s_per_candidate"])
+    assert speedup["multi_fidelity"] > 0  # the "+ multi-fidelity" row: batched + ASHA rungs
+    assert out["fidelity_ladder"] == [[10, 30]]  # quick: 30 proxy steps, default min 30/3
+    spent = out["proxy_steps_spent"]
+    assert spent["naive"] == 3 * 30 and spent["multi_fidelity"] <= 30 * out["trained"]["multi_fidelity"]
 
 
 @pytest.mark.slow
@@ -81,3 +85,28 @@ def test_multifidelity_quick():
     r = out["digits"]
     assert len(r["none"]) == len(r["asha"]) == 2 and r["throughput_ratio"] > 0
     assert r["ladder"] == [9, 27]  # default min_steps: max/η
+
+
+def test_the_multi_fidelity_row_trains_rungs_and_counts_their_steps():
+    """The ablation's ``multi_fidelity`` configuration races its candidates up the rungs, and
+    ``proxy_steps_spent`` counts each rung's own steps: 3 candidates on rungs 3/9 with η = 3 —
+    all three train 3 steps, the best one continues 6 more: 15 steps, not 3 × 9."""
+    from dataclasses import replace
+
+    from lossforge.ablation import Configured, proxy_steps_spent
+    from lossforge.evaluation.funnel import FunnelConfig
+    from lossforge.evaluation.proxy import ProxyStageConfig
+    from lossforge.evaluation.rungs import FidelityConfig
+    from lossforge.expr import parse
+
+    cfg = replace(FunnelConfig(), use_lrp=False, use_gec=False,
+                  proxy=ProxyStageConfig(steps=9, batch=1,
+                                         fidelity=FidelityConfig("asha", max_steps=9)))
+    from lossforge import tasks
+
+    runner = Configured("multi_fidelity", tasks.get("digits"), "accuracy", cfg, no_stop=False)
+    runner.run([parse("-sum_c(y * log(p))"), parse("sum_c(square(p - y))"),
+                parse("-sum_c(y * square(1 - p) * log(p))")])
+    assert [c.status for c in runner.cands] == ["trained"] * 3
+    assert sorted(c.fidelity["steps"] for c in runner.cands) == [3, 3, 9]
+    assert proxy_steps_spent(runner) == 3 * 3 + (9 - 3)

@@ -154,3 +154,93 @@ def test_chromium_opens_the_report_and_shows_the_plots(written, tmp_path):
     assert ink > 0.02, "the page looks empty"
     red = ((abs(pixels[..., 0] - 0.84) < 0.06) & (pixels[..., 1] < 0.3) & (pixels[..., 2] < 0.3)).sum()
     assert red > 500, "no plot line (C3 red) visible: the images did not load"
+
+
+# --- multi-fidelity rungs -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def asha_report(tmp_path_factory):
+    from lossforge.evaluation.rungs import FidelityConfig
+
+    path = tmp_path_factory.mktemp("asha") / "a.db"
+    LossSearch(task="tiny-blobs", storage=path, budget=18, seed=2, funnel=H.NO_LRP,
+               fidelity=FidelityConfig("asha", min_steps=2, max_steps=18, eta=3),
+               strategy_options={"batch_size": 9}).run().close()
+    out = tmp_path_factory.mktemp("asha_report")
+    return R.write_report(path, out, top=1), path
+
+
+class _Table(HTMLParser):
+    """The rows of the ``<table class="rungs">`` of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self._on, self._cell = [], False, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self._on = ("class", "rungs") in attrs
+        elif self._on and tag == "tr":
+            self.rows.append([])
+        elif self._on and tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._on = False
+        elif self._on and tag in ("td", "th"):
+            self.rows[-1].append(self._cell)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def test_report_of_an_asha_study_shows_rungs(asha_report):
+    index, path = asha_report
+    store = Store.open(path, readonly=True)
+    rows = store.rung_rows()
+    store.close()
+    assert rows and {r.steps for r in rows} <= {2, 6, 18}
+    last = {}  # where each candidate stopped: its highest rung, counted independently here
+    for r in rows:
+        if r.rung >= last.get((r.generation, r.position), (-1, 0))[0]:
+            last[(r.generation, r.position)] = (r.rung, r.steps)
+    expected = {}
+    for _, steps in last.values():
+        expected[steps] = expected.get(steps, 0) + 1
+    table = _Table()
+    table.feed(index.read_text())
+    assert table.rows[0] == ["rung steps", "stopped here"]
+    assert {int(s): int(n) for s, n in table.rows[1:]} == expected
+    assert 18 in expected, "no candidate reached the top rung: the test needs one"
+
+    page = _Page()
+    page.feed(index.read_text())
+    assert "Multi-fidelity rungs" in page.headings
+    assert "rungs.png" in [img["src"] for img in page.images]
+    assert png_size(index.parent / "rungs.png") == (960, 540)
+
+    data = R.read_study(path)
+    top, curves = F.top_rung_curves(data["fidelity"])
+    reached = sorted(k for k, (_, s) in last.items() if s == 18)
+    assert top == 18 and sorted((c["generation"], c["position"]) for c in curves) == reached
+    for c in curves:  # each curve is that candidate's rung results, in rung order
+        mine = sorted((r.rung, r.steps, r.fitness) for r in rows
+                      if (r.generation, r.position) == (c["generation"], c["position"])
+                      and r.fitness is not None)
+        assert c["steps"] == [m[1] for m in mine] and c["fitness"] == [m[2] for m in mine]
+    finals = [c["fitness"][-1] for c in curves if c["steps"] and c["steps"][-1] == 18]
+    assert finals == sorted(finals, reverse=True)  # best first
+    fig = R.make_figures(data, top=0)["rungs"]
+    curves_ax, bars_ax = fig.axes[:2]
+    assert len([ln for ln in curves_ax.get_lines() if ln.get_zorder() >= 2]) == len(
+        [c for c in curves if c["steps"]])
+    assert [int(t.get_text()) for t in bars_ax.get_xticklabels()] == sorted(expected)
+    assert [p.get_height() for p in bars_ax.patches] == [expected[s] for s in sorted(expected)]
+
+
+def test_report_without_rungs_has_no_rung_section(written):
+    index, _ = written
+    assert "Multi-fidelity rungs" not in index.read_text()
+    assert not (index.parent / "rungs.png").exists()

@@ -12,6 +12,13 @@ by side in one process, on one seeded stream of random expressions of the ``auto
 ``invalid_stop``  + early stop at the first invalid value, in the LRP and in proxy training.
 ``batched``       + population-vectorised screening (``evaluation.batched``).
 ``batched_proxy`` + batched proxy training (``training.stacked``), when available.
+``multi_fidelity`` ``batched`` + multi-fidelity proxy training (ASHA rungs,
+                  :mod:`~lossforge.evaluation.fidelity`; default two rungs, ``steps/η`` and
+                  ``steps``, η = 3): a candidate counts as evaluated when it reached the top rung
+                  or was pruned below it. Built on ``batched``, not ``batched_proxy``: rungs train
+                  one candidate at a time. Each half of the sample is its own race (no
+                  promotion history carries from the first half to the second, as it would
+                  across a study's generations), and ``proxy_steps`` counts the steps it trained.
 
 How it is measured. Seconds per explored candidate, per configuration; speed-up = naive s/candidate
 ÷ the configuration's s/candidate. ``naive`` proxy-trains a small sample (``n_naive``) of the
@@ -39,12 +46,13 @@ from lossforge.evaluation.candidate import GEC_HIT, INVALID, REJECTED_CHECKS, RE
 from lossforge.evaluation.funnel import Funnel, FunnelConfig
 from lossforge.evaluation.lrp import LossRejection, LRPConfig, metric_value
 from lossforge.evaluation.proxy import ProxyStageConfig
+from lossforge.evaluation.rungs import FidelityConfig
 from lossforge.expr import spaces, variation
 from lossforge.expr.interpret import loss_value
 from lossforge.tasks.spec import load_task
 from lossforge.training import OK, train
 
-CONFIGS = ["naive", "lrp", "gec", "invalid_stop", "batched", "batched_proxy"]
+CONFIGS = ["naive", "lrp", "gec", "invalid_stop", "batched", "batched_proxy", "multi_fidelity"]
 REQUIRED = ["naive", "lrp", "gec", "invalid_stop", "batched"]
 #: The paper's speed-ups (FIELD.md), cumulative.
 PAPER = {"naive": 1, "lrp": 700, "gec": 1000, "invalid_stop": 5000}
@@ -83,10 +91,22 @@ class NoStopLRP(LossRejection):
                                    - metric_value(self.metric, self.probe, self.init))
 
 
-def _proxy_config(steps: int, batch: int | None) -> ProxyStageConfig:
+def _proxy_config(steps: int, batch: int | None,
+                  fidelity: FidelityConfig | None = None) -> ProxyStageConfig:
     if batch is not None and "batch" in {f.name for f in dataclasses.fields(ProxyStageConfig)}:
-        return ProxyStageConfig(steps=steps, batch=batch)
-    return ProxyStageConfig(steps=steps)
+        return ProxyStageConfig(steps=steps, batch=batch, fidelity=fidelity)
+    return ProxyStageConfig(steps=steps, fidelity=fidelity)
+
+
+def proxy_steps_spent(runner: "Configured") -> int:
+    """The proxy-training steps a configuration trained: the sum over its rungs of the steps each
+    rung trained (a continued rung from where it started) with multi-fidelity, else ``steps`` per
+    candidate that reached proxy training (an invalid one counts in full, as it is charged)."""
+    log = getattr(runner.funnel.proxy, "rung_log", None)
+    if log is not None:
+        return sum(r.steps - r.started_at for r in log)
+    steps = runner.funnel.proxy.config.steps
+    return steps * runner.funnel.stats()["proxy"]["n_in"]
 
 
 def has_batched_proxy() -> bool:
@@ -160,10 +180,13 @@ def invalid_by_stage(cands) -> list[int]:
 
 def measure(task="digits", metric: str | None = None, n: int = 100, n_naive: int = 10,
             steps: int | None = None, lrp_steps: int | None = None, seed: int = 0,
-            log=print) -> dict:
-    """Run the ablation; ``log(line)`` reports progress. Returns ``{"rows": {config: {...}},
+            log=print, fidelity: FidelityConfig | None = None) -> dict:
+    """Run the ablation; ``log(line)`` reports progress. ``fidelity``: the rungs of
+    ``multi_fidelity`` (default ``FidelityConfig("asha")``: ``steps/3`` and ``steps``; its
+    ``max_steps`` is always ``steps``). Returns ``{"rows": {config: {...}},
     "summary": {...}}``: per configuration ``n, wall_s, charged_s, s_per_cand, speedup, trained,
-    fit, invalid, gec_hits, agree, bound`` (and ``stages_s``); the summary is the benchmark's JSON."""
+    fit, invalid, gec_hits, agree, bound, proxy_steps`` (and ``stages_s``); the summary is the
+    benchmark's JSON."""
     task = load_task(task)
     metric = metric or task.default_metric
     steps = steps or task.proxy.steps
@@ -180,8 +203,10 @@ def measure(task="digits", metric: str | None = None, n: int = 100, n_naive: int
     log(f"set-up (data, probes, LRP calibration; not charged): {setup_s:.1f}s; calibrated LRP "
         f"lr {lrp_cfg.lr:g}, threshold {lrp_cfg.threshold:.3f}")
 
+    fidelity = dataclasses.replace(fidelity or FidelityConfig("asha"), max_steps=steps)
+
     def cfg(**kw):
-        proxy = _proxy_config(steps, kw.pop("batch", 1))
+        proxy = _proxy_config(steps, kw.pop("batch", 1), kw.pop("fidelity", None))
         return dataclasses.replace(base, lrp=lrp_cfg, proxy=proxy, **kw)
 
     runners = {"naive": Naive(task, metric, steps),
@@ -192,6 +217,8 @@ def measure(task="digits", metric: str | None = None, n: int = 100, n_naive: int
     if has_batched_proxy():
         runners["batched_proxy"] = Configured("batched_proxy", task, metric,
                                               cfg(batched=True, batch=16), no_stop=False)
+    runners["multi_fidelity"] = Configured("multi_fidelity", task, metric,
+                                           cfg(batched=True, fidelity=fidelity), no_stop=False)
     samples = {name: exprs[:n_naive] if name == "naive" else exprs[:n] for name in runners}
     wall = dict.fromkeys(runners, 0.0)
     order = list(runners)
@@ -214,7 +241,8 @@ def measure(task="digits", metric: str | None = None, n: int = 100, n_naive: int
     naive_charged = sum(s if ok else full_s for s, ok, _ in naive.runs)
     rows["naive"] = {"n": len(naive.runs), "wall_s": wall["naive"], "charged_s": naive_charged,
                      "trained": len(naive.runs), "fit": len(full), "gec_hits": 0,
-                     "invalid": [0, 0, len(naive.runs) - len(full)], "agree": None}
+                     "invalid": [0, 0, len(naive.runs) - len(full)], "agree": None,
+                     "proxy_steps": steps * len(naive.runs)}
     ref = runners["invalid_stop"].cands
     for name, r in runners.items():
         if name == "naive":
@@ -228,7 +256,7 @@ def measure(task="digits", metric: str | None = None, n: int = 100, n_naive: int
                       "trained": st["proxy"]["n_in"], "fit": st["proxy"]["n_out"],
                       "gec_hits": sum(c.status == GEC_HIT for c in r.cands),
                       "invalid": invalid_by_stage(r.cands),
-                      "agree": f"{sum(same)}/{len(same)}",
+                      "agree": f"{sum(same)}/{len(same)}", "proxy_steps": proxy_steps_spent(r),
                       "stages_s": {k: round(v["seconds"], 2) for k, v in st.items()}}
     base_rate = rows["naive"]["charged_s"] / rows["naive"]["n"]
     for row in rows.values():
@@ -243,6 +271,8 @@ def measure(task="digits", metric: str | None = None, n: int = 100, n_naive: int
         "trained": {k: r["trained"] for k, r in rows.items()},
         "invalid": {k: r["invalid"] for k, r in rows.items()},
         "gec_hits": {k: r["gec_hits"] for k, r in rows.items()},
+        "proxy_steps_spent": {k: r["proxy_steps"] for k, r in rows.items()},
+        "fidelity_ladder": fidelity.ladder(steps),
         "bound": {k: None if r["bound"] is None else round(r["bound"], 2) for k, r in rows.items()},
         "task": task.name, "metric": metric, "proxy_steps": steps, "lrp_steps": lrp_steps,
         "full_training_s": round(full_s, 3), "loop_s": round(loop_s, 3),

@@ -72,6 +72,20 @@ CREATE TABLE IF NOT EXISTS rungs (
 );
 """
 _RUNGS_SCHEMA = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS rungs"):]
+#: The transfer panel (:mod:`lossforge.transfer`): one row per finished (setting, loss, seed)
+#: training; added to older study files by a writable open, as ``rungs`` is.
+_PANEL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS panel_runs (
+    setting TEXT NOT NULL,
+    loss TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (setting, loss, seed)
+);
+"""
 
 
 class StudyFileError(ValueError):
@@ -139,7 +153,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(path)
         with conn:
-            conn.executescript(_SCHEMA)
+            conn.executescript(_SCHEMA + _PANEL_SCHEMA)
             conn.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("format", json.dumps(FORMAT)), ("version", json.dumps(VERSION)),
                 ("settings", json.dumps(settings)), ("created", json.dumps(time.time()))])
@@ -171,7 +185,7 @@ class Store:
             raise StudyFileError(f"{path} was written by a newer lossforge (format {version})")
         if not readonly:  # a study file from before the rungs table: add it (empty)
             with conn:
-                conn.executescript(_RUNGS_SCHEMA)
+                conn.executescript(_RUNGS_SCHEMA + _PANEL_SCHEMA)
         return cls(path, conn)
 
     def close(self) -> None:
@@ -281,6 +295,36 @@ class Store:
             raise
         return [RungRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]), r[9],
                         json.loads(r[10]), r[11]) for r in rows]
+
+    # --- transfer panel ------------------------------------------------------------------------
+    def add_panel_run(self, setting: str, loss: str, seed: int, status: str,
+                      metrics: dict[str, float], seconds: float) -> None:
+        """Commit one finished panel training (validation ``metrics``); committed before it
+        returns. Idempotent: a second write of the same (setting, loss, seed) is ignored."""
+        with self._conn:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO panel_runs VALUES (?,?,?,?,?,?,?)",
+                (setting, loss, int(seed), status,
+                 json.dumps(_clean(metrics), allow_nan=False, default=_json_default),
+                 float(seconds), time.time()))
+
+    def panel_runs(self) -> list[dict[str, Any]]:
+        """Every stored panel training as ``{"setting", "loss", "seed", "status", "metrics",
+        "seconds"}``, in commit order; none for a file without the table (read-only, older)."""
+        try:
+            rows = self._conn.execute("SELECT setting, loss, seed, status, metrics, seconds "
+                                      "FROM panel_runs ORDER BY created, rowid").fetchall()
+        except sqlite3.OperationalError as err:
+            if "no such table" in str(err):
+                return []
+            raise
+        return [{"setting": r[0], "loss": r[1], "seed": r[2], "status": r[3],
+                 "metrics": json.loads(r[4]), "seconds": r[5]} for r in rows]
+
+    def clear_panel_runs(self) -> None:
+        """Delete every stored panel training (a restarted panel); committed before it returns."""
+        with self._conn:
+            self._conn.execute("DELETE FROM panel_runs")
 
     # --- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, generation: int, state: dict[str, Any]) -> None:

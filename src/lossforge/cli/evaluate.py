@@ -40,6 +40,9 @@ def evaluate_cli(
         None, "--split", help="Split to score: val or test (default: test; val for a task that "
                               "trains with its own loop, whose fit returns validation metrics)."),
     device: str = typer.Option("cpu", "--device"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam or sgd (default: the task's)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the task's)."),
+    momentum: Optional[float] = typer.Option(None, "--momentum", help="SGD momentum (default: the task's)."),
     format: Format = _FORMAT,
     study: Optional[str] = typer.Option(None, "--study",
                                         help="Also save the comparison in this study file (for `report`)."),
@@ -56,6 +59,13 @@ def evaluate_cli(
     if split not in (None, "val", "test"):
         fail(f"--split must be 'val' or 'test', got {split!r}")
     t = load_task_with_options(task, task_option)
+    if optimizer is not None or lr is not None or momentum is not None:
+        from lossforge.transfer import with_training
+
+        try:
+            t = with_training(t, optimizer=optimizer, lr=lr, momentum=momentum)
+        except ValueError as err:
+            fail(str(err))
     for spec in loss:  # fail fast on a bad loss before any training
         load_loss(spec, t)
     if study is not None:  # and on a bad study file

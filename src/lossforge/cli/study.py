@@ -34,9 +34,12 @@ def study_summary(study: str | Path, top: int = 10, task: str | None = None) -> 
     study's task named again) also ``task_file``: :func:`lossforge.study.task_file_status`."""
     from lossforge.study import load_study, task_file_status
 
+    from lossforge.transfer import show_extras
+
     s = load_study(study, readonly=True)
     try:
         summary = s.summary(top=top)
+        summary.update(show_extras(s))  # transfer panel, ties with the best, setups checked
         settings = s.settings
     finally:
         s.close()
@@ -114,12 +117,37 @@ def refine_cli(
     restart: bool = typer.Option(False, "--restart", help="Discard a stored refinement."),
     task: Optional[str] = typer.Option(None, "--task", help=STUDY_TASK_HELP),
     allow_changed_task: bool = typer.Option(False, "--allow-changed-task", help=ALLOW_CHANGED_HELP),
+    panel: bool = typer.Option(False, "--panel", help=(
+        "Transfer panel instead of halving: retrain the --top losses, CE and the baseline under "
+        "the task's setup, SGD (lr tuned for CE), lr x0.5 and x2, x2 steps and another "
+        "architecture; rank by worst rank over the settings.")),
+    seeds: int = typer.Option(3, "--seeds", help="--panel: seeds per (setting, loss)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="--panel: base steps (default: "
+                                        "the study's proxy steps)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="--panel: the other architecture "
+                                       "(default: the task's first other one)."),
+    loss: Optional[List[str]] = typer.Option(None, "--loss", help="--panel: put these losses "
+                                             "through it instead of the study's top."),
     format: Format = _FORMAT,
 ):
     """Retrain a study's best losses longer, on fresh seeds, keeping the best of each round
-    (successive halving on the validation split); each round is saved in the study."""
+    (successive halving on the validation split); each round is saved in the study. With
+    --panel, check them under other optimizers, learning rates, lengths and models instead."""
     from lossforge.cli.tables import console
     from lossforge.refine import RoundSpec, refine_study
+
+    if panel:
+        from lossforge.transfer import transfer_panel
+
+        if round_:
+            fail("--round is for successive halving; leave it out with --panel")
+        with console.status("transfer panel") as status:
+            result = transfer_panel(
+                study, top=top, seeds=seeds, steps=steps, arch=arch, restart=restart, task=task,
+                allow_changed_task=allow_changed_task, losses=loss or None,
+                progress=lambda d, n, st, lo: status.update(f"panel {d}/{n}: {st} ({lo})"))
+        emit(result, format, "print_panel")
+        return
 
     rounds = [RoundSpec.parse(r) for r in round_ or []]
     with console.status("refining") as status:
@@ -151,6 +179,20 @@ def export_cli(
         _say_task_file(study_summary(study, top=0, task=task)["task_file"])
     for e in export_loss(study, output, rank=rank, name=name):
         console.print(f"wrote {e.path}: {e.cls} = {e.formula} (fitness {e.fitness:.4f})")
+        _say_checked(study, e.formula)
+
+
+def _say_checked(study: str | Path, formula: str) -> None:
+    """Under which setups ``formula`` was checked, and a warning for one optimizer only."""
+    from lossforge.cli.tables import print_checked
+    from lossforge.study import load_study
+    from lossforge.transfer import checked_under
+
+    s = load_study(study, readonly=True)
+    try:
+        print_checked(checked_under(s, formula))
+    finally:
+        s.close()
 
 
 @app.command("report")

@@ -116,6 +116,12 @@ def print_study(summary: dict) -> None:
                            summary["best"]["fitness"] if summary["best"] else None), markup=False)
     if summary.get("refine"):
         print_refine(summary["refine"])
+    if summary.get("panel"):
+        print_panel(summary["panel"])
+    if summary.get("ties"):
+        print_ties(summary["ties"])
+    if summary.get("checked"):
+        print_checked(summary["checked"])
 
 
 def print_fidelity(fid: dict) -> None:
@@ -149,5 +155,68 @@ def print_refine(state: dict) -> None:
         console.print(f"[bold green]refined best[/]: {state['survivors'][0]}")
 
 
-__all__ = ["console", "fmt_number", "print_comparison", "print_fidelity", "print_refine", "print_study",
+def print_panel(panel: dict) -> None:
+    """The transfer panel (:func:`lossforge.transfer.panel_result`): losses × settings, each
+    cell ``mean ± std`` of the validation metric and ``Δ (p)`` vs the reference (CE), green when
+    better with p < 0.05, red when worse with p < 0.05; then the ranking rule and the best."""
+    metric, ref, sign = panel["metric"], panel["reference"], 1 if panel["higher_is_better"] else -1
+    t = Table(title=f"transfer panel: validation {metric}, seeds {panel['spec']['seeds']}; "
+                    f"Δ and Welch p vs {ref}")
+    t.add_column("rank", justify="right")
+    t.add_column("worst", justify="right")
+    t.add_column("loss", overflow="fold")
+    for st in panel["settings"]:
+        t.add_column(st["name"], justify="right")
+    for r in panel["ranking"]:
+        cells = []
+        for st in panel["settings"]:
+            c = panel["cells"][st["name"]][r["loss"]]
+            text = Text(f"{fmt_number(c['mean'])} ± {fmt_number(c['std'])}")
+            if r["loss"] != ref and c["delta"] is not None:
+                p = c["p"]
+                style = "" if p is None or p >= 0.05 else "green" if sign * c["delta"] > 0 else "red"
+                text.append(f"\nΔ {c['delta']:+.4f} (p={fmt_number(p, 3)})", style=style)
+            if c["invalid"]:
+                text.append(f"\n{c['invalid']} invalid", style="red")
+            cells.append(text)
+        t.add_row(str(r["rank"]), str(r["worst_rank"]), r["loss"], *cells)
+    console.print(t)
+    tuned = panel.get("sgd_lr")
+    for st in panel["settings"]:
+        if st["name"] == "sgd" and tuned:
+            console.print(f"sgd: momentum {st['momentum']}, lr {st['lr']:g} tuned for "
+                          f"{tuned['loss']} over {tuned['grid']}", highlight=False)
+    if panel.get("skipped"):
+        console.print(f"settings skipped: {', '.join(panel['skipped'])}", highlight=False)
+    console.print("ranked by worst rank over the settings, ties by mean metric over them",
+                  highlight=False)
+    tb = panel.get("tie_break") or {}
+    if tb.get("seeds_added"):
+        console.print(f"tie at the top ({len(tb['tied'])} losses within one seed's noise): "
+                      f"seeds {tb['seeds_added']} added to them", highlight=False)
+    if not panel["complete"]:
+        console.print("[yellow]panel incomplete[/]: run it again to finish", highlight=False)
+    elif panel["best"]:
+        console.print(f"[bold green]panel best[/]: {panel['best']}", highlight=False)
+
+
+def print_ties(ties: dict) -> None:
+    """How many distinct trained losses are tied with the search's best."""
+    line = f"{ties['exact']} distinct loss(es) share the best search fitness"
+    if ties.get("within_noise") is not None:
+        line += (f"; {ties['within_noise']} are within one seed's noise of it "
+                 f"(sigma {ties['sigma']:.4f}, from the transfer panel)")
+    console.print(line, highlight=False)
+
+
+def print_checked(checked: dict) -> None:
+    """Under which setups the recommended (or exported) loss was checked, with the warning."""
+    console.print(f"checked {checked['formula']} under: " + "; ".join(checked["setups"]),
+                  highlight=False, soft_wrap=True)
+    if checked.get("warning"):
+        console.print(f"[yellow]warning:[/] {checked['warning']}", highlight=False, soft_wrap=True)
+
+
+__all__ = ["console", "fmt_number", "print_comparison", "print_checked", "print_fidelity", "print_panel",
+           "print_refine", "print_study", "print_ties",
            "print_task_check", "print_tasks", "print_zoo"]

@@ -7,7 +7,10 @@ identically zero and the value or gradient changes when the labels change. Optio
 classification spaces without batch aggregations) the 2-class integrity check with automatic
 orientation: the loss curve over ``p = [t, 1 - t]`` with label ``[0, 1]`` must not be flat, must not
 have its extremum near ``t = 0.5``, must change monotonic direction at most once; a loss that
-decreases as the prediction gets worse is negated.
+decreases as the prediction gets worse is negated. Optionally (``ChecksConfig.scale``, off by
+default) scale sanity (:mod:`lossforge.evaluation.scale`): the gradient w.r.t. the prediction must be
+within a factor of the reference loss's (CE, MSE, 1 - IoU) and the value must not be dominated by
+the protection constants of ``inv``/``div``/``log``/``sqrt``.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import torch
 
 from lossforge.evaluation.candidate import REJECTED_CHECKS, Candidate
 from lossforge.evaluation.probes import Probe
+from lossforge.evaluation.scale import ScaleLimits, measure_scale, reference_grad_norm, scale_reason
 from lossforge.evaluation.stage import StageStats, timed
 from lossforge.expr import Expr, apply
 from lossforge.expr.interpret import interpret, loss_value
@@ -28,11 +32,22 @@ JOINT_VARS = frozenset({"i", "u", "e"})
 
 @dataclass(frozen=True)
 class ChecksConfig:
-    """``seed`` draws the probe predictions; ``integrity`` enables NLFS's check and orientation."""
+    """``seed`` draws the probe predictions; ``integrity`` enables NLFS's check and orientation;
+    ``scale``: the limits of scale sanity (:class:`~lossforge.evaluation.scale.ScaleLimits`, a
+    dict of its fields is accepted), ``None`` (the default) to skip it. ``None`` is also what
+    study files written before the option existed hold, so they resume unchanged."""
 
     seed: int = 1234
     integrity: bool = False
     integrity_points: int = 1000
+    scale: ScaleLimits | None = None
+
+    def __post_init__(self):
+        if isinstance(self.scale, dict):
+            object.__setattr__(self, "scale", ScaleLimits(**self.scale))
+        elif self.scale is not None and not isinstance(self.scale, ScaleLimits):
+            raise TypeError(f"ChecksConfig.scale must be ScaleLimits, a dict of its fields or "
+                            f"None, got {type(self.scale).__name__}")
 
 
 def structural_reason(expr: Expr) -> str:
@@ -120,6 +135,32 @@ class Checks:
             shifted = probe.target + torch.cat([size, size], dim=1) / 2
         self.alt = probe.with_target(shifted)
         self.stats = StageStats(self.name)
+        self._reference_norm: float | None = None
+
+    def scale_reason(self, expr: Expr) -> str:
+        """Why ``expr`` fails scale sanity on the probe ('' when it passes or the check is off)."""
+        limits = self.config.scale
+        if limits is None:
+            return ""
+        if self._reference_norm is None:
+            self._reference_norm = reference_grad_norm(self.probe, self.pred)
+        reading = measure_scale(expr, self.probe, self.pred, limits.alt_eps, self._reference_norm)
+        return scale_reason(reading, limits)
+
+    def screen_scale(self, candidates: list[Candidate]) -> None:
+        """Scale sanity on the candidates still pending (they passed the other checks): a failing
+        one is rejected by this stage (its ``n_out`` drops by one). Nothing when the check is off.
+        :meth:`__call__` runs it; the vectorised path runs it after its checks (the funnel)."""
+        if self.config.scale is None:
+            return
+        with timed(self.stats):
+            for c in candidates:
+                if c.done:
+                    continue
+                why = self.scale_reason(c.expr)
+                if why:
+                    c.reject(REJECTED_CHECKS, why)
+                    self.stats.n_out -= 1
 
     def reason(self, expr: Expr) -> tuple[str, Expr]:
         """('' or why it fails, the possibly re-oriented expression)."""
@@ -145,3 +186,4 @@ class Checks:
                     c.reject(REJECTED_CHECKS, why)
                 else:
                     self.stats.n_out += 1
+        self.screen_scale(candidates)

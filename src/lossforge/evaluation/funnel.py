@@ -148,6 +148,8 @@ class Funnel:
         for stage in screens:
             if self._batched is not None:
                 self._batched.run_stage(stage, cands)
+                if stage is self.checks:  # the vectorised checks leave out the opt-in scale check
+                    self.checks.screen_scale(cands)
             else:
                 stage(cands)
         return train_and_report(cands, self.proxy, self.known_results, on_result)

@@ -15,6 +15,36 @@ import torch
 EPS = 1e-6
 
 
+class protection_eps:
+    """``with protection_eps(eps):`` evaluates every protected kernel (``log``, ``slog``,
+    ``log10``, ``sqrt``, ``ssqrt``, ``inv``, ``div``) with ``eps`` in place of :data:`EPS`;
+    :data:`EPS` is restored on exit, also on error. The one place where the protection constant
+    may vary: measurements of how much a loss depends on it
+    (:mod:`lossforge.evaluation.scale`). Outside the block nothing changes.
+
+    Process-global (the kernels read the module constant), so not for concurrent threads; the
+    exact ``log(p)`` (``log_softmax``), the sympy forms, exported source and the batched
+    screening (:mod:`lossforge.evaluation.batched`) keep :data:`EPS`. ``ValueError`` for an
+    ``eps`` that is not a positive finite number.
+    """
+
+    def __init__(self, eps: float):
+        eps = float(eps)
+        if not 0.0 < eps < float("inf"):
+            raise ValueError(f"protection eps must be a positive finite number, got {eps!r}")
+        self.eps, self._saved = eps, None
+
+    def __enter__(self):
+        global EPS
+        self._saved, EPS = EPS, self.eps
+        return self
+
+    def __exit__(self, *exc_info):
+        global EPS
+        EPS = self._saved
+        return False
+
+
 # ---- protected unary ops -------------------------------------------------------------------
 def k_log(x):
     return torch.log(torch.abs(x) + EPS)

@@ -17,6 +17,9 @@ the search still runs, or on another machine. :func:`write_report` reads the stu
   probe has C classes (the task's count, clipped to 2..10), the true class has probability ``t``
   and the others share ``1 - t`` equally; ``z = log p``. Regression losses are drawn against the
   residual ``f - y`` next to the squared error;
+* ``rungs.png`` — only for a multi-fidelity study (``--fidelity asha``): the learning curves
+  (fitness against proxy steps, one point per rung) of the candidates that reached the top rung,
+  and how many candidates stopped at each rung length (also a table in the page);
 * ``formula_K.png`` — each formula typeset with matplotlib's mathtext (plain text in the page if
   mathtext cannot typeset it).
 
@@ -76,6 +79,14 @@ def read_study(path: str | Path, task=None) -> dict[str, Any]:
         study.close()
 
 
+def _fidelity(study) -> dict[str, Any] | None:
+    """The study's multi-fidelity rungs (:func:`lossforge.evaluation.fidelity.study_fidelity`),
+    ``None`` for a study without them."""
+    from lossforge.evaluation.fidelity import study_fidelity
+
+    return study_fidelity(study.store)
+
+
 def _num_classes(settings: dict[str, Any], task) -> int | None:
     """The study's class count, without importing anything the study names (see
     :func:`read_study`)."""
@@ -109,5 +120,5 @@ def _collect(study, task=None) -> dict[str, Any]:
     return {"path": str(study.path), "settings": s, "metric": s.get("metric", "fitness"),
             "rows": rows, "stats": study.stats, "hof": study.hall_of_fame, "best": study.best,
             "evaluation": study.meta("evaluation"), "created": study.meta("created"),
-            "baseline": study.meta("baseline"),
+            "baseline": study.meta("baseline"), "fidelity": _fidelity(study),
             "num_classes": min(10, max(2, num_classes or 10)), "explored": len(rows)}

@@ -1,8 +1,9 @@
 """The report's figures: matplotlib figures of a study's data (:func:`lossforge.report.read_study`).
 
 :func:`make_figures` draws progress (with the task's baseline loss as a horizontal line when the
-study measured it), funnel, Pareto front and the top losses' curves
-(:func:`probe_curve`); :func:`typeset_formula` typesets a formula with mathtext. Plots use
+study measured it), funnel, Pareto front, the top losses' curves (:func:`probe_curve`) and, for a
+multi-fidelity study, the rungs (:func:`top_rung_curves`: learning curves of the candidates that
+reached the top rung; how many stopped at each rung length); :func:`typeset_formula` typesets a formula with mathtext. Plots use
 matplotlib's Agg canvas directly (no pyplot, no global backend change); every plot is
 ``FIGSIZE`` × ``DPI`` = 960 × 540 pixels. The funnel's bars follow
 :data:`lossforge.evaluation.candidate.STAGES`.
@@ -44,10 +45,14 @@ def _plotted(expr):
 
 
 def make_figures(data: dict[str, Any], top: int = 3) -> dict[str, Any]:
-    """The report's matplotlib figures by file stem: progress, funnel, pareto, loss_1 … loss_top."""
+    """The report's matplotlib figures by file stem: progress, funnel, pareto, rungs (only when
+    ``data["fidelity"]`` has rung results), loss_1 … loss_top."""
     figures = {"progress": _plot_progress(data["rows"], data["metric"], data.get("baseline")),
                "funnel": _plot_funnel(data["stats"]),
                "pareto": _plot_pareto(data["rows"], data["hof"], data["metric"])}
+    fidelity = data.get("fidelity")
+    if fidelity and fidelity.get("rungs"):
+        figures["rungs"] = _plot_rungs(fidelity, data["metric"])
     for k, entry in enumerate(data["hof"][:top], 1):
         figures[f"loss_{k}"] = _plot_loss(_plotted(parse_formula(entry.formula)), entry.formula,
                                           data["num_classes"], k)
@@ -159,6 +164,89 @@ def _plot_pareto(rows, hof, metric: str):
     ax.set_ylabel(f"fitness ({metric}, higher is better)")
     ax.set_title("Fitness against size")
     ax.grid(alpha=0.3)
+    return fig
+
+
+#: How many of the top-rung learning curves get a colour and a legend entry (the rest are grey).
+CURVES_LABELLED = 8
+
+
+def top_rung_curves(fidelity: dict) -> tuple[int, list[dict]]:
+    """From a study's rungs (``study_fidelity``: ``fidelity["rungs"]``, one entry per candidate
+    with its finished rungs): ``(top_steps, curves)``. ``top_steps`` is the longest rung any
+    candidate trained (the ladder's top when one reached it); ``curves`` are the candidates that
+    reached it, best top-rung fitness first (a candidate without fitness there last), each
+    ``{"generation", "position", "formula", "steps": [...], "fitness": [...]}`` with one point
+    per rung that ended with a fitness, in rung order. ``(0, [])`` without rungs."""
+    entries = fidelity.get("rungs") or []
+    steps = [r["steps"] for e in entries for r in e["rungs"]]
+    if not steps:
+        return 0, []
+    top = max(steps)
+    curves = []
+    for e in entries:
+        rungs = sorted(e["rungs"], key=lambda r: r["rung"])
+        if rungs[-1]["steps"] != top:
+            continue
+        done = [r for r in rungs if r["fitness"] is not None]
+        curves.append({"generation": e["generation"], "position": e["position"],
+                       "formula": e["formula"], "steps": [r["steps"] for r in done],
+                       "fitness": [r["fitness"] for r in done],
+                       "final": rungs[-1]["fitness"]})
+    curves.sort(key=lambda c: (c["final"] is None, -(c["final"] or 0.0)))
+    for c in curves:
+        del c["final"]
+    return top, curves
+
+
+def _plot_rungs(fidelity: dict, metric: str):
+    """Left: fitness against proxy steps (log axis, one point per rung) — the candidates that
+    reached the top rung as lines (the best :data:`CURVES_LABELLED` coloured and named), the
+    candidates that stopped earlier as faint grey lines; right: how many candidates stopped at each
+    rung length."""
+    fig, (ax_c, ax_b) = _figure(2)
+    fig.subplots_adjust(left=0.08, right=0.98, wspace=0.25)  # no twin axes here
+    top, curves = top_rung_curves(fidelity)
+    reached = {(c["generation"], c["position"]) for c in curves}
+    for e in fidelity["rungs"]:  # the pruned ones, for context
+        if (e["generation"], e["position"]) in reached:
+            continue
+        pts = [(r["steps"], r["fitness"]) for r in sorted(e["rungs"], key=lambda r: r["rung"])
+               if r["fitness"] is not None]
+        if pts:
+            ax_c.plot(*zip(*pts), color="0.82", lw=0.8, marker=".", ms=3, zorder=1)
+    for k, c in enumerate(curves):
+        if not c["steps"]:
+            continue
+        if k < CURVES_LABELLED:
+            short = c["formula"] if len(c["formula"]) <= 38 else c["formula"][:35] + "…"
+            ax_c.plot(c["steps"], c["fitness"], color=f"C{k % 10}", lw=1.8, marker="o", ms=4,
+                      zorder=3, label=f"#{k + 1} {short}")
+        else:
+            ax_c.plot(c["steps"], c["fitness"], color="0.45", lw=1.0, marker="o", ms=3, zorder=2)
+    if curves:
+        ax_c.legend(loc="best", fontsize=7)
+    else:
+        _empty(ax_c, "no rung trained yet")
+    ladder = sorted(int(s) for s in fidelity.get("stopped_at", {}))
+    ax_c.set_xscale("log")
+    if ladder:
+        ax_c.set_xticks(ladder, [str(s) for s in ladder])
+        ax_c.minorticks_off()
+    ax_c.set_xlabel("proxy training steps (rung)")
+    ax_c.set_ylabel(f"fitness ({metric}, higher is better)")
+    ax_c.set_title(f"Learning curves: {len(curves)} reached {top} steps", fontsize=10)
+    ax_c.grid(alpha=0.3)
+    stopped = fidelity.get("stopped_at", {})
+    labels = [str(s) for s in stopped]
+    values = list(stopped.values())
+    drawn = ax_b.bar(labels, values, color="C0")
+    ax_b.bar_label(drawn, labels=[str(v) for v in values], padding=2)
+    ax_b.set_xlabel("rung (proxy training steps)")
+    ax_b.set_ylabel("candidates that stopped there")
+    ax_b.set_title("Where candidates stopped", fontsize=10)
+    ax_b.set_ylim(0, max([1, *values]) * 1.15)
+    ax_b.grid(axis="y", alpha=0.3)
     return fig
 
 

@@ -85,6 +85,8 @@ def page(data: dict, figures: dict[str, str], losses: list[dict], best_latex) ->
         out.append(f"<tr><td class=\"f\">{_e(name)}</td><td>{st['in']}</td><td>{st['out']}{extra}</td>"
                    f"<td>{st['seconds']:.1f}</td></tr>")
     out.append("</table>")
+    if data.get("fidelity"):
+        out.append(_rungs_html(data["fidelity"], figures.get("rungs")))
     out.append("<h2>Hall of fame</h2>")
     out.append(f'<img class="plot" src="{_e(figures["pareto"])}" alt="fitness against size">')
     if data["hof"]:
@@ -123,6 +125,27 @@ def page(data: dict, figures: dict[str, str], losses: list[dict], best_latex) ->
                + ".</p>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _rungs_html(fid: dict, figure: str | None) -> str:
+    """The multi-fidelity section: the rung settings, the figure (learning curves of the
+    candidates that reached the top rung; where candidates stopped) and the table of how many
+    candidates stopped at each rung length, with the proxy steps and seconds spent."""
+    cfg = fid.get("settings") or {}
+    out = ["<h2>Multi-fidelity rungs</h2>",
+           f'<p class="muted">{_e(cfg.get("kind", "asha"))}: min steps '
+           f'{_e(cfg.get("min_steps") or "max/η")}, max steps {_e(cfg.get("max_steps") or "proxy steps")}, '
+           f'η {_e(cfg.get("eta"))}, brackets {_e(cfg.get("brackets"))}. '
+           f'{fid["candidates"]} candidates trained in rungs: {fid["steps_spent"]} proxy steps, '
+           f'{fid["seconds"]:.1f} s.</p>']
+    if figure:
+        out.append(f'<img class="plot" src="{_e(figure)}" alt="learning curves of the candidates '
+                   'that reached the top rung, and how many candidates stopped at each rung">')
+    out.append('<table class="rungs"><tr><th>rung steps</th><th>stopped here</th></tr>')
+    for steps, n in fid["stopped_at"].items():
+        out.append(f"<tr><td>{_e(steps)}</td><td>{n}</td></tr>")
+    out.append("</table>")
+    return "\n".join(out)
 
 
 def _baseline_html(baseline: dict | None, best_fitness: float | None) -> str:

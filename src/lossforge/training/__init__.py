@@ -314,7 +314,8 @@ def train(task: Task | str, loss: str | Expr | nn.Module | dict, *, steps: int |
           splits: tuple[str, ...] = ("val", "test"), curve_every: int = 10,
           train_fraction: float = 1.0, eval_every: int = 0,
           num_workers: int | None = None, state: TrainState | None = None,
-          keep_state: bool = False) -> TrainResult:
+          keep_state: bool = False, optimizer: str | None = None,
+          momentum: float | None = None) -> TrainResult:
     """Train the task's model with ``loss`` for ``steps`` steps (default: the task's proxy steps).
 
     ``loss``: a zoo name, formula, ``Expr``, ``nn.Module`` or ``.py`` file. For a task with several
@@ -351,9 +352,13 @@ def train(task: Task | str, loss: str | Expr | nn.Module | dict, *, steps: int |
     batch size and ``train_fraction``) continues it from ``state.steps_done`` to ``steps``, giving
     exactly the weights and metrics of one run of ``steps`` (see :class:`TrainState`).
     ``ValueError`` when ``state`` has another seed or more steps than ``steps``.
+
+    ``optimizer`` (``"adam"`` or ``"sgd"``), ``lr`` and ``momentum`` (SGD only) override the
+    task's :class:`~lossforge.tasks.ProxyConfig` for this run (``None``: the task's own).
     """
     task = get_task(task)
-    cfg = task.proxy.with_(steps=steps, batch_size=batch_size, lr=lr)
+    cfg = task.proxy.with_(steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                           momentum=momentum)
     workers = usable_workers(num_workers_of(task) if num_workers is None else num_workers)
     loaded = load_losses(loss, task)
     data = task.data()
