@@ -103,8 +103,12 @@ def run_search(run: LossSearch, title: str, path: str | Path, budget: int | None
     finally:
         if executor is not None:
             executor.shutdown()
-    try:
-        return study.summary(top=TOP)
+    from lossforge.transfer import show_extras
+
+    try:  # what `show` says of the study: the summary, the panel, ties, setups checked
+        summary = study.summary(top=TOP)
+        summary.update(show_extras(study))
+        return summary
     finally:
         study.close()
 
