@@ -117,11 +117,14 @@ def test_welch_p_against_scipy_by_hand():
 
 
 def test_every_builtin_task_builds_a_model_that_fits_its_data():
+    from lossforge.data._common import DataMissingError
+
     for name in tasks.names():
-        if name in ("mnist", "fashion-mnist"):
-            continue
         t = tasks.get(name)
-        d = t.data()
+        try:
+            d = t.data()
+        except DataMissingError:  # mnist, fashion-mnist and their families: `make data` only
+            continue
         out = t.make_model()(d.train.x[:4])
         tasks.check_output_shape(t, out, d.train.y[:4])
 
