@@ -21,6 +21,7 @@ import numpy as np
 from scipy import stats
 
 from lossforge.evaluation.own_loop import training_run
+from lossforge.storage import json_safe
 from lossforge.tasks import Task, overrides_fit
 from lossforge.tasks.spec import load_task
 from lossforge.training import OK, TrainResult
@@ -61,7 +62,7 @@ class Comparison:
     runs: list[TrainResult]
 
     def to_dict(self) -> dict:
-        return _finite(asdict(self))
+        return json_safe(asdict(self))
 
     def title(self) -> str:
         """What the table compares: task, split, seeds, steps and the baseline."""
@@ -126,17 +127,6 @@ def _fmt(v: float | None, digits: int = 4, sign: bool = False) -> str:
 
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _finite(obj):
-    """JSON-safe copy: non-finite floats become ``None``."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def welch_p(a: list[float], b: list[float]) -> float:

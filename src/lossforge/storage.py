@@ -223,7 +223,7 @@ class Store:
                 "INSERT OR IGNORE INTO candidates (generation, slot, proposed, formula, size, status,"
                 " fitness, fingerprint, same_as, details, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (generation, position, proposed, formula, size, status, fitness, fingerprint,
-                 same_as, json.dumps(_clean(details), allow_nan=False, default=_json_default),
+                 same_as, json.dumps(json_safe(details), allow_nan=False, default=_json_default),
                  time.time()))
 
     def rows(self, status: str | None = None, with_fitness: bool = False) -> list[Row]:
@@ -271,8 +271,9 @@ class Store:
                 "INSERT OR IGNORE INTO rungs (generation, slot, rung, bracket, steps, formula, "
                 "status, fitness, metrics, seconds, details, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (generation, position, rung, bracket, steps, formula, status, fitness,
-                 json.dumps(_clean(metrics), allow_nan=False, default=_json_default), seconds,
-                 json.dumps(_clean(details), allow_nan=False, default=_json_default), time.time()))
+                 json.dumps(json_safe(metrics), allow_nan=False, default=_json_default), seconds,
+                 json.dumps(json_safe(details), allow_nan=False, default=_json_default),
+                 time.time()))
 
     def rung_rows(self, generation: int | None = None, before: int | None = None) -> list[RungRow]:
         """Stored rung results ordered by (generation, position, rung): only ``generation``'s
@@ -305,7 +306,7 @@ class Store:
             self._conn.execute(
                 "INSERT OR IGNORE INTO panel_runs VALUES (?,?,?,?,?,?,?)",
                 (setting, loss, int(seed), status,
-                 json.dumps(_clean(metrics), allow_nan=False, default=_json_default),
+                 json.dumps(json_safe(metrics), allow_nan=False, default=_json_default),
                  float(seconds), time.time()))
 
     def panel_runs(self) -> list[dict[str, Any]]:
@@ -366,12 +367,13 @@ def _json_default(obj):
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
-def _clean(obj):
-    """JSON-safe copy: non-finite floats become ``None``."""
+def json_safe(obj):
+    """JSON-safe copy: non-finite floats become ``None``, tuples lists (what every JSON the
+    project writes — study columns, ``evaluate`` results, the transfer panel — goes through)."""
     if isinstance(obj, float):
         return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj

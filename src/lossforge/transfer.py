@@ -59,6 +59,7 @@ import numpy as np
 
 from lossforge.evaluation.own_loop import training_run
 from lossforge.refine import _jsonable, _loss_text, candidates
+from lossforge.storage import json_safe
 from lossforge.study import Study, load_study, study_task
 from lossforge.tasks import Task, overrides_fit
 from lossforge.training import OK
@@ -435,21 +436,10 @@ def panel_result(study: Study) -> dict[str, Any] | None:
     n = len(state["spec"]["seeds"])
     planned = len(state["settings"]) * len(state["losses"]) * n
     stored = sum(min(len(v), n) for by in values.values() for v in by.values())
-    return _finite({**state, "cells": cells, "ranking": ranking, "sigma": sigma,
-                    "tied": tied_with_best(ranking, sigma, n, state["higher_is_better"]),
-                    "complete": stored >= planned,
-                    "best": ranking[0]["loss"] if ranking else None})
-
-
-def _finite(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats become ``None``."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+    return json_safe({**state, "cells": cells, "ranking": ranking, "sigma": sigma,
+                      "tied": tied_with_best(ranking, sigma, n, state["higher_is_better"]),
+                      "complete": stored >= planned,
+                      "best": ranking[0]["loss"] if ranking else None})
 
 
 # --- what the user is told ---------------------------------------------------------------------------
