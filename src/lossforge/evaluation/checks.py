@@ -64,12 +64,9 @@ def structural_reason(expr: Expr) -> str:
 
 def numeric_reason(expr: Expr, probe: Probe, pred: torch.Tensor, alt: Probe) -> str:
     """Why ``expr`` fails on the probe ('' when it passes): finiteness and dependence."""
-    x = pred.clone().requires_grad_(True)
-    env, mask = probe.variables(x)
-    value = loss_value(expr, env, mask)
+    value, grad = probe.loss_and_grad(expr, pred)
     if not torch.isfinite(value):
         return "non-finite value on the probe"
-    (grad,) = torch.autograd.grad(value, x, allow_unused=True)
     if grad is None or not torch.isfinite(grad).all():
         return "non-finite gradient on the probe"
     if float(grad.abs().max()) <= 1e-12:
@@ -77,11 +74,8 @@ def numeric_reason(expr: Expr, probe: Probe, pred: torch.Tensor, alt: Probe) -> 
     with torch.no_grad():
         env2, mask2 = alt.variables(pred)
         other = loss_value(expr, env2, mask2)
-    value = value.detach()
     if torch.isfinite(other) and abs(float(other - value)) <= 1e-9 * (1 + abs(float(value))):
-        x2 = pred.clone().requires_grad_(True)
-        env2, mask2 = alt.variables(x2)
-        (g2,) = torch.autograd.grad(loss_value(expr, env2, mask2), x2, allow_unused=True)
+        _, g2 = alt.loss_and_grad(expr, pred)
         if g2 is None or torch.allclose(g2, grad):
             return "does not depend on the label"
     return ""

@@ -17,7 +17,6 @@ from lossforge.evaluation.candidate import GEC_HIT, Candidate
 from lossforge.evaluation.probes import Probe
 from lossforge.evaluation.stage import StageStats, timed
 from lossforge.expr import Expr
-from lossforge.expr.interpret import loss_value
 
 
 @dataclass(frozen=True)
@@ -57,9 +56,7 @@ class GradientEquivalence:
         self.stats = StageStats(self.name)
 
     def fingerprint(self, expr: Expr) -> str | None:
-        x = self.pred.clone().requires_grad_(True)
-        env, mask = self.probe.variables(x)
-        (grad,) = torch.autograd.grad(loss_value(expr, env, mask), x, allow_unused=True)
+        _, grad = self.probe.loss_and_grad(expr, self.pred)
         if grad is None:
             return None
         return format_fingerprint(per_sample_norms(grad))

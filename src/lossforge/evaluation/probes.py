@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lossforge.expr import kernels as K
+from lossforge.expr.interpret import loss_value
 from lossforge.tasks import BOX, CLASSIFICATION, Task
 from lossforge.tasks.base import probe_targets
 
@@ -96,6 +97,18 @@ class Probe:
         if self.kind == BOX:
             return K.prepare_box(decode_boxes(pred, self.anchor), self.target)
         return K.prepare_regression(pred, self.target)
+
+    def loss_and_grad(self, expr, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The loss ``expr`` at the prediction ``pred`` (a detached scalar tensor, possibly not
+        finite) and its gradient ``dL/dpred`` (shape of ``pred``; ``None`` when the loss does not
+        reach the prediction)."""
+        x = pred.detach().clone().requires_grad_(True)
+        env, mask = self.variables(x)
+        value = loss_value(expr, env, mask)
+        if not value.requires_grad:  # nothing of the loss reads the prediction
+            return value.detach(), None
+        (grad,) = torch.autograd.grad(value, x, allow_unused=True)
+        return value.detach(), grad
 
     def metric_input(self, pred: torch.Tensor) -> torch.Tensor:
         """What a metric scores for the prediction ``pred``: class indices (argmax over the

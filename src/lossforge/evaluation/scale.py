@@ -29,7 +29,6 @@ import torch
 from lossforge.evaluation.probes import Probe
 from lossforge.expr import Expr, parse
 from lossforge.expr import kernels as K
-from lossforge.expr.interpret import loss_value
 
 #: The reference loss of each loss kind: the gradient ratio divides by its gradient norm.
 REFERENCE = {"classification": "-sum_c(y * log(p))",
@@ -71,11 +70,8 @@ class ScaleReading:
 
 
 def _value_and_grad(expr: Expr, probe: Probe, pred: torch.Tensor) -> tuple[float, torch.Tensor]:
-    x = pred.detach().clone().requires_grad_(True)
-    env, mask = probe.variables(x)
-    value = loss_value(expr, env, mask)
-    (grad,) = torch.autograd.grad(value, x, allow_unused=True)
-    return float(value.detach()), torch.zeros_like(x) if grad is None else grad.detach()
+    value, grad = probe.loss_and_grad(expr, pred)
+    return float(value), torch.zeros_like(pred) if grad is None else grad
 
 
 def _relative(change: float, a: float, b: float) -> float:
