@@ -18,7 +18,19 @@ heavy-tailed regression targets (``friedman-heavy``, Student-t noise) — it
     python experiments/loss_matters.py             # reduced mode (~1 hour on 2 cores)
     python experiments/loss_matters.py --full      # larger budgets and 8 seeds
 
-``--families noisy,long-tail`` runs a subset (the other sections of the JSON are kept).
+``--families noisy,long-tail`` runs a subset: the other families' results in the JSON (same mode)
+and their sections in RESULTS.md are kept, each with the provenance line of the run that made it.
+
+Search settings per family (``FAMILIES[...]["search"]``, replacing the mode's in reduced and full
+mode): AutoLoss-Zero fills its population with random graphs that pass the funnel before it
+evolves anything, and only a few per cent of random graphs pass on these tasks (reduced run of
+2026-12-05, population 60, 300 explored: noisy 14, long tail 16, heavy 3 trained — in all three
+the search never left its random initialisation: it was a random search). ``long-tail`` is cheap per candidate, so it gets 1,000 candidates
+and a population of 20 (filled after about 150 trained). ``heavy``: random graphs over ``f, y``
+are almost never regression losses (1 of 1,000 passed the funnel), so its population starts from
+the baseline loss written in the space, ``square(f + -y)`` (strategy option ``initial``: the
+search begins with MSE, as a practitioner would, and evolves from it; it is not given any robust
+loss), with 1,000 candidates and a population of 20.
 """
 from __future__ import annotations
 
@@ -60,10 +72,16 @@ FAMILIES: dict[str, dict[str, Any]] = {
                   "transfer": [{"imbalance": 20.0}],
                   # the class prior q lets the search reach logit adjustment (issue 17, part 4)
                   "space": "autoloss-zero+q",
+                  "search": {"reduced": {"budget": 1000, "population": 20},
+                             "full": {"budget": 3000, "population": 50}},
                   "title": "Long tail: digits, imbalance ratio 100, balanced val and test"},
     "heavy": {"task": "friedman-heavy", "options": {"noise": "student-t", "df": 1.5},
               "metric": "mae", "baseline": "mse", "experts": ["mae", "huber", "barron"],
               "transfer": [{"noise": "outliers"}],
+              # random graphs over f, y almost never pass: start from the baseline (module doc)
+              "initial": ["square(f + -y)"],
+              "search": {"reduced": {"budget": 1000, "population": 20},
+                         "full": {"budget": 3000, "population": 50}},
               "title": "Heavy-tailed regression: Friedman #1, Student-t (df 1.5) training noise, "
                        "clean test"},
 }
@@ -90,8 +108,16 @@ def experts_for(family: dict[str, Any], kind: str) -> list[str]:
     return [name for name in family["experts"] if name in have]
 
 
+def family_config(family: dict[str, Any], mode: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The mode's settings with the family's search settings for that mode (``search``) and its
+    ``initial`` formulas (every mode; ``[]`` when none)."""
+    return {**cfg, **family.get("search", {}).get(mode, {}),
+            "initial": list(family.get("initial", []))}
+
+
 def search_and_refine(family: dict[str, Any], cfg: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Search the family's metric on validation, refine the top losses; the winner and stats."""
+    """Search the family's metric on validation, refine the top losses; the winner and stats.
+    ``cfg``: :func:`family_config`."""
     task = get_task(family["task"], **family["options"])
     funnel = replace(FunnelConfig(), use_lrp=cfg.get("use_lrp", True))
     if cfg["proxy_steps"]:
@@ -104,7 +130,9 @@ def search_and_refine(family: dict[str, Any], cfg: dict[str, Any], work: Path) -
                        seed=0, funnel=funnel, space=family.get("space"),
                        strategy_options={"batch_size": cfg["generation"],
                                          "population_size": cfg["population"],
-                                         "remove": "worst"}).run()
+                                         "remove": "worst",
+                                         **({"initial": cfg["initial"]} if cfg["initial"]
+                                            else {})}).run()
     stats = {"explored": study.explored, "trained": len(study.trained()),
              "search_seconds": round(time.time() - t0, 1),
              "best_search_fitness": study.best.fitness if study.best else None}
@@ -154,8 +182,10 @@ def _p(a: list[float], b: list[float]) -> float | None:
     return None if p is None or not np.isfinite(p) else float(p)
 
 
-def run_family(name: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+def run_family(name: str, mode: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     family = FAMILIES[name]
+    provenance = R.provenance(list(range(cfg["seeds"])), mode)
+    cfg = family_config(family, mode, cfg)
     kind = get_task(family["task"]).kind
     experts = experts_for(family, kind)
     log(f"{name}: searching {family['task']} for {family['metric']}")
@@ -176,7 +206,14 @@ def run_family(name: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
                                 main["best_expert"] else [], cfg))
     return {"family": name, "title": family["title"], "winner": winner, "experts": experts,
             "missing_experts": [e for e in family["experts"] if e not in experts],
-            "search": found["stats"], "main": main, "transfer": transfer}
+            "search": found["stats"], "search_config": search_settings(cfg),
+            "provenance": provenance, "main": main, "transfer": transfer}
+
+
+def search_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What the section says about a family's search (stored with the family's results)."""
+    return {k: cfg.get(k) for k in ("budget", "generation", "population", "top")} | {
+        "initial": list(cfg.get("initial") or [])}
 
 
 # --- the RESULTS.md section ---------------------------------------------------------------------
@@ -236,21 +273,26 @@ def verdict(fam: dict[str, Any]) -> str:
 
 def render(report: dict[str, Any], mode: str, cfg: dict[str, Any]) -> str:
     seeds = list(range(cfg["seeds"]))
-    parts = ["## Tasks where the loss matters (issue 17)\n", R.provenance(seeds, mode),
-             f"Search: AutoLoss-Zero evolution, {cfg['budget']} losses explored per family "
-             f"(generations of {cfg['generation']}, population {cfg['population']}, "
-             "remove=worst), fitness = the family's metric on the *validation* split (noisy or "
-             f"imbalanced like training); refine: top {cfg['top']} on seeds 1–2, then the best "
-             f"{max(1, cfg['top'] // 2)} on seeds 3–5 (validation); retraining: "
+    parts = ["## Tasks where the loss matters (issue 17)\n",
+             "Each family's section says which run produced it (a family can be rerun alone: "
+             "`--families`). Search: AutoLoss-Zero evolution (remove=worst; the budget, "
+             "generation and population per family below), fitness = the family's metric on the "
+             "*validation* split (noisy or imbalanced like training); refine: the study's top "
+             "losses on seeds 1–2, then the best half on seeds 3–5 (validation); retraining: "
              f"seeds {seeds} on the test split. The best expert is the expert loss with the best "
              "test mean (chosen on test: favourable to the experts).\n"]
     for fam in report["families"].values():
         parts.append(f"### {fam['title']}\n")
-        s = fam["search"]
+        if fam.get("provenance"):
+            parts.append(fam["provenance"])
+        s, sc = fam["search"], fam.get("search_config") or search_settings(report["config"])
+        start = (f", starting from {', '.join(f'`{f}`' for f in sc['initial'])}"
+                 if sc.get("initial") else "")
         parts.append(f"Task `{fam['main']['task']}` with options `{fam['main']['options']}`, "
                      f"{fam['main']['steps']} training steps. Search: {s['explored']} losses "
-                     f"explored, {s['trained']} trained, in {s['search_seconds']} s, refine "
-                     f"{s['refine_seconds']} s; "
+                     f"explored (budget {sc['budget']}, generations of {sc['generation']}, "
+                     f"population {sc['population']}{start}), {s['trained']} trained, in "
+                     f"{s['search_seconds']} s; refine (top {sc['top']}) {s['refine_seconds']} s; "
                      + (f"winner `{fam['winner']}`." if fam["winner"] else
                         "no loss passed the funnel to training: no searched row (a negative "
                         "result)."))
@@ -262,6 +304,40 @@ def render(report: dict[str, Any], mode: str, cfg: dict[str, Any]) -> str:
             parts.append(f"\nTransfer to `{tr['options']}` (the loss searched at "
                          f"`{fam['main']['options']}`):\n\n" + comparison_table(tr, fam))
     return "\n".join(parts)
+
+
+def section_provenance(results_md: Path) -> str | None:
+    """The provenance line (``_Produced by ..._``) of the loss-matters section in ``results_md``:
+    given to stored families written before provenance was kept per family."""
+    if not results_md.exists():
+        return None
+    text = results_md.read_text()
+    begin = f"<!-- begin {SECTION} -->"
+    if begin not in text:
+        return None
+    for line in text.split(begin, 1)[1].splitlines():
+        if line.startswith("_Produced by"):
+            return line + "\n"
+        if line.startswith("<!-- end"):
+            break
+    return None
+
+
+def stored_families(json_path: Path, results_md: Path, mode: str) -> dict[str, Any]:
+    """The families of an earlier run of the same ``mode`` (``{}`` if none), each completed with
+    the search settings and provenance that older files kept once for the whole run."""
+    if not json_path.exists():
+        return {}
+    old = json.loads(json_path.read_text())
+    if old.get("mode") != mode:
+        return {}
+    provenance = section_provenance(results_md)
+    families = old.get("families", {})
+    for fam in families.values():
+        fam.setdefault("search_config", search_settings(old.get("config", {})))
+        if provenance and not fam.get("provenance"):
+            fam["provenance"] = provenance
+    return families
 
 
 def parse_args(argv=None):
@@ -293,12 +369,10 @@ def main(argv=None) -> dict[str, Any]:
     json_path = Path(args.json) if args.json else (
         results_md.parent / "loss_matters.json" if quick else R.figure_path("loss_matters.json"))
     report: dict[str, Any] = {"mode": args.mode, "config": cfg, "families": {}}
-    if json_path.exists() and not quick:
-        old = json.loads(json_path.read_text())
-        if old.get("mode") == args.mode:
-            report["families"].update(old.get("families", {}))
+    if not quick:
+        report["families"].update(stored_families(json_path, results_md, args.mode))
     for name in names:
-        report["families"][name] = run_family(name, cfg, work)
+        report["families"][name] = run_family(name, args.mode, cfg, work)
         json_path.write_text(json.dumps(report, indent=1))
     R.write_section(SECTION, render(report, args.mode, cfg), results_md)
     log(f"wrote {results_md} and {json_path}")

@@ -135,18 +135,18 @@ def test_short_training_beats_untrained_model():
 
 
 def test_lrp_mse_passes_on_pose_probe():
-    from lossforge.evaluation.funnel import Funnel
+    from lossforge.evaluation.funnel import BASELINES, Funnel
 
     t = ShapesPose(**SMALL)
     probe = task_probe(t, 5, 0, spatial_size=32)
     assert probe.kind == "regression" and probe.pred_shape == (5, 5, 16, 16)
     funnel = Funnel(t, "pck")
-    score = funnel.lrp.score(parse(MSE))  # as configured: the step is scaled by K * H * W
+    score = funnel.lrp.score(parse(MSE))  # as configured: Adam, a step in target units
     assert score is not None and score >= funnel.lrp.config.threshold, score
     # calibration (as a study runs it) makes every hand-made regression loss pass (L1 needs a
     # larger step to beat the N(0, 1) initial noise on 1,280 values per sample)
     scores = funnel.calibrate()
-    assert set(scores) == {MSE, "mean_c(abs(f - y))"}
+    assert set(scores) == {MSE, "mean_c(abs(f - y))", *BASELINES["regression"]}
     for formula, score in scores.items():
         assert score is not None and score >= funnel.lrp.config.threshold, (formula, score)
     # a loss that pushes the prediction away from the target fails

@@ -13,8 +13,8 @@ by side in one process, on one seeded stream of random expressions of the ``auto
 ``batched``       + population-vectorised screening (``evaluation.batched``).
 ``batched_proxy`` + batched proxy training (``training.stacked``), when available.
 ``multi_fidelity`` ``batched`` + multi-fidelity proxy training (ASHA rungs,
-                  :mod:`~lossforge.evaluation.fidelity`; default two rungs, ``steps/η`` and
-                  ``steps``, η = 3): a candidate counts as evaluated when it reached the top rung
+                  :mod:`~lossforge.evaluation.fidelity`; default rungs ``steps/9``,
+                  ``steps/3``, ``steps`` and a bracket from ``steps/3``, η = 3): a candidate counts as evaluated when it reached the top rung
                   or was pruned below it. Built on ``batched``, not ``batched_proxy``: rungs train
                   one candidate at a time. Each half of the sample is its own race (no
                   promotion history carries from the first half to the second, as it would
@@ -44,7 +44,7 @@ import torch
 
 from lossforge.evaluation.candidate import GEC_HIT, INVALID, REJECTED_CHECKS, REJECTED_LRP
 from lossforge.evaluation.funnel import Funnel, FunnelConfig
-from lossforge.evaluation.lrp import LossRejection, LRPConfig, metric_value
+from lossforge.evaluation.lrp import LossRejection, LRPConfig, improvement, metric_value
 from lossforge.evaluation.proxy import ProxyStageConfig
 from lossforge.evaluation.rungs import FidelityConfig
 from lossforge.expr import spaces, variation
@@ -87,8 +87,8 @@ class NoStopLRP(LossRejection):
             opt.step()
         if not finite or not torch.isfinite(x).all():
             return None
-        return self.metric.sign * (metric_value(self.metric, self.probe, x)
-                                   - metric_value(self.metric, self.probe, self.init))
+        start = metric_value(self.metric, self.probe, self.init)
+        return improvement(self.metric, self.probe, start, metric_value(self.metric, self.probe, x))
 
 
 def _proxy_config(steps: int, batch: int | None,
@@ -182,7 +182,7 @@ def measure(task="digits", metric: str | None = None, n: int = 100, n_naive: int
             steps: int | None = None, lrp_steps: int | None = None, seed: int = 0,
             log=print, fidelity: FidelityConfig | None = None) -> dict:
     """Run the ablation; ``log(line)`` reports progress. ``fidelity``: the rungs of
-    ``multi_fidelity`` (default ``FidelityConfig("asha")``: ``steps/3`` and ``steps``; its
+    ``multi_fidelity`` (default ``FidelityConfig("asha")``: its default rungs and brackets; its
     ``max_steps`` is always ``steps``). Returns ``{"rows": {config: {...}},
     "summary": {...}}``: per configuration ``n, wall_s, charged_s, s_per_cand, speedup, trained,
     fit, invalid, gec_hits, agree, bound, proxy_steps`` (and ``stages_s``); the summary is the

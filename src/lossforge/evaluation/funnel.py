@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 BASELINES = {
     "classification": ["-sum_c(y * log(p))", "-sum_c(y * square(1 - p) * log(p))",
                        "sum_c(square(p - y))"],
-    "regression": ["mean_c(square(f - y))", "mean_c(abs(f - y))"],
+    # mse, mae and the zoo's robust huber (delta 1) and barron (alpha 0, c 1): issue 17
+    "regression": ["mean_c(square(f - y))", "mean_c(abs(f - y))",
+                   "mean_c(0.5 * square(min(abs(f - y), 1)) + abs(f - y) - min(abs(f - y), 1))",
+                   "mean_c(log(0.5 * square(f - y) + 1))"],
     "box": ["1 - i / u", "1 - i / u + (e - u) / e"],  # the zoo's iou and giou
 }
 
@@ -99,10 +102,9 @@ class Funnel:
         self.checks = Checks(probe, cfg.checks)
         self.gec = GradientEquivalence(probe, cfg.gec)
         # Dense probes: the loss is a mean over pixels, so scale the step by the pixels per sample
-        # for a pixel's logits to move as a sample's do in classification. Dense regression
-        # (B, C, *spatial): the baselines average over every element, so scale by C * pixels.
-        dense = slot.kind == "classification" or (slot.kind == "regression"
-                                                  and lrp_probe.target.dim() > 2)
+        # for a pixel's logits to move as a sample's do in classification. Regression probes
+        # (dense or not) run Adam with a step in target units (lrp.regression_config): no scaling.
+        dense = slot.kind == "classification"
         pixels = int(lrp_probe.target[0].numel()) if dense else 1
         if slot.kind == "box":
             pixels = BOX_LR_SCALE

@@ -58,7 +58,12 @@ class AutoLossZero(SeededStrategy):
     Options (defaults): ``population_size=20``, ``tournament_size=5``, ``batch_size=10``
     (children per ``ask`` once initialised), ``mutations=("insert", "delete", "replace",
     "leaf")``, ``remove="oldest"`` (or ``"worst"``), ``unique=True`` (one member per
-    equivalence class: see the module docstring), ``init_min_depth=2``, ``init_max_depth=6``.
+    equivalence class: see the module docstring), ``init_min_depth=2``, ``init_max_depth=6``,
+    ``initial=[]`` (formulas of the space proposed first, e.g. the task's baseline loss: each goes
+    through the funnel like any candidate and joins the population only if it passes; once one
+    has, children are mutations of the members, as after initialisation, while the population
+    grows to ``population_size``, instead of random graphs: for spaces where random graphs rarely
+    pass, such as regression's).
     """
 
     name = "autoloss-zero"
@@ -73,6 +78,7 @@ class AutoLossZero(SeededStrategy):
         "unique": True,
         "init_min_depth": 2,
         "init_max_depth": 6,
+        "initial": [],
     }
 
     def __init__(self, space: SearchSpace | str | None = None, seed: int = 0, **options):
@@ -93,6 +99,13 @@ class AutoLossZero(SeededStrategy):
         self.classes: list[str | None] = []
         self.n_asked = 0
         self.n_told = 0
+        self._initial = [parse_candidate(str(t), self.space) for t in self.config["initial"]]
+        for text, e in zip(self.config["initial"], self._initial):
+            why = self.space.why_invalid(e)
+            if why:
+                raise ValueError(f"initial formula {text!r} is not a candidate of the space "
+                                 f"{self.space.name!r}: {why}; write it with the space's "
+                                 "primitives")
 
     # ---- protocol --------------------------------------------------------------------------------
     @property
@@ -103,7 +116,9 @@ class AutoLossZero(SeededStrategy):
         c = self.config
         out: list[Expr] = []
         for _ in range(int(n)):
-            if not self.initialised:
+            if self.n_asked + len(out) < len(self._initial):
+                out.append(self._initial[self.n_asked + len(out)])
+            elif not self.initialised and not (self._initial and self.population):
                 out.append(V.random_expr(self.space, self.rng, min_depth=c["init_min_depth"],
                                          max_depth=c["init_max_depth"]))
             else:

@@ -23,7 +23,7 @@ from lossforge.evaluation.batched.chunks import (
     chunk_programs, reference_value, stacked_copies, unique_exprs)
 from lossforge.evaluation.batched.optim import optimise
 from lossforge.evaluation.gec import format_fingerprint
-from lossforge.evaluation.lrp import metric_value
+from lossforge.evaluation.lrp import improvement, metric_value
 from lossforge.evaluation.probes import Probe
 from lossforge.expr.expr import Expr
 
@@ -111,7 +111,7 @@ def lrp_scores(exprs: list[Expr], probe: Probe, metric, config, init: torch.Tens
             labels = (X.argmax(dim=2) if probe.kind == "classification" else X).cpu().numpy()
             for j, good, lab in zip(idx, ok, labels):
                 if good:
-                    res[j] = (True, metric.sign * (float(metric.fn(lab, target)) - base))
+                    res[j] = (True, improvement(metric, probe, base, float(metric.fn(lab, target))))
                 else:
                     res[j] = (True, None)
     return [res[w] for w in where]
