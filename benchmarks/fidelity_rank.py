@@ -11,6 +11,11 @@ seed-0 results) to the top rung. A diverged loss counts as the worst fitness.
     python benchmarks/fidelity_rank.py                  # digits and shapes-seg, ~40 losses each
     python benchmarks/fidelity_rank.py --quick          # tiny (test suite)
 
+The defaults of :class:`~lossforge.evaluation.rungs.FidelityConfig` come from this table (its
+docstring states the rule: a rung may cut where ρ ≥ 0.5 and the final top 3 survive with chance
+≥ 2/3; the shortest such rung is max/9 on ``digits`` and max/3 on ``shapes-seg``, hence
+``min_steps = max/9`` with a second bracket from max/3).
+
 The last line printed is one JSON object: ``{task: {"rungs": [...], "spearman": [...],
 "top3_survival": [...], "losses": n}}``.
 """

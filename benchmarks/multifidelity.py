@@ -1,20 +1,31 @@
 """Benchmark: AutoLoss-Zero search with and without multi-fidelity proxy training (ASHA rungs),
 paired over search seeds at an equal CPU-time budget.
 
-For each task and search seed, two searches run one after the other in this process with the
-same seed and the same wall-clock budget (``--seconds``; one thread, so CPU time ≈ wall time):
-``none`` (every screened candidate trained for ``max_steps``) and ``asha`` (rungs
-``min_steps · η^k`` up to ``max_steps``). A search stops at its budget (the candidate in flight
-finishes). Printed per search: candidates trained (to the top rung) or pruned per CPU-hour, proxy
-steps spent, and the best loss (the study's ``best``: steps first with rungs) retrained on
-``--retrain-seeds`` fresh seeds for ``max_steps`` on the test split; then the paired differences
-(asha − none) and the Wilcoxon signed-rank p-value.
+For each task and search seed, the searches run one after the other in this process with the
+same seed and the same CPU-time budget (``--seconds`` of ``time.process_time``; one torch thread,
+so a busy machine slows a search down but does not change what it is charged): ``none`` (every
+screened candidate trained for ``max_steps``, today's single-length proxy) and ``asha`` (rungs
+``min_steps · η^k`` up to ``max_steps``; ``FidelityConfig``'s defaults unless ``--min-steps`` /
+``--brackets`` are given). A search stops at its budget (the candidate in flight finishes).
+One-time costs of the process (imports, building the task's data) are paid before any clock
+starts; each search's own start-up (LRP calibration, the baseline) is charged to it.
 
-    python benchmarks/multifidelity.py                   # digits and shapes-seg, 5 seeds
+Printed per search: candidates evaluated (trained to the top rung, or pruned at a lower one, or
+stopped as invalid/failed in proxy training) per CPU-hour, the same per CPU-hour of the proxy
+stage alone (what rungs act on; screening — checks, GEC, LRP — costs the same per candidate in
+both arms; stage seconds are wall-clock), the screening share of the search's stage time, the proxy steps spent, how many
+candidates stopped at each rung, and the best loss (the study's ``best``: steps first with
+rungs) retrained on ``--retrain-seeds`` fresh seeds for ``max_steps`` on the test split. Then per
+task: the throughput ratios asha / none (mean per-CPU-hour of each arm; and the median of the
+paired per-seed ratios), the paired differences of the retrained metric (asha − none), how many
+seeds asha is ahead on, and the Wilcoxon signed-rank p-value.
+
+    python benchmarks/multifidelity.py                   # digits and shapes-seg, 5 seeds, 60 CPU-s
     python benchmarks/multifidelity.py --quick           # tiny (test suite)
 
 The last line is one JSON object: ``{task: {"none": [...], "asha": [...], "throughput_ratio",
-"median_diff", "wilcoxon_p"}}``.
+"proxy_throughput_ratio", "paired_ratio_median", "median_diff", "ahead", "wilcoxon_p",
+"ladder", ...}}``.
 """
 from __future__ import annotations
 
@@ -23,6 +34,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +44,10 @@ from lossforge import tasks
 from lossforge.evaluation.fidelity import rung_summary
 from lossforge.evaluation.funnel import FunnelConfig
 from lossforge.evaluation.rungs import FidelityConfig
-from lossforge.study import LossSearch
+from lossforge.study import LossSearch, load_study
 from lossforge.training import OK, train
+
+SCREENING = ("checks", "gec", "lrp")
 
 
 class _Budget(Exception):
@@ -42,9 +56,8 @@ class _Budget(Exception):
 
 def one_search(task: str, seed: int, seconds: float, fidelity: FidelityConfig | None,
                max_steps: int, folder: Path, generation: int) -> dict:
-    """One search until ``seconds``; its throughput, proxy steps and best formula."""
-    from dataclasses import replace
-
+    """One autoloss-zero search of ``generation`` candidates per generation until ``seconds``
+    of CPU time; its throughput, stage split, proxy steps and best formula."""
     cfg = FunnelConfig()
     cfg = replace(cfg, proxy=replace(cfg.proxy, steps=max_steps))
     start = time.process_time()
@@ -63,20 +76,26 @@ def one_search(task: str, seed: int, seconds: float, fidelity: FidelityConfig | 
     except _Budget:
         pass
     used = time.process_time() - start
-    from lossforge.study import load_study
-
     study = load_study(path)
-    trained = study.trained()
+    stage_s = {k: float(v.get("seconds", 0.0)) for k, v in study.stats.items()}
+    stopped: dict = {}
     if fidelity:
         rs = rung_summary(study.store.rung_rows())
-        evaluated, steps = rs["candidates"], rs["steps_spent"]
+        evaluated, steps, stopped = rs["candidates"], rs["steps_spent"], rs["stopped_at"]
     else:
         evaluated = study.stats["proxy"]["in"]  # trained, or stopped invalid/failed: like asha's
-        steps = len(trained) * max_steps  # a diverged training stops early: not counted
+        steps = len(study.trained()) * max_steps  # a diverged training stops early: not counted
+        stopped = {max_steps: evaluated}
     best = study.best
     study.close()
+    proxy_s = stage_s.get("proxy", 0.0)
+    screen_s = sum(stage_s.get(k, 0.0) for k in SCREENING)
     return {"seed": seed, "cpu_s": used, "evaluated": evaluated,
-            "per_cpu_hour": evaluated / used * 3600, "proxy_steps": steps,
+            "per_cpu_hour": evaluated / used * 3600,
+            "per_proxy_hour": evaluated / max(proxy_s, 1e-9) * 3600,
+            "proxy_s": proxy_s, "screening_s": screen_s,
+            "screening_share": screen_s / max(proxy_s + screen_s, 1e-9),
+            "proxy_steps": steps, "stopped_at": stopped,
             "best": best.formula if best else None}
 
 
@@ -93,58 +112,98 @@ def retrain(task_name: str, formula: str | None, steps: int, seeds: list[int]) -
     return float(np.mean(vals))
 
 
+def warm_up(task_name: str) -> None:
+    """Pay the process's one-time costs (imports, the task's data, first kernels) before any
+    search's clock starts, so that the first arm is not charged for them."""
+    task = tasks.get(task_name)
+    task.data()
+    train(task, task.baseline, steps=2, seed=0, splits=("val",))
+
+
+def compare(rows: dict[str, list[dict]]) -> dict:
+    """Throughput ratios and the paired test of the retrained metric, asha against none."""
+    from scipy import stats
+
+    none, asha = rows["none"], rows["asha"]
+    diffs = [b["retrained"] - a["retrained"] for a, b in zip(none, asha)]
+    finite = [d for d in diffs if d == d]
+    p = (float(stats.wilcoxon(finite).pvalue) if len(finite) >= 2 and any(finite)
+         else float("nan"))
+    mean = lambda rs, k: statistics.mean(r[k] for r in rs)  # noqa: E731
+    return {"throughput_ratio": mean(asha, "per_cpu_hour") / max(1e-9, mean(none, "per_cpu_hour")),
+            "proxy_throughput_ratio": (mean(asha, "per_proxy_hour")
+                                       / max(1e-9, mean(none, "per_proxy_hour"))),
+            "paired_ratio_median": statistics.median(
+                b["per_cpu_hour"] / max(1e-9, a["per_cpu_hour"]) for a, b in zip(none, asha)),
+            "steps_per_candidate": {k: mean(rs, "proxy_steps") / max(1e-9, mean(rs, "evaluated"))
+                                    for k, rs in rows.items()},
+            "diffs": diffs,
+            "median_diff": statistics.median(finite) if finite else float("nan"),
+            "ahead": sum(d > 0 for d in finite), "behind": sum(d < 0 for d in finite),
+            "wilcoxon_p": p}
+
+
+def print_task(name: str, out: dict, n_seeds: int, seconds: float) -> None:
+    print(f"\n{name}: {n_seeds} paired seeds, {seconds:g} CPU s per search, rungs "
+          f"{out['ladder']} (eta {out['eta']}), max {out['max_steps']} steps")
+    print(f"{'seed':>4} {'arm':>4} {'evaluated':>9} {'/CPU-h':>7} {'/proxy-h':>8} {'screen':>6} "
+          f"{'steps':>6} {'retrained':>9}  stopped at (steps: n)  best")
+    for kind in ("none", "asha"):
+        for r in out[kind]:
+            stops = " ".join(f"{k}:{v}" for k, v in r["stopped_at"].items())
+            print(f"{r['seed']:>4} {kind:>4} {r['evaluated']:>9} {r['per_cpu_hour']:>7.0f} "
+                  f"{r['per_proxy_hour']:>8.0f} {r['screening_share']:>6.0%} "
+                  f"{r['proxy_steps']:>6} {r['retrained']:>9.4f}  {stops:<22} {r['best']}")
+    spc = out["steps_per_candidate"]
+    print(f"throughput asha/none: {out['throughput_ratio']:.2f}x per CPU-hour (median of paired "
+          f"ratios {out['paired_ratio_median']:.2f}x), {out['proxy_throughput_ratio']:.2f}x per "
+          f"proxy-stage hour; proxy steps per candidate {spc['none']:.0f} -> {spc['asha']:.0f}")
+    print(f"retrained (test, {out['retrain_seeds']} fresh seeds) asha - none: "
+          f"{' '.join(f'{d:+.4f}' for d in out['diffs'])}; median {out['median_diff']:+.4f}, "
+          f"asha ahead on {out['ahead']}, behind on {out['behind']} of {len(out['diffs'])}, "
+          f"Wilcoxon p = {out['wilcoxon_p']:.3g}")
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--tasks", nargs="+", default=["shapes-seg", "digits"])
+    ap.add_argument("--tasks", nargs="+", default=["digits", "shapes-seg"])
     ap.add_argument("--seeds", type=int, default=None, help="paired search seeds (5; quick 2)")
-    ap.add_argument("--seconds", type=float, default=None, help="CPU seconds per search (120; quick 6)")
-    ap.add_argument("--min-steps", type=int, default=None)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="CPU seconds per search (60; quick 6)")
+    ap.add_argument("--min-steps", type=int, default=None, help="default: FidelityConfig's")
     ap.add_argument("--max-steps", type=int, default=None, help="default: the task's proxy steps")
     ap.add_argument("--eta", type=int, default=3)
-    ap.add_argument("--generation", type=int, default=10)
+    ap.add_argument("--brackets", type=int, default=None, help="default: FidelityConfig's")
+    ap.add_argument("--generation", type=int, default=10, help="candidates per generation")
     ap.add_argument("--retrain-seeds", type=int, default=None, help="fresh seeds (3; quick 1)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from scipy import stats
-
     q = a.quick
     n_seeds = a.seeds or (2 if q else 5)
-    seconds = a.seconds or (6.0 if q else 120.0)
-    names = ["digits"] if q and a.tasks == ["shapes-seg", "digits"] else a.tasks
+    seconds = a.seconds or (6.0 if q else 60.0)
+    names = ["digits"] if q and a.tasks == ["digits", "shapes-seg"] else a.tasks
     out = {}
     for name in names:
+        warm_up(name)
         top = a.max_steps or (27 if q else tasks.get(name).proxy.steps)
-        fid = FidelityConfig("asha", min_steps=a.min_steps, max_steps=top, eta=a.eta)
+        fid = FidelityConfig("asha", min_steps=a.min_steps, max_steps=top, eta=a.eta,
+                             **({} if a.brackets is None else {"brackets": a.brackets}))
         fresh = [1000 + i for i in range(a.retrain_seeds or (1 if q else 3))]
-        rows = {"none": [], "asha": []}
+        rows: dict[str, list[dict]] = {"none": [], "asha": []}
         with tempfile.TemporaryDirectory() as tmp:
-            for seed in range(n_seeds):
+            for seed in range(a.first_seed, a.first_seed + n_seeds):
                 for kind, f in (("none", None), ("asha", fid)):
                     r = one_search(name, seed, seconds, f, top, Path(tmp), a.generation)
                     r["retrained"] = retrain(name, r["best"], top, fresh)
                     rows[kind].append(r)
-        diffs = [b["retrained"] - a_["retrained"] for a_, b in zip(rows["none"], rows["asha"])]
-        finite = [d for d in diffs if d == d]
-        p = (float(stats.wilcoxon(finite).pvalue) if len(finite) >= 2 and any(finite)
-             else float("nan"))
-        ratio = (statistics.mean(r["per_cpu_hour"] for r in rows["asha"])
-                 / max(1e-9, statistics.mean(r["per_cpu_hour"] for r in rows["none"])))
-        out[name] = {**rows, "throughput_ratio": ratio,
-                     "median_diff": statistics.median(finite) if finite else float("nan"),
-                     "ahead": sum(d > 0 for d in finite), "wilcoxon_p": p,
-                     "max_steps": top, "ladder": fid.ladder(top)[0], "cpu_s_per_search": seconds}
-        print(f"\n{name}: {n_seeds} paired seeds, {seconds:g} CPU s per search, rungs "
-              f"{fid.ladder(top)[0]}")
-        print(f"{'seed':>4} {'kind':>5} {'evaluated/CPU-h':>16} {'proxy steps':>12} "
-              f"{'retrained':>10}  best")
-        for kind in ("none", "asha"):
-            for r in rows[kind]:
-                print(f"{r['seed']:>4} {kind:>5} {r['per_cpu_hour']:>16.0f} {r['proxy_steps']:>12} "
-                      f"{r['retrained']:>10.4f}  {r['best']}")
-        print(f"throughput asha/none {ratio:.2f}x; retrained asha - none: median "
-              f"{out[name]['median_diff']:+.4f}, ahead on {out[name]['ahead']}/{len(finite)}, "
-              f"Wilcoxon p = {p:.3g}")
+                    print(f"  {name} seed {seed} {kind}: {r['evaluated']} evaluated in "
+                          f"{r['cpu_s']:.0f} CPU s, retrained {r['retrained']:.4f}", flush=True)
+        out[name] = {**rows, **compare(rows), "max_steps": top, "eta": a.eta,
+                     "ladder": fid.ladder(top), "cpu_s_per_search": seconds,
+                     "retrain_seeds": len(fresh), "generation": a.generation}
+        print_task(name, out[name], n_seeds, seconds)
     print(json.dumps(out))
     return out
 

@@ -28,7 +28,7 @@ def test_search_efficiency_quick():
     assert speedup["naive"] == 1.0
     assert set(speedup) <= set(out["s_per_candidate"])
     assert speedup["multi_fidelity"] > 0  # the "+ multi-fidelity" row: batched + ASHA rungs
-    assert out["fidelity_ladder"] == [[10, 30]]  # quick: 30 proxy steps, default min 30/3
+    assert out["fidelity_ladder"] == [[3, 10, 30], [10, 30]]  # quick: 30 steps, the defaults
     spent = out["proxy_steps_spent"]
     assert spent["naive"] == 3 * 30 and spent["multi_fidelity"] <= 30 * out["trained"]["multi_fidelity"]
 
@@ -84,7 +84,11 @@ def test_multifidelity_quick():
     out = _last_json("multifidelity.py")
     r = out["digits"]
     assert len(r["none"]) == len(r["asha"]) == 2 and r["throughput_ratio"] > 0
-    assert r["ladder"] == [9, 27]  # default min_steps: max/η
+    assert r["ladder"] == [[3, 9, 27], [9, 27]]  # FidelityConfig's defaults at max 27
+    assert r["proxy_throughput_ratio"] > 0 and r["median_diff"] == r["median_diff"]
+    for row in r["none"] + r["asha"]:
+        assert row["evaluated"] == sum(row["stopped_at"].values())  # each counted once
+        assert 0.0 <= row["screening_share"] <= 1.0
 
 
 def test_the_multi_fidelity_row_trains_rungs_and_counts_their_steps():
@@ -101,7 +105,7 @@ def test_the_multi_fidelity_row_trains_rungs_and_counts_their_steps():
 
     cfg = replace(FunnelConfig(), use_lrp=False, use_gec=False,
                   proxy=ProxyStageConfig(steps=9, batch=1,
-                                         fidelity=FidelityConfig("asha", max_steps=9)))
+                                         fidelity=FidelityConfig("asha", 3, 9, brackets=1)))
     from lossforge import tasks
 
     runner = Configured("multi_fidelity", tasks.get("digits"), "accuracy", cfg, no_stop=False)

@@ -17,11 +17,16 @@ from lossforge.training import train
 
 # --- the schedule -------------------------------------------------------------------------------
 def test_ladder_geometric_down_from_max():
-    assert FidelityConfig("asha", 13, 120, 3).ladder(0) == [[13, 40, 120]]
+    assert FidelityConfig("asha", 13, 120, 3, brackets=1).ladder(0) == [[13, 40, 120]]
     assert FidelityConfig("asha", 13, 120, 3, brackets=3).ladder(0) == [[13, 40, 120], [40, 120],
                                                                         [120]]
-    assert FidelityConfig("asha", 10, 160, 4).ladder(0) == [[10, 40, 160]]
-    assert FidelityConfig("asha", None, None, 3).ladder(90) == [[30, 90]]  # default min: max/η
+    assert FidelityConfig("asha", 10, 160, 4, brackets=1).ladder(0) == [[10, 40, 160]]
+    # defaults: min max/η², two brackets (one from max/η); one when there is a single length
+    assert FidelityConfig("asha", None, None, 3).ladder(90) == [[10, 30, 90], [30, 90]]
+    assert FidelityConfig("asha", None, 300, 3).ladder(0) == [[33, 100, 300], [100, 300]]
+    assert FidelityConfig("asha", 13, 120, 3).ladder(0) == [[13, 40, 120], [40, 120]]
+    assert FidelityConfig("asha", None, 2, 3).ladder(0) == [[2]]
+    assert FidelityConfig("asha", None, 60, 3).ladder(0) == [[7, 20, 60], [20, 60]]  # 60/9=6.7
     with pytest.raises(ValueError, match="only 3"):
         FidelityConfig("asha", 13, 120, 3, brackets=4).ladder(0)
     with pytest.raises(ValueError, match="eta"):
@@ -86,7 +91,7 @@ def test_search_rungs_match_straight_training(tmp_path):
     assert summary["fidelity"]["settings"]["kind"] == "asha"
     assert sum(summary["fidelity"]["stopped_at"].values()) == len(per)
     assert study.best.details["fidelity"]["steps"] == max(x[5] or 0 for x in cands)
-    assert not list((tmp_path / "s.db.rungs").glob("*.pt"))  # states removed once final
+    assert not (tmp_path / "s.db.rungs").exists()  # in-process: states in memory, no files
     study.close()
 
 

@@ -15,9 +15,11 @@ Jobs. A rung is one ordinary job (:func:`rung_job`, plain picklable arguments) o
 executor the stage has: in-process, local processes, Dask. Continuation state travels in files
 beside the study (``<study>.rungs/g<generation>-p<position>-r<rung>.pt``, written atomically by
 the job before its result is committed; removed once the candidate's outcome is final), which
-workers on the same file system read and write; the in-process path uses the same files, so a
-killed in-process search also resumes without retraining finished rungs. Without a study (no
-:meth:`bind`), states go to a temporary folder.
+workers on the same file system read and write. In-process runs (no executor, or a serial one)
+keep the states in memory and write no files (a save and load cost 7 ms on ``digits`` and 27 ms
+on ``shapes-seg`` per rung, 2-4 % of a short rung); after a kill, a promotion whose state was in
+memory retrains from scratch to its rung's steps — the same result, more steps. Without a study
+(no :meth:`bind`), worker states go to a temporary folder.
 
 Persistence. Each rung result (position, rung, bracket, steps, status, fitness, metrics, seconds)
 is handed to the bound store the moment its job returns (``Store.add_rung``). A resumed
@@ -48,31 +50,40 @@ from lossforge.tasks import Task, overrides_fit
 
 
 def rung_job(task: Task, formula, metric: str, steps: int, seed: int, device: str = "cpu",
-             state_in: str | None = None, state_out: str | None = None,
-             report: Reports | None = None) -> dict:
-    """Train ``formula`` to ``steps`` steps (continuing the state in the file ``state_in`` when
-    given) and return ``{"status", "fitness", "metrics", "seconds", "steps_done", "restart"}``;
-    a trained run writes its state to ``state_out`` when given. A task with its own loop
-    restarts ``fit`` with ``steps`` (``restart`` true; no state files). Exceptions in the
-    training become status ``failed`` (as :func:`~lossforge.evaluation.proxy.safe_proxy_job`)."""
+             state_in: "str | TrainState | None" = None, state_out: str | None = None,
+             report: Reports | None = None, return_state: bool = False) -> dict:
+    """Train ``formula`` to ``steps`` steps and return ``{"status", "fitness", "metrics",
+    "seconds", "steps_done", "started_at", "restart"}``.
+
+    ``state_in``: where to continue from — a :class:`~lossforge.training.TrainState` (in-process
+    runs keep them in memory) or the path of a saved one (workers); a path that does not exist
+    means a fresh start. A trained run writes its end state to the file ``state_out`` when given,
+    and returns it under ``"state"`` when ``return_state``. A task with its own loop restarts
+    ``fit`` with ``steps`` (``restart`` true; no states). Exceptions in the training become
+    status ``failed`` (as :func:`~lossforge.evaluation.proxy.safe_proxy_job`)."""
     from lossforge.training import OK, TrainState, train
 
     try:
         if overrides_fit(task):
             out = fit_job(task, formula, metric, steps, seed, device, report)
             return {**out, "restart": True}
-        state = TrainState.load(state_in) if state_in and Path(state_in).exists() else None
+        state = state_in if isinstance(state_in, TrainState) else (
+            TrainState.load(state_in) if state_in and Path(state_in).exists() else None)
+        keep = state_out is not None or return_state
         result = train(task, formula, steps=steps, seed=seed, device=device, splits=("val",),
-                       state=state, keep_state=state_out is not None)
+                       state=state, keep_state=keep)
     except (RuntimeError, ValueError, FloatingPointError) as err:
         return {"status": FAILED, "fitness": None, "reason": f"{type(err).__name__}: {err}"}
     ok = result.status == OK
     if ok and state_out is not None:
         result.state.save(state_out)
-    return {"status": TRAINED if ok else INVALID,
-            "fitness": task.metric(metric).sign * result.val[metric] if ok else None,
-            "metrics": result.val, "seconds": result.wall_time, "steps_done": result.steps_done,
-            "started_at": 0 if state is None else state.steps_done, "restart": False}
+    out = {"status": TRAINED if ok else INVALID,
+           "fitness": task.metric(metric).sign * result.val[metric] if ok else None,
+           "metrics": result.val, "seconds": result.wall_time, "steps_done": result.steps_done,
+           "started_at": 0 if state is None else state.steps_done, "restart": False}
+    if ok and return_state:
+        out["state"] = result.state
+    return out
 
 
 @dataclass
@@ -127,6 +138,8 @@ class MultiFidelityTraining(ProxyTraining):
         self.history: dict[tuple[int, int], list[float]] = {}
         #: every rung result of this stage's life, for the benchmark and tests
         self.rung_log: list[RungResult] = []
+        #: in-process runs: (position, rung) -> the TrainState at the end of that rung
+        self._memory: dict[tuple[int, int], Any] = {}
 
     # --- the study's side -----------------------------------------------------------------------
     def bind(self, store, generation: int, positions: list[int]) -> None:
@@ -159,10 +172,24 @@ class MultiFidelityTraining(ProxyTraining):
                                  res.seconds, {"started_at": res.started_at,
                                                "restart": res.restart, "reason": res.reason})
 
+    @property
+    def in_process(self) -> bool:
+        """Whether rung jobs run in this process (no executor, or a serial one): their
+        continuation states then stay in memory (:attr:`_memory`), never in files."""
+        return self.executor is None or bool(getattr(self.executor, "serial", False))
+
     def _state_path(self, track: _Track, rung: int) -> str | None:
-        if rung >= len(self.ladder[track.bracket]) - 1:
-            return None  # the top rung: nothing continues from it
+        if rung >= len(self.ladder[track.bracket]) - 1 or self._state_dir is None:
+            return None  # the top rung (nothing continues from it), or an in-process run
         return str(self._state_dir / f"g{self._generation}-p{track.position}-r{rung}.pt")
+
+    def _state_in(self, track: _Track, rung: int):
+        """Where rung ``rung`` of ``track`` continues from: the in-memory state of rung
+        ``rung - 1``, else its file (a study started on workers and resumed in-process), else
+        ``None`` (a fresh start: the same result, more steps)."""
+        if rung == 0:
+            return None
+        return self._memory.get((track.position, rung - 1)) or self._state_path(track, rung - 1)
 
     # --- the stage ------------------------------------------------------------------------------
     def __call__(self, candidates: list[Candidate], on_done=None) -> None:
@@ -174,9 +201,10 @@ class MultiFidelityTraining(ProxyTraining):
         positions = self._positions if self._positions is not None else list(range(len(candidates)))
         index = {id(c): i for i, c in enumerate(candidates)}
         tmp = None
-        if self._state_dir is None:
-            tmp = self._state_dir = Path(tempfile.mkdtemp(prefix="lossforge-rungs-"))
-        self._state_dir.mkdir(parents=True, exist_ok=True)
+        if not self.in_process:
+            if self._state_dir is None:
+                tmp = self._state_dir = Path(tempfile.mkdtemp(prefix="lossforge-rungs-"))
+            self._state_dir.mkdir(parents=True, exist_ok=True)
         try:
             with _timed(self.stats):
                 self.stats.n_in += len(todo)
@@ -186,6 +214,7 @@ class MultiFidelityTraining(ProxyTraining):
                 self._race(tracks, on_done)
         finally:
             self._positions = None
+            self._memory.clear()
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
                 self._state_dir = None
@@ -259,21 +288,26 @@ class MultiFidelityTraining(ProxyTraining):
         if k in t.results:
             return
         steps = self.ladder[t.bracket][k]
-        state_in = self._state_path(t, k - 1) if k > 0 else None
-        args = (self.task, self.loss_spec(t.cand.expr), self.metric, steps, self.config.seed,
-                self.config.device, state_in, self._state_path(t, k))
-        if self.executor is None or getattr(self.executor, "serial", False):
-            report = self.reporter(t.cand)
+        if self.in_process:
+            keep = k < len(self.ladder[t.bracket]) - 1
+            args = (self.task, self.loss_spec(t.cand.expr), self.metric, steps, self.config.seed,
+                    self.config.device, self._state_in(t, k), None)
+            kw = {"report": self.reporter(t.cand), "return_state": keep}
             future: Future = Future()
             if self.executor is None:
-                future.set_result(rung_job(*args, report=report))
+                future.set_result(rung_job(*args, **kw))
             else:
-                future = self.executor.submit(rung_job, *args, report=report)
+                future = self.executor.submit(rung_job, *args, **kw)
         else:
+            args = (self.task, self.loss_spec(t.cand.expr), self.metric, steps, self.config.seed,
+                    self.config.device, self._state_in(t, k), self._state_path(t, k))
             future = self.executor.submit(rung_job, *args)
         running[future] = (t, k)
 
     def _finish_rung(self, t: _Track, k: int, out: dict) -> None:
+        state = out.pop("state", None)
+        if state is not None:
+            self._memory[(t.position, k)] = state
         res = RungResult(t.position, k, t.bracket, self.ladder[t.bracket][k], out["status"],
                          out.get("fitness"), out.get("metrics", {}), out.get("seconds", 0.0),
                          out.get("started_at", 0), bool(out.get("restart", False)),
@@ -297,6 +331,7 @@ class MultiFidelityTraining(ProxyTraining):
         if on_done is not None:
             on_done(c)
         for j in range(k + 1):  # nothing continues from this candidate any more
+            self._memory.pop((t.position, j), None)
             path = self._state_path(t, j)
             if path:
                 Path(path).unlink(missing_ok=True)
