@@ -40,6 +40,14 @@ separate losses whose means differ by noise). When the best is tied, the panel a
 every setting (evidence) and ranks again; what it did is stored (``tie_break``). Expression size
 never breaks a tie.
 
+Verdict (:func:`transfer_verdict`): a searched loss **transferred** when its worst rank is at or
+above CE's (the reference; the baseline where the task has no CE) and under no setting is it worse
+than CE with Welch p < 0.05 or invalid. The panel recommends the best-ranked loss that
+transferred; when none did, ``show``, ``export``, the report and the CLI say plainly "no searched
+loss transferred: CE ranks first under …" (or which setting failed each loss ranked at or above
+CE). ``export`` of a loss the panel ranked below its recommendation warns
+(:func:`panel_warning`).
+
 Storage and resumption: the panel's settings are stored first (meta ``"panel"``), then each
 (setting, loss, seed) training as it finishes (table ``panel_runs``, :meth:`Store.add_panel_run`).
 Calling again with the same arguments skips every stored training, so a killed panel resumes
@@ -49,7 +57,6 @@ computed.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +64,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from lossforge.evaluation.optimizers import tune_lr, with_training
 from lossforge.evaluation.own_loop import training_run
 from lossforge.refine import _jsonable, _loss_text, candidates
 from lossforge.storage import json_safe
@@ -96,20 +104,6 @@ class Setting:
         return " ".join(parts) + (f", {self.steps} steps" if self.steps else "")
 
 
-def with_training(task: Task, *, optimizer: str | None = None, lr: float | None = None,
-                  momentum: float | None = None) -> Task:
-    """A shallow copy of ``task`` whose proxy uses ``optimizer``/``lr``/``momentum`` (``None``:
-    unchanged). The data and everything else are shared; ``task`` itself is not modified.
-    ``ValueError`` for an optimizer other than ``adam``/``sgd``."""
-    if optimizer not in (None, "adam", "sgd"):
-        raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam' or 'sgd'")
-    if lr is not None and not lr > 0:
-        raise ValueError(f"the learning rate must be positive, got {lr}")
-    out = copy.copy(task)
-    out.proxy = task.proxy.with_(optimizer=optimizer, lr=lr, momentum=momentum)
-    return out
-
-
 def other_arch(task: Task) -> str | None:
     """The first architecture the task offers (``task.archs``) that is not its own
     (``task.arch``); ``None`` when it offers no other."""
@@ -140,31 +134,12 @@ def setting_task(task: Task, setting: Setting) -> Task:
 def tune_sgd_lr(study: Study, task: Task, loss: str, steps: int, device: str = "cpu",
                 grid: Sequence[float] = SGD_LR_GRID) -> float:
     """The learning rate of ``grid`` at which SGD (momentum 0.9) trains ``loss`` best on the
-    validation split (seed 1, ``steps`` steps); each grid point is stored in the study as it
-    finishes (meta ``"panel_sgd_lr"``) and reused. An invalid run scores last; ties: the smaller
-    learning rate."""
-    metric = study.settings["metric"]
-    sign = task.metric(metric).sign
-    cache = study.meta(SGD_LR_KEY)
-    if not cache or cache.get("loss") != loss or cache.get("steps") != steps \
-            or cache.get("grid") != list(grid):
-        cache = {"loss": loss, "steps": steps, "grid": list(grid), "metric": metric, "values": {}}
-    for lr in grid:
-        if f"{lr:g}" in cache["values"]:
-            continue
-        r = training_run(with_training(task, optimizer="sgd", lr=lr, momentum=SGD_MOMENTUM), loss,
-                         steps=steps, seed=1, device=device, split="val", metric=metric)
-        cache["values"][f"{lr:g}"] = r.val.get(metric) if r.status == OK else None
-        study.set_meta(SGD_LR_KEY, cache)
-
-    def score(lr: float) -> float:
-        v = cache["values"][f"{lr:g}"]
-        return sign * v if v is not None and math.isfinite(v) else -math.inf
-
-    best = max(grid, key=lambda lr: (score(lr), -lr))
-    cache["lr"] = best
-    study.set_meta(SGD_LR_KEY, cache)
-    return best
+    validation split (seed 1, ``steps`` steps; :func:`lossforge.evaluation.optimizers.tune_lr`);
+    each grid point is stored in the study as it finishes (meta ``"panel_sgd_lr"``) and reused.
+    An invalid run scores last; ties: the smaller learning rate."""
+    lr, _ = tune_lr(study.meta(SGD_LR_KEY), lambda c: study.set_meta(SGD_LR_KEY, c), task, loss,
+                    "sgd", steps, study.settings["metric"], grid, seed=1, device=device)
+    return lr
 
 
 def default_settings(task: Task, steps: int, sgd_lr: float | None, arch: str | None = None
@@ -384,7 +359,8 @@ def _new_state(study: Study, task: Task, spec: dict, settings: list[Setting] | N
              "higher_is_better": task.metric(metric).higher_is_better,
              "task_optimizer": task.proxy.optimizer, "task_lr": task.proxy.lr,
              "settings": [asdict(s) for s in settings], "skipped": skipped,
-             "sgd_lr": study.meta(SGD_LR_KEY), "tie_break": None}
+             "sgd_lr": study.meta(SGD_LR_KEY), "tie_break": None,
+             "baselines": [x for x in spec["losses"] if x in (CE, task.baseline)]}
     study.set_meta(META_KEY, _jsonable(state))
     return _jsonable(state)
 
@@ -407,19 +383,24 @@ def _break_ties(study: Study, task: Task, state: dict[str, Any], texts: dict[str
 
 
 def panel_result(study: Study) -> dict[str, Any] | None:
-    """The stored panel of ``study`` with its table and ranking, or ``None`` when it has none:
-    the stored header (``settings``, ``losses``, ``metric``, ``reference``, ``sgd_lr``,
-    ``tie_break``, …) plus ``cells`` (setting -> loss -> ``mean``, ``std``, ``runs``,
-    ``invalid``, ``values``, ``delta`` and ``p`` vs the reference: Welch's t-test),
-    ``ranking`` (:func:`rank_panel`), ``tied`` (losses still tied with the best after the
-    tie-break), ``sigma`` (:func:`seed_noise`), ``best`` and ``complete`` (every planned
-    training stored). JSON-safe: undefined numbers (``nan``) are ``None``."""
+    """The stored panel of ``study`` with its table and ranking (:func:`summarize_panel`), or
+    ``None`` when it has none."""
+    state = study.meta(META_KEY)
+    return None if state is None else summarize_panel(state, _table(study, state))
+
+
+def summarize_panel(state: dict[str, Any], values: dict[str, dict[str, Sequence[float | None]]]
+                    ) -> dict[str, Any]:
+    """The panel of header ``state`` (as stored: ``settings``, ``losses``, ``metric``,
+    ``reference``, ``higher_is_better``, ``spec``, ``sgd_lr``, ``tie_break``, …) and per-seed
+    metrics ``values[setting][loss]``: the header plus ``cells`` (setting -> loss -> ``mean``,
+    ``std``, ``runs``, ``invalid``, ``values``, ``delta`` and ``p`` vs the reference: Welch's
+    t-test), ``ranking`` (:func:`rank_panel`), ``tied`` (losses still tied with the best after the
+    tie-break), ``sigma`` (:func:`seed_noise`), ``best``, ``complete`` (every planned training
+    stored), and for a complete panel ``verdict`` (:func:`transfer_verdict`) and ``recommended``
+    (its loss, or ``None``). JSON-safe: undefined numbers (``nan``) are ``None``."""
     from lossforge.comparison import welch_p
 
-    state = study.meta(META_KEY)
-    if state is None:
-        return None
-    values = _table(study, state)
     ref = state["reference"]
     cells: dict[str, dict[str, Any]] = {}
     for setting, by_loss in values.items():
@@ -436,10 +417,81 @@ def panel_result(study: Study) -> dict[str, Any] | None:
     n = len(state["spec"]["seeds"])
     planned = len(state["settings"]) * len(state["losses"]) * n
     stored = sum(min(len(v), n) for by in values.values() for v in by.values())
+    complete = stored >= planned
+    verdict = transfer_verdict(ranking, json_safe(cells), state) if complete else None
     return json_safe({**state, "cells": cells, "ranking": ranking, "sigma": sigma,
                       "tied": tied_with_best(ranking, sigma, n, state["higher_is_better"]),
-                      "complete": stored >= planned,
-                      "best": ranking[0]["loss"] if ranking else None})
+                      "complete": complete, "best": ranking[0]["loss"] if ranking else None,
+                      "verdict": verdict,
+                      "recommended": verdict["recommended"] if verdict else None})
+
+
+#: Significance level of "worse than the reference" in the verdict.
+ALPHA = 0.05
+
+
+def baseline_losses(state: dict[str, Any]) -> list[str]:
+    """The panel's non-searched losses: CE and the task's baseline (stored as ``baselines``;
+    panels stored before it: CE and the reference)."""
+    return list(state.get("baselines") or {CE, state["reference"]} & set(state["losses"]))
+
+
+def worse_under(cells: dict[str, dict[str, Any]], loss: str, higher_is_better: bool,
+                alpha: float = ALPHA) -> list[str]:
+    """The settings under which ``loss`` is worse than the reference with Welch p < ``alpha``,
+    or has an invalid run (a diverged training is a failure whatever the p-value)."""
+    sign = 1.0 if higher_is_better else -1.0
+    out = []
+    for setting, by_loss in cells.items():
+        c = by_loss[loss]
+        worse = c["delta"] is not None and math.isfinite(c["delta"]) and sign * c["delta"] < 0 \
+            and c["p"] is not None and math.isfinite(c["p"]) and c["p"] < alpha
+        if c["invalid"] or worse:
+            out.append(setting)
+    return out
+
+
+def transfer_verdict(ranking: list[dict[str, Any]], cells: dict[str, dict[str, Any]],
+                     state: dict[str, Any], alpha: float = ALPHA) -> dict[str, Any]:
+    """What the panel recommends, in plain words. A searched loss (not CE or the baseline)
+    **transferred** when its worst rank over the settings is at or above the reference's (CE,
+    else the baseline) and under no setting is it worse than the reference with Welch p <
+    ``alpha`` or invalid. Returns ``recommended`` (the best-ranked loss that transferred, or
+    ``None``), ``transferred`` (all of them, best first), ``worse_under`` (searched loss ->
+    settings where it is significantly worse) and ``text``: ``"recommended after the panel:
+    …"`` or ``"no searched loss transferred: CE ranks first under …"`` (the reason)."""
+    ref, hib = state["reference"], state["higher_is_better"]
+    base = set(baseline_losses(state))
+    by_loss = {r["loss"]: r for r in ranking}
+    searched = [r for r in ranking if r["loss"] not in base]
+    worse = {r["loss"]: worse_under(cells, r["loss"], hib, alpha) for r in searched}
+    ref_rank = by_loss[ref]["worst_rank"] if ref in by_loss else math.inf
+    ok = [r["loss"] for r in searched if r["worst_rank"] <= ref_rank and not worse[r["loss"]]]
+    names = ", ".join(s["name"] for s in state["settings"])
+    out = {"recommended": ok[0] if ok else None, "transferred": ok, "worse_under": worse}
+    if ok:
+        r = by_loss[ok[0]]
+        out["text"] = (f"recommended after the panel: {ok[0]} (worst rank {r['worst_rank']}, "
+                       f"{ref} {ref_rank}; not worse than {ref} with p < {alpha:g} under any of "
+                       f"{names})")
+        return out
+    first = ranking[0]["loss"] if ranking else ref
+    if not searched:
+        why = "the panel holds no searched loss"
+    elif first in base:
+        best = searched[0]
+        why = (f"{first} ranks first under {names} (worst rank over them); the best searched "
+               f"loss, {best['loss']}, has worst rank {best['worst_rank']}")
+        if worse[best["loss"]]:
+            why += (f" and is worse than {ref} with p < {alpha:g} (or invalid) under "
+                    + ", ".join(worse[best["loss"]]))
+    else:
+        above = [r["loss"] for r in searched if r["worst_rank"] <= ref_rank]
+        why = (f"each searched loss ranked at or above {ref} is worse than it with p < "
+               f"{alpha:g} (or invalid) under some setting: "
+               + "; ".join(f"{lo}: {', '.join(worse[lo])}" for lo in above))
+    out["text"] = f"no searched loss transferred: {why}"
+    return out
 
 
 # --- what the user is told ---------------------------------------------------------------------------
@@ -450,9 +502,17 @@ def checked_under(study: Study, formula: str | None) -> dict[str, Any]:
     under one optimizer only."""
     s = study.settings
     proxy_steps = (s.get("funnel") or {}).get("proxy", {}).get("steps")
-    setups = [f"search proxy (the task's optimizer, {proxy_steps or 'default'} steps, seed 0)"]
+    multi = proxy_optimizers(study, top=0)
+    if multi:
+        lrs = multi["lrs"]
+        opts = " and ".join(o + (f" lr {lrs[o]:g}" if lrs.get(o) else "") for o in multi["optimizers"])
+        setups = [f"search proxy ({opts}, scored by the worst; {proxy_steps or 'default'} steps, "
+                  "seed 0)"]
+    else:
+        setups = [f"search proxy (the task's optimizer, {proxy_steps or 'default'} steps, seed 0)"]
     panel = study.meta(META_KEY)
     optimizers = {panel["task_optimizer"]} if panel else set()
+    optimizers |= set(multi["optimizers"]) if multi else set()
     refine = study.meta("refine")
     for r in (refine or {}).get("results", []):
         if any(st["loss"] == formula for st in r["standings"]):
@@ -469,8 +529,31 @@ def checked_under(study: Study, formula: str | None) -> dict[str, Any]:
         warning = ("checked under one optimizer only (the task's): it may fail under another, e.g. "
                    "SGD; run `lossforge refine STUDY --panel` to check it under SGD, other learning "
                    "rates, longer training and another architecture")
+    full = panel_result(study) if panel else None
     return {"formula": formula, "setups": setups, "optimizers": sorted(optimizers),
-            "warning": warning}
+            "warning": warning, "panel_warning": panel_warning(full, formula) if full else None}
+
+
+def panel_warning(panel: dict[str, Any], formula: str) -> str | None:
+    """What a stored, complete panel says against ``formula`` (``None``: nothing, or it is the
+    panel's recommendation): where it ranked (``last`` called out) and the settings under which it
+    is significantly worse than the reference, or that it was not in the panel; each followed by
+    the panel's recommendation or its verdict that no searched loss transferred."""
+    if not panel.get("complete") or formula == panel.get("recommended"):
+        return None
+    verdict = panel["verdict"]
+    after = (f"the panel recommends {panel['recommended']}" if panel.get("recommended")
+             else verdict["text"])
+    if formula not in panel["losses"]:
+        return f"not in the stored transfer panel; {after}"
+    ranking = [r["loss"] for r in panel["ranking"]]
+    k, n = ranking.index(formula) + 1, len(ranking)
+    text = f"the transfer panel ranked it {k} of {n}" + (" (last)" if k == n and n > 1 else "")
+    worse = verdict["worse_under"].get(formula)
+    if worse:
+        text += (f"; worse than {panel['reference']} with p < {ALPHA:g} (or invalid) under "
+                 + ", ".join(worse))
+    return f"{text}; {after}"
 
 
 def search_ties(study: Study, sigma: float | None = None) -> dict[str, Any]:
@@ -493,21 +576,55 @@ def search_ties(study: Study, sigma: float | None = None) -> dict[str, Any]:
             "sigma": sigma if ok else None}
 
 
+def _panel_pick(panel: dict[str, Any]) -> str | None:
+    """The loss a complete panel points the user to: its recommendation, else its best-ranked
+    searched loss (whose ``checked`` then carries the verdict), else its best."""
+    if panel.get("recommended"):
+        return panel["recommended"]
+    base = set(baseline_losses(panel))
+    searched = [r["loss"] for r in panel["ranking"] if r["loss"] not in base]
+    return searched[0] if searched else panel["best"]
+
+
 def show_extras(study: Study) -> dict[str, Any]:
     """What ``lossforge show`` adds for issue 18: ``panel`` (:func:`panel_result` or ``None``),
     ``ties`` (:func:`search_ties`) and ``checked`` (:func:`checked_under` for the recommended
-    loss: the panel's best when a panel is stored, else refine's best, else the search's)."""
+    loss: the panel's recommendation when a complete panel is stored — else its best-ranked
+    searched loss —, else refine's best, else the search's)."""
     panel = panel_result(study)
     refine = study.meta("refine")
     best = study.best
-    rec = (panel["best"] if panel and panel["complete"] else
+    rec = (_panel_pick(panel) if panel and panel["complete"] else
            refine["survivors"][0] if refine and refine.get("results") else
            best.formula if best else None)
     return {"panel": panel, "ties": search_ties(study, panel["sigma"] if panel else None),
-            "checked": checked_under(study, rec) if rec else None}
+            "checked": checked_under(study, rec) if rec else None,
+            "proxy_optimizers": proxy_optimizers(study)}
 
 
-__all__ = ["CE", "SGD_LR_GRID", "Setting", "cell_stats", "checked_under", "default_settings",
-           "other_arch", "panel_result", "rank_panel", "search_ties", "seed_noise", "setting_task",
-           "show_extras", "tied_with_best", "transfer_panel", "tune_sgd_lr", "with_arch",
-           "with_training"]
+def proxy_optimizers(study: Study, top: int = 10) -> dict[str, Any] | None:
+    """For a search trained under several optimizers (``--proxy-optimizers``): ``optimizers``,
+    ``lrs`` (optimizer -> the tuned learning rate; the task's own optimizer is absent),
+    ``baseline`` (the stored baseline: its ``fitness`` and ``by_optimizer``) and ``losses``: the ``top`` hall-of-fame
+    entries, each ``formula``, ``fitness`` (the worst) and ``by_optimizer`` (optimizer -> the
+    validation metric). ``None`` for a search under one optimizer."""
+    from lossforge.evaluation.optimizers import LR_KEY, parse_optimizers, per_optimizer
+
+    opts = parse_optimizers((study.settings.get("funnel") or {}).get("proxy", {}).get("optimizers"))
+    if not opts:
+        return None
+    metric = study.settings["metric"]
+    tuned = study.meta(LR_KEY) or {}
+    return {"optimizers": list(opts), "metric": metric,
+            "lrs": {o: c.get("lr") for o, c in tuned.items()},
+            "baseline": study.baseline if (study.baseline or {}).get("by_optimizer") else None,
+            "losses": [{"formula": h.formula, "fitness": h.fitness,
+                        "by_optimizer": per_optimizer(h.metrics, metric)}
+                       for h in study.hall_of_fame[:top]]}
+
+
+__all__ = ["ALPHA", "CE", "SGD_LR_GRID", "Setting", "baseline_losses", "cell_stats",
+           "checked_under", "default_settings", "other_arch", "panel_result", "panel_warning",
+           "proxy_optimizers", "rank_panel", "search_ties", "seed_noise", "setting_task", "show_extras",
+           "summarize_panel", "tied_with_best", "transfer_panel", "transfer_verdict",
+           "tune_sgd_lr", "with_arch", "with_training", "worse_under"]

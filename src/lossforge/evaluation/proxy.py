@@ -42,15 +42,23 @@ class ProxyStageConfig:
     ``batch``: without an executor, train up to this many candidates at once when the task's model
     allows it (:mod:`~lossforge.training.stacked`; 1: one at a time); ``fidelity``: a
     :class:`~lossforge.evaluation.rungs.FidelityConfig` (or its dict) for multi-fidelity rungs
-    (:mod:`~lossforge.evaluation.fidelity`); ``None`` = one training of ``steps``."""
+    (:mod:`~lossforge.evaluation.fidelity`); ``None`` = one training of ``steps``.
+    ``optimizers``: train each candidate under each of these optimizers and score the worst
+    (:mod:`~lossforge.evaluation.optimizers`; a sequence or ``"adam,sgd"``, stored as that
+    text); ``None`` = the task's optimizer only."""
 
     steps: int | None = None
     seed: int = 0
     device: str = "cpu"
     batch: int = DEFAULT_CHUNK
     fidelity: FidelityConfig | None = None
+    optimizers: str | None = None
 
     def __post_init__(self):
+        if self.optimizers is not None and not isinstance(self.optimizers, str):
+            object.__setattr__(self, "optimizers", ",".join(self.optimizers))
+        if not self.optimizers:
+            object.__setattr__(self, "optimizers", None)
         if self.fidelity is not None:
             fid = FidelityConfig.coerce(self.fidelity)
             object.__setattr__(self, "fidelity", fid if fid.active else None)
