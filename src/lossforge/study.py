@@ -41,6 +41,7 @@ from lossforge.evaluation.candidate import (FAILED, GEC_HIT, INVALID, STAGES, ST
 from lossforge.evaluation.fidelity import row_selection_fitness
 from lossforge.evaluation.funnel import Funnel, FunnelConfig
 from lossforge.expr import Expr, parse
+from lossforge.expr.strip import display_fields
 from lossforge.search.strategy import Strategy, scored
 from lossforge.storage import Row, Store, StudyFileError
 from lossforge.tasks import Task
@@ -156,9 +157,11 @@ class Study:
             "explored": self.explored,
             "best": None if best is None else {"formula": best.formula, "fitness": best.fitness,
                                                "size": best.size,
-                                               "metrics": best.details.get("metrics", {})},
-            "hall_of_fame": [{"formula": h.formula, "fitness": h.fitness, "size": h.size}
-                             for h in self.hall_of_fame[:top]],
+                                               "metrics": best.details.get("metrics", {}),
+                                               **display_fields(best.formula)},
+            # display_formula / stripped: the formula without constant terms (same gradient)
+            "hall_of_fame": [{"formula": h.formula, "fitness": h.fitness, "size": h.size,
+                              **display_fields(h.formula)} for h in self.hall_of_fame[:top]],
             "stats": self.stats,
             "refine": self.store.meta("refine"),  # lossforge refine's races (None before any)
             "baseline": self.baseline,  # the task's baseline loss, proxy-trained (None: not measured)
@@ -292,6 +295,11 @@ class LossSearch:
         slot_kind = None if self.joint else self.task.slot(self.slot).kind
         self.funnel = cls.funnel_overrides(self.funnel, slot_kind)
         self.funnel = _with_fidelity(self.funnel, self.fidelity, self.task, self.joint)
+        if self.funnel.proxy.optimizers:  # issue 18: each proxy training under each optimizer
+            from lossforge.evaluation.optimizers import check_combination
+
+            check_combination(self.task, self.funnel.proxy.optimizers, self.funnel.proxy.fidelity,
+                              joint=self.joint)
 
     def _resolve_slots(self, cls: type[Strategy]) -> None:
         """Check ``slot``/``fixed``/``joint`` against the task and the strategy class ``cls``;
@@ -433,6 +441,10 @@ class LossSearch:
             store.set_meta("calibration", funnel.calibration_state())
         else:
             funnel.load_calibration(calibrated)
+        if self.funnel.proxy.optimizers:  # tuned learning rates, the stage, the baseline
+            from lossforge.evaluation.optimizers import prepare_search
+
+            prepare_search(store, self.task, self.metric, funnel, self.fixed)
         from lossforge.evaluation.baseline import ensure_baseline  # once per study, RNG untouched
         ensure_baseline(store, self.task, self.metric, self.funnel.proxy, self.fixed)
         for row in store.rows():  # what earlier runs learnt: GEC classes and results

@@ -27,7 +27,7 @@ TOP = 10
 
 
 def funnel_config(proxy_steps: int | None = None, lrp_steps: int | None = None, use_lrp: bool = True,
-                  use_gec: bool = True) -> FunnelConfig:
+                  use_gec: bool = True, proxy_optimizers: str | None = None) -> FunnelConfig:
     """The default :class:`~lossforge.evaluation.funnel.FunnelConfig` with the command line's
     changes (``None``: keep the default)."""
     from dataclasses import replace
@@ -39,6 +39,10 @@ def funnel_config(proxy_steps: int | None = None, lrp_steps: int | None = None, 
         cfg = replace(cfg, proxy=replace(cfg.proxy, steps=proxy_steps))
     if lrp_steps is not None:
         cfg = replace(cfg, lrp=replace(cfg.lrp, steps=lrp_steps))
+    if proxy_optimizers:  # "adam,sgd": checked by parse_optimizers (a clear ValueError)
+        from lossforge.evaluation.optimizers import parse_optimizers
+
+        cfg = replace(cfg, proxy=replace(cfg.proxy, optimizers=parse_optimizers(proxy_optimizers)))
     return replace(cfg, use_lrp=use_lrp, use_gec=use_gec)
 
 
@@ -50,7 +54,8 @@ def make_search(task: str, study: str | Path, *, metric: str | None = None,
                 options: Sequence[str] = (), slot: str | None = None, fixed: Sequence[str] = (),
                 joint: bool = False, allow_changed_task: bool = False,
                 task_options: Sequence[str] = (),
-                fidelity: dict[str, Any] | None = None) -> LossSearch:
+                fidelity: dict[str, Any] | None = None,
+                proxy_optimizers: str | None = None) -> LossSearch:
     """A :class:`~lossforge.study.LossSearch` from command-line values, every setting checked
     (task — a built-in name or a spec, :func:`~lossforge.tasks.spec.load_task` —, metric, strategy
     and its ``KEY=VALUE`` ``options``, slots, ``SLOT=LOSS`` ``fixed``, an existing study file's
@@ -59,7 +64,8 @@ def make_search(task: str, study: str | Path, *, metric: str | None = None,
     :class:`~lossforge.storage.StudyFileError` for the file, a
     :class:`~lossforge.tasks.spec.TaskSpecError` for the task), ``TypeError`` for unknown strategy
     options. ``fidelity``: the :class:`~lossforge.evaluation.rungs.FidelityConfig` fields
-    (``kind``, ``min_steps``, ``max_steps``, ``eta``, ``brackets``; ``None``: one proxy length)."""
+    (``kind``, ``min_steps``, ``max_steps``, ``eta``, ``brackets``; ``None``: one proxy length).
+    ``proxy_optimizers``: e.g. ``"adam,sgd"`` (:mod:`lossforge.evaluation.optimizers`)."""
     from lossforge.search.strategy import parse_options
     from lossforge.study import LossSearch
     from lossforge.training.loss_spec import slot_assignments
@@ -69,7 +75,7 @@ def make_search(task: str, study: str | Path, *, metric: str | None = None,
     strategy_options = {k: v for k, v in (("population_size", population),
                                           ("batch_size", generation_size)) if v}
     strategy_options.update(parse_options(list(options), "--option"))
-    funnel = funnel_config(proxy_steps, lrp_steps, use_lrp, use_gec)
+    funnel = funnel_config(proxy_steps, lrp_steps, use_lrp, use_gec, proxy_optimizers)
     run = LossSearch(task=load_task_with_options(task, task_options), storage=study, metric=metric, strategy=strategy, budget=budget,
                      seed=seed, space=space, funnel=funnel, strategy_options=strategy_options,
                      slot=slot, fixed=slot_assignments(list(fixed), "--fixed"), joint=joint,
@@ -146,10 +152,14 @@ def search_cli(
     fidelity: str = typer.Option("none", "--fidelity", help=(
         "Proxy training: none (one training of --proxy-steps) or asha (rungs of min-steps·η^k "
         "up to max-steps; the best 1/η of each rung continue training).")),
-    min_steps: Optional[int] = typer.Option(None, "--min-steps", help="Shortest rung (asha; default max/η)."),
+    min_steps: Optional[int] = typer.Option(None, "--min-steps", help="Shortest rung (asha; default max/η²)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Top rung (asha; default --proxy-steps or the task's)."),
     eta: int = typer.Option(3, "--eta", help="Reduction factor η (asha)."),
-    brackets: int = typer.Option(1, "--brackets", help="Hyperband brackets (asha; 1 = plain ASHA)."),
+    brackets: Optional[int] = typer.Option(None, "--brackets", help=(
+        "Hyperband brackets (asha; default 2: one from --min-steps, one from max/η; 1 = plain ASHA).")),
+    proxy_optimizers: Optional[str] = typer.Option(None, "--proxy-optimizers", help=(
+        "Train each proxy under each of these optimizers and score the worst, e.g. adam,sgd "
+        "(SGD: momentum 0.9, lr tuned once for the baseline loss and stored in the study).")),
     format: Format = _FORMAT,
     workers: Optional[int] = _WORKERS,
     dask: Optional[str] = _DASK,
@@ -164,7 +174,8 @@ def search_cli(
                           use_lrp=not no_lrp, use_gec=not no_gec, population=population,
                           generation_size=generation, options=option, slot=slot, fixed=fixed,
                           joint=joint, allow_changed_task=allow_changed_task,
-                          task_options=task_option, fidelity=fid)
+                          task_options=task_option, fidelity=fid,
+                          proxy_optimizers=proxy_optimizers)
     except TypeError as err:  # unknown strategy options
         fail(str(err))
 

@@ -20,13 +20,15 @@ from lossforge.cli._task_options import ALLOW_CHANGED_HELP, STUDY_TASK_HELP
 
 
 class ExportedLoss(NamedTuple):
-    """One file written by :func:`export_loss`: its path, the class in it, its formula, and the
-    fitness of the hall-of-fame entry it came from."""
+    """One file written by :func:`export_loss`: its path, the class in it, its formula (as stored),
+    the fitness of the hall-of-fame entry it came from, and ``stripped``: what the module leaves
+    out (:mod:`lossforge.expr.strip`, same gradient; None: it computes the stored formula)."""
 
     path: Path
     cls: str
     formula: str
     fitness: float
+    stripped: str | None = None
 
 
 def study_summary(study: str | Path, top: int = 10, task: str | None = None) -> dict[str, Any]:
@@ -65,8 +67,10 @@ def export_loss(study: str | Path, output: str | Path, rank: int = 1,
                 name: str = "SearchedLoss") -> list[ExportedLoss]:
     """Write the hall-of-fame entry ``rank`` (1 = best) of the study at ``study`` as a standalone
     PyTorch module (imports only torch) at ``output``, class ``name``; a joint search writes one file
-    per slot (``OUTPUT_<slot>.py``, class ``NAME_<slot>``). ``ValueError`` if the study has no
-    trained loss or ``rank`` is out of range."""
+    per slot (``OUTPUT_<slot>.py``, class ``NAME_<slot>``). The module computes the formula
+    without its terms that are constant w.r.t. the prediction (the same gradient; its docstring
+    says what was dropped: :func:`lossforge.expr.strip.stripped_source`). ``ValueError`` if the
+    study has no trained loss or ``rank`` is out of range."""
     from lossforge.study import load_study
 
     s = load_study(study, readonly=True)
@@ -85,9 +89,11 @@ def export_loss(study: str | Path, output: str | Path, rank: int = 1,
         return [ExportedLoss(Path(path), cls, str(expr), entry.fitness)
                 for path, cls, expr in write_sources(parse_bundle(entry.formula), output, name)]
     from lossforge.expr import parse
+    from lossforge.expr.strip import display_fields, stripped_source
 
-    Path(output).write_text(parse(entry.formula, strict=False).to_source(name=name))
-    return [ExportedLoss(Path(output), name, entry.formula, entry.fitness)]
+    Path(output).write_text(stripped_source(parse(entry.formula, strict=False), name=name))
+    return [ExportedLoss(Path(output), name, entry.formula, entry.fitness,
+                         display_fields(entry.formula)["stripped"])]
 
 
 @app.command("show")
@@ -179,6 +185,9 @@ def export_cli(
         _say_task_file(study_summary(study, top=0, task=task)["task_file"])
     for e in export_loss(study, output, rank=rank, name=name):
         console.print(f"wrote {e.path}: {e.cls} = {e.formula} (fitness {e.fitness:.4f})")
+        if e.stripped:
+            console.print(f"  the module computes it without its constant terms: {e.stripped}",
+                          markup=False, highlight=False, soft_wrap=True)
         _say_checked(study, e.formula)
 
 

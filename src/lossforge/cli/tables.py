@@ -106,16 +106,24 @@ def print_study(summary: dict) -> None:
     for col in ("rank", "fitness", "size", "formula"):
         hof.add_column(col, overflow="fold")
     for i, h in enumerate(summary["hall_of_fame"], 1):
-        hof.add_row(str(i), f"{h['fitness']:.4f}", str(h["size"]), h["formula"])
+        shown = f"\n= {h['display_formula']} + const (same gradient)" if h.get("stripped") else ""
+        hof.add_row(str(i), f"{h['fitness']:.4f}", str(h["size"]), h["formula"] + shown)
     console.print(hof)
     if summary["best"]:
         console.print(f"[bold green]best[/] ({summary['best']['fitness']:.4f}): {summary['best']['formula']}")
+        if summary["best"].get("stripped"):  # lossforge.expr.strip: what show and export drop
+            console.print(f"  = {summary['best']['display_formula']} + const: "
+                          f"{summary['best']['stripped']}", markup=False, highlight=False)
     from lossforge.evaluation.baseline import describe
 
     console.print(describe(summary.get("baseline"),
                            summary["best"]["fitness"] if summary["best"] else None), markup=False)
     if summary.get("refine"):
         print_refine(summary["refine"])
+    if summary.get("proxy_optimizers"):  # a search under several optimizers (issue 18)
+        from lossforge.cli.transfer_tables import proxy_optimizer_table
+
+        console.print(proxy_optimizer_table(summary["proxy_optimizers"]))
     if summary.get("panel"):
         print_panel(summary["panel"])
     if summary.get("ties"):
@@ -129,7 +137,7 @@ def print_fidelity(fid: dict) -> None:
     proxy steps and seconds spent."""
     cfg = fid.get("settings") or {}
     t = Table(title=f"rungs ({cfg.get('kind', 'asha')}, eta {cfg.get('eta')}, "
-                    f"brackets {cfg.get('brackets')})")
+                    f"brackets {cfg.get('brackets') or '2 (default)'})")
     for col in ("steps", "stopped here"):
         t.add_column(col, justify="right")
     for steps, n in fid["stopped_at"].items():
@@ -156,48 +164,27 @@ def print_refine(state: dict) -> None:
 
 
 def print_panel(panel: dict) -> None:
-    """The transfer panel (:func:`lossforge.transfer.panel_result`): losses × settings, each
-    cell ``mean ± std`` of the validation metric and ``Δ (p)`` vs the reference (CE), green when
-    better with p < 0.05, red when worse with p < 0.05; then the ranking rule and the best."""
-    metric, ref, sign = panel["metric"], panel["reference"], 1 if panel["higher_is_better"] else -1
-    t = Table(title=f"transfer panel: validation {metric}, seeds {panel['spec']['seeds']}; "
-                    f"Δ and Welch p vs {ref}")
-    t.add_column("rank", justify="right")
-    t.add_column("worst", justify="right")
-    t.add_column("loss", overflow="fold")
-    for st in panel["settings"]:
-        t.add_column(st["name"], justify="right")
-    for r in panel["ranking"]:
-        cells = []
-        for st in panel["settings"]:
-            c = panel["cells"][st["name"]][r["loss"]]
-            text = Text(f"{fmt_number(c['mean'])} ± {fmt_number(c['std'])}")
-            if r["loss"] != ref and c["delta"] is not None:
-                p = c["p"]
-                style = "" if p is None or p >= 0.05 else "green" if sign * c["delta"] > 0 else "red"
-                text.append(f"\nΔ {c['delta']:+.4f} (p={fmt_number(p, 3)})", style=style)
-            if c["invalid"]:
-                text.append(f"\n{c['invalid']} invalid", style="red")
-            cells.append(text)
-        t.add_row(str(r["rank"]), str(r["worst_rank"]), r["loss"], *cells)
-    console.print(t)
-    tuned = panel.get("sgd_lr")
-    for st in panel["settings"]:
-        if st["name"] == "sgd" and tuned:
-            console.print(f"sgd: momentum {st['momentum']}, lr {st['lr']:g} tuned for "
-                          f"{tuned['loss']} over {tuned['grid']}", highlight=False)
-    if panel.get("skipped"):
-        console.print(f"settings skipped: {', '.join(panel['skipped'])}", highlight=False)
-    console.print("ranked by worst rank over the settings, ties by mean metric over them",
-                  highlight=False)
+    """The transfer panel (:func:`lossforge.transfer.panel_result`): the losses × settings table
+    of :mod:`lossforge.cli.transfer_tables` (fits 80 columns), its legend, the tie-break and the
+    verdict (the recommended loss, or "no searched loss transferred: …")."""
+    from lossforge.cli.transfer_tables import legend, panel_table
+
+    console.print(panel_table(panel))
+    for line in legend(panel):
+        console.print(line, highlight=False, markup=False)
     tb = panel.get("tie_break") or {}
     if tb.get("seeds_added"):
         console.print(f"tie at the top ({len(tb['tied'])} losses within one seed's noise): "
                       f"seeds {tb['seeds_added']} added to them", highlight=False)
     if not panel["complete"]:
         console.print("[yellow]panel incomplete[/]: run it again to finish", highlight=False)
-    elif panel["best"]:
-        console.print(f"[bold green]panel best[/]: {panel['best']}", highlight=False)
+        return
+    console.print(f"[bold]panel best[/]: {panel['best']}", highlight=False)
+    verdict = panel.get("verdict") or {}
+    if verdict.get("text"):
+        style = "bold green" if verdict.get("recommended") else "bold yellow"
+        head, _, rest = verdict["text"].partition(": ")
+        console.print(Text.assemble((head, style), ": " + rest))
 
 
 def print_ties(ties: dict) -> None:
@@ -213,8 +200,10 @@ def print_checked(checked: dict) -> None:
     """Under which setups the recommended (or exported) loss was checked, with the warning."""
     console.print(f"checked {checked['formula']} under: " + "; ".join(checked["setups"]),
                   highlight=False, soft_wrap=True)
-    if checked.get("warning"):
-        console.print(f"[yellow]warning:[/] {checked['warning']}", highlight=False, soft_wrap=True)
+    for key in ("warning", "panel_warning"):
+        if checked.get(key):
+            console.print(Text.assemble(("warning:", "yellow"), " " + checked[key]),
+                          soft_wrap=True)
 
 
 __all__ = ["console", "fmt_number", "print_comparison", "print_checked", "print_fidelity", "print_panel",

@@ -56,13 +56,14 @@ def _kernel_source(names: list[str]) -> str:
     return "\n\n".join(inspect.getsource(getattr(K, n)).rstrip() for n in seen)
 
 
-def to_source(expr: Expr, name: str = "SearchedLoss", kind: str = "auto") -> str:
+def to_source(expr: Expr, name: str = "SearchedLoss", kind: str = "auto", note: str = "") -> str:
     """Text of a standalone Python module (imports only torch) defining ``class <name>(nn.Module)``.
 
     The module's forward has the same signature and numerics as :func:`to_torch` (``log(p)`` is
     ``log_softmax`` of the logits, the rule of :mod:`lossforge.expr.exact`). A classification
     module takes ``prior=`` (the class prior ``(C,)`` the variable ``q`` reads, kept as the buffer
-    ``prior``; ``None``: uniform ``1 / C``) besides ``ignore_index``.
+    ``prior``; ``None``: uniform ``1 / C``) besides ``ignore_index``. ``note``: a paragraph added
+    to the module docstring after the formula (e.g. what :mod:`lossforge.expr.strip` dropped).
     """
     if not name.isidentifier():
         raise ValueError(f"class name {name!r} is not a Python identifier")
@@ -120,10 +121,11 @@ def to_source(expr: Expr, name: str = "SearchedLoss", kind: str = "auto") -> str
     kernels.append("reduce_loss")
     body = "\n".join([prep, "        ref = next(iter(v.values()))", *lines,
                       f"        return reduce_loss({result}, mask)"])
+    note_text = f"\n{note}\n" if note else ""
     return f'''"""{name}: a loss function found with lossforge.
 
 Formula: {formula}
-
+{note_text}
 Standalone: imports only torch. Use it like ``torch.nn.CrossEntropyLoss``:
 ``loss = {name}()({signature})``.
 """

@@ -87,6 +87,13 @@ def _fidelity(study) -> dict[str, Any] | None:
     return study_fidelity(study.store)
 
 
+def _transfer(study) -> dict[str, Any]:
+    """The transfer panel, ties and setups checked (:func:`lossforge.transfer.show_extras`)."""
+    from lossforge.transfer import show_extras
+
+    return show_extras(study)
+
+
 def _num_classes(settings: dict[str, Any], task) -> int | None:
     """The study's class count, without importing anything the study names (see
     :func:`read_study`)."""
@@ -121,4 +128,5 @@ def _collect(study, task=None) -> dict[str, Any]:
             "rows": rows, "stats": study.stats, "hof": study.hall_of_fame, "best": study.best,
             "evaluation": study.meta("evaluation"), "created": study.meta("created"),
             "baseline": study.meta("baseline"), "fidelity": _fidelity(study),
+            "transfer": _transfer(study),
             "num_classes": min(10, max(2, num_classes or 10)), "explored": len(rows)}

@@ -44,6 +44,12 @@ def _formula_block(formula: str, typeset: dict | None) -> str:
     if typeset and typeset.get("png"):
         parts.append(f'<img class="formula" src="{_e(typeset["png"])}" alt="{_e(formula)}">')
     parts.append(f"<div><code>{_e(formula)}</code></div>")
+    from lossforge.expr.strip import display_fields  # without constant terms, as in show/export
+
+    shown = display_fields(formula)
+    if shown["stripped"]:
+        parts.append(f'<div class="muted">= <code>{_e(shown["display_formula"])}</code> + const '
+                     f'(same gradient): {_e(shown["stripped"])}</div>')
     return "\n".join(parts)
 
 
@@ -72,6 +78,10 @@ def page(data: dict, figures: dict[str, str], losses: list[dict], best_latex) ->
         out.append(f"<p>fitness <b>{_num(best.fitness)}</b> ({_e(data['metric'])}), size {best.size}</p>")
         out.append(_formula_block(best.formula, best_latex))
     out.append(_baseline_html(data.get("baseline"), None if best is None else best.fitness))
+    if data.get("transfer"):  # the transfer panel and the setups the best loss was checked under
+        from lossforge.report.panel import transfer_html
+
+        out.append(transfer_html(data["transfer"]))
     out.append("<h2>Search progress</h2>")
     out.append(f'<img class="plot" src="{_e(figures["progress"])}" alt="best and median fitness '
                'over explored candidates">')
@@ -134,8 +144,8 @@ def _rungs_html(fid: dict, figure: str | None) -> str:
     cfg = fid.get("settings") or {}
     out = ["<h2>Multi-fidelity rungs</h2>",
            f'<p class="muted">{_e(cfg.get("kind", "asha"))}: min steps '
-           f'{_e(cfg.get("min_steps") or "max/η")}, max steps {_e(cfg.get("max_steps") or "proxy steps")}, '
-           f'η {_e(cfg.get("eta"))}, brackets {_e(cfg.get("brackets"))}. '
+           f'{_e(cfg.get("min_steps") or "max/η²")}, max steps {_e(cfg.get("max_steps") or "proxy steps")}, '
+           f'η {_e(cfg.get("eta"))}, brackets {_e(cfg.get("brackets") or "2 (default)")}. '
            f'{fid["candidates"]} candidates trained in rungs: {fid["steps_spent"]} proxy steps, '
            f'{fid["seconds"]:.1f} s.</p>']
     if figure:
