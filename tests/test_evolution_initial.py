@@ -40,3 +40,9 @@ def test_without_initial_the_population_fills_with_random_graphs_first():
 def test_an_initial_formula_outside_the_space_is_a_clear_error():
     with pytest.raises(ValueError, match="not a candidate of the space"):
         AutoLossZero(SPACE, seed=0, initial=["square(p + -y)"])
+
+
+def test_one_formula_as_text_is_one_initial_formula():
+    # --option initial=F gives text, not a list: it must not be read as one formula per character
+    s = AutoLossZero(SPACE, seed=0, initial="square(f + -y)", population_size=20, batch_size=4)
+    assert str(s.ask(1)[0]) == str(parse("square(f + -y)"))

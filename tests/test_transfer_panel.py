@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 from torch import nn
 from typer.testing import CliRunner
 

@@ -99,6 +99,8 @@ class AutoLossZero(SeededStrategy):
         self.classes: list[str | None] = []
         self.n_asked = 0
         self.n_told = 0
+        if isinstance(self.config["initial"], str):  # one formula, e.g. --option initial=F
+            self.config["initial"] = [self.config["initial"]]
         self._initial = [parse_candidate(str(t), self.space) for t in self.config["initial"]]
         for text, e in zip(self.config["initial"], self._initial):
             why = self.space.why_invalid(e)
