@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -344,11 +343,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     R.add_mode_arguments(ap, MODES)
     ap.add_argument("--families", help=f"comma-separated subset of {', '.join(FAMILIES)}")
-    ap.add_argument("--work", help="study files (default: a new temporary folder)")
-    ap.add_argument("--results", help="the RESULTS.md to write (default: the repository's; "
-                                      "--quick: a temporary file)")
-    ap.add_argument("--json", help="the results JSON (default: results/loss_matters.json; "
-                                   "--quick: beside --results)")
+    R.add_output_arguments(ap, "loss_matters.json")
     args = ap.parse_args(argv)
     args.mode = args.mode or "reduced"
     return args
@@ -361,13 +356,8 @@ def main(argv=None) -> dict[str, Any]:
     unknown = [n for n in names if n not in FAMILIES]
     if unknown:
         raise SystemExit(f"unknown families {unknown}; choose from {', '.join(FAMILIES)}")
-    work = Path(args.work or tempfile.mkdtemp(prefix="loss_matters_"))
-    work.mkdir(parents=True, exist_ok=True)
+    work, results_md, json_path = R.outputs(args, "loss_matters.json", "loss_matters_")
     quick = args.mode == "quick"
-    results_md = Path(args.results) if args.results else (
-        work / "RESULTS.md" if quick else R.RESULTS)
-    json_path = Path(args.json) if args.json else (
-        results_md.parent / "loss_matters.json" if quick else R.figure_path("loss_matters.json"))
     report: dict[str, Any] = {"mode": args.mode, "config": cfg, "families": {}}
     if not quick:
         report["families"].update(stored_families(json_path, results_md, args.mode))

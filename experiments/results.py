@@ -77,3 +77,28 @@ def add_mode_arguments(ap, modes) -> None:
     g.add_argument("--quick", dest="mode", action="store_const", const="quick")
     g.add_argument("--full", dest="mode", action="store_const", const="full")
     g.add_argument("--mode", choices=list(modes))
+
+
+def add_output_arguments(ap, json_name: str) -> None:
+    """``--work``, ``--results`` and ``--json`` onto ``ap`` (see :func:`outputs`)."""
+    ap.add_argument("--work", help="study files (default: a new temporary folder)")
+    ap.add_argument("--results", help="the RESULTS.md to write (default: the repository's; "
+                                      "--quick: a temporary file)")
+    ap.add_argument("--json", help=f"the results JSON (default: results/{json_name}; "
+                                   "--quick: beside --results)")
+
+
+def outputs(args, json_name: str, prefix: str) -> tuple[Path, Path, Path]:
+    """(work folder, RESULTS.md, results JSON) of an experiment run with :func:`add_output_arguments`:
+    ``--work`` or a new temporary folder (created); ``--quick`` writes nothing tracked (its
+    RESULTS.md and JSON go to the work folder unless named)."""
+    import tempfile
+
+    work = Path(args.work or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    quick = args.mode == "quick"
+    results_md = Path(args.results) if args.results else (
+        work / "RESULTS.md" if quick else RESULTS)
+    json_path = Path(args.json) if args.json else (
+        results_md.parent / json_name if quick else figure_path(json_name))
+    return work, results_md, json_path

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -59,10 +58,10 @@ MODES: dict[str, dict[str, Any]] = {
               "generation": 4, "population": 8, "top": 1, "seeds": 2, "tie_seeds": 0,
               "settings": "task+sgd", "sgd_lr": 0.03, "use_lrp": False},
     # sized for a shared 2-core CPU: short proxies, a small search, the full default panel
-    "reduced": {"digits": {"options": {}, "budget": 40, "proxy_steps": 150, "lrp_steps": None},
+    "reduced": {"digits": {"options": {}, "budget": 400, "proxy_steps": 300, "lrp_steps": None},
                 "shapes-seg": {"options": {"size": 32, "n_train": 256, "n_val": 64},
-                               "budget": 24, "proxy_steps": 60, "lrp_steps": None},
-                "generation": 8, "population": 16, "top": 3, "seeds": 5, "tie_seeds": 0,
+                               "budget": 200, "proxy_steps": 60, "lrp_steps": None},
+                "generation": 10, "population": 20, "top": 4, "seeds": 5, "tie_seeds": 0,
                 "settings": "default", "sgd_lr": None, "use_lrp": True},
 }
 
@@ -267,11 +266,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     R.add_mode_arguments(ap, MODES)
     ap.add_argument("--tasks", help=f"comma-separated subset of {', '.join(TASKS)}")
-    ap.add_argument("--work", help="study files (default: a new temporary folder)")
-    ap.add_argument("--results", help="the RESULTS.md to write (default: the repository's; "
-                                      "--quick: a temporary file)")
-    ap.add_argument("--json", help="the results JSON (default: results/transfer.json; "
-                                   "--quick: beside --results)")
+    R.add_output_arguments(ap, "transfer.json")
     args = ap.parse_args(argv)
     args.mode = args.mode or "reduced"
     if args.mode == "full":
@@ -286,13 +281,8 @@ def main(argv=None) -> dict[str, Any]:
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         raise SystemExit(f"unknown tasks {unknown}; choose from {', '.join(TASKS)}")
-    work = Path(args.work or tempfile.mkdtemp(prefix="transfer_"))
-    work.mkdir(parents=True, exist_ok=True)
+    work, results_md, json_path = R.outputs(args, "transfer.json", "transfer_")
     quick = args.mode == "quick"
-    results_md = Path(args.results) if args.results else (
-        work / "RESULTS.md" if quick else R.RESULTS)
-    json_path = Path(args.json) if args.json else (
-        results_md.parent / "transfer.json" if quick else R.figure_path("transfer.json"))
     report: dict[str, Any] = {"mode": args.mode, "config": cfg, "tasks": {}}
     if json_path.exists() and not quick:
         old = json.loads(json_path.read_text())
