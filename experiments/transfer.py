@@ -2,7 +2,8 @@
 the optimizer, the learning rate, the length of training or the model?
 
 Writes the ``transfer`` section of ``RESULTS.md`` and ``results/transfer.json``. Per task
-(``digits``, ``shapes-seg``):
+(``digits``, ``shapes-seg``; the reduced mode also ``digits-noisy`` and ``digits-lt``,
+the tasks where the loss matters):
 
 1. **search** (AutoLoss-Zero evolution, the task's optimizer: Adam) — its recommendation *without
    the panel* is the best loss by proxy fitness (ties: the smaller);
@@ -48,7 +49,11 @@ SECTION = "transfer"
 
 #: Per task: options (smaller data or model where a mode needs it) and the search budget.
 TASKS = {"digits": "digits: 8×8 handwritten digits, `digits-cnn` (other architecture: `mlp`)",
-         "shapes-seg": "shapes-seg: procedural segmentation, a small U-Net (no other architecture)"}
+         "shapes-seg": "shapes-seg: procedural segmentation, a small U-Net (no other architecture)",
+         "digits-noisy": "digits-noisy: 40 % symmetric label noise on train and val, clean test "
+                         "(other architecture: `mlp`)",
+         "digits-lt": "digits-lt: long tail, imbalance ratio 100, balanced val and test "
+                      "(other architecture: `mlp`)"}
 
 MODES: dict[str, dict[str, Any]] = {
     # the test suite: a few tiny trainings per task, two panel settings, one SGD learning rate
@@ -61,6 +66,10 @@ MODES: dict[str, dict[str, Any]] = {
     "reduced": {"digits": {"options": {}, "budget": 400, "proxy_steps": 300, "lrp_steps": None},
                 "shapes-seg": {"options": {"size": 32, "n_train": 256, "n_val": 64},
                                "budget": 200, "proxy_steps": 60, "lrp_steps": None},
+                "digits-noisy": {"options": {"noise": 0.4, "flip": "symmetric"}, "budget": 400,
+                                 "proxy_steps": 500, "lrp_steps": None},
+                "digits-lt": {"options": {"imbalance": 100.0}, "budget": 400, "proxy_steps": 300,
+                              "lrp_steps": None},
                 "generation": 10, "population": 20, "top": 4, "seeds": 5, "tie_seeds": 0,
                 "settings": "default", "sgd_lr": None, "use_lrp": True},
 }
@@ -277,10 +286,11 @@ def parse_args(argv=None):
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     cfg = MODES[args.mode]
-    names = args.tasks.split(",") if args.tasks else list(TASKS)
-    unknown = [n for n in names if n not in TASKS]
+    names = args.tasks.split(",") if args.tasks else [n for n in TASKS if n in cfg]
+    unknown = [n for n in names if n not in TASKS or n not in cfg]
     if unknown:
-        raise SystemExit(f"unknown tasks {unknown}; choose from {', '.join(TASKS)}")
+        known = ", ".join(n for n in TASKS if n in cfg)
+        raise SystemExit(f"unknown tasks {unknown} in the {args.mode} mode; choose from {known}")
     work, results_md, json_path = R.outputs(args, "transfer.json", "transfer_")
     quick = args.mode == "quick"
     report: dict[str, Any] = {"mode": args.mode, "config": cfg, "tasks": {}}
