@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -225,9 +226,26 @@ def task_table(t: dict[str, Any]) -> str:
     return R.table(["", "loss"] + settings, body)
 
 
+def summary(report: dict[str, Any]) -> str:
+    """One paragraph over all tasks: how many got a recommendation, and under which settings the
+    searched losses were worse than CE (Welch p < 0.05)."""
+    panels = [t["panel"] for t in report["tasks"].values() if t["panel"]]
+    worse = [w for p in panels for w in p["verdict"]["worse_under"].values()]
+    counts = Counter(name for w in worse for name in w)
+    by_setting = ", ".join(f"{n} under `{name}`" for name, n in counts.most_common())
+    clean = sum(1 for w in worse if not w)
+    recommended = [t["task"] for t in report["tasks"].values()
+                   if t["panel"] and t["panel"]["verdict"]["recommended"]]
+    return (f"**Summary**: {len(recommended)} of {len(panels)} tasks get a recommendation with "
+            f"the panel{' (' + ', '.join(recommended) + ')' if recommended else ''}. Of the "
+            f"{len(worse)} searched losses put through the panels, {clean} "
+            f"{'is' if clean == 1 else 'are'} worse than CE under no setting; worse (p < 0.05): {by_setting or 'none'}.\n")
+
+
 def render(report: dict[str, Any], mode: str, cfg: dict[str, Any]) -> str:
     seeds = list(range(1, cfg["seeds"] + 1))
-    parts = ["## Losses that transfer (issue 18)\n", R.provenance(seeds, mode),
+    parts = ["## Losses that transfer (issue 18)\n",
+             f"_{mode.capitalize()} mode; each task names the run that produced it._\n",
              "Per task: an AutoLoss-Zero search under the task's optimizer (Adam); its pick "
              "*without the panel* is the best loss by proxy fitness. The transfer panel "
              f"(`lossforge refine STUDY --panel`, top {cfg['top']}, seeds {seeds}) retrains it "
@@ -238,9 +256,12 @@ def render(report: dict[str, Any], mode: str, cfg: dict[str, Any]) -> str:
              "the two); its best loss is trained in the same panel (one CE for both) and judged "
              "against CE alone. Cells: validation metric, mean ± std over the seeds, Δ and "
              "Welch p vs CE.\n"]
+    parts.append(summary(report))
     for t in report["tasks"].values():
         s = t["search"]
         parts.append(f"### {t['title']}\n")
+        if t.get("provenance"):
+            parts.append(t["provenance"])
         parts.append(f"Options `{t['options']}`, proxy {t['steps']} steps, metric "
                      f"`{t['metric']}`. Search (Adam): {s['explored']} losses explored, "
                      f"{s['trained']} trained, {s['cpu_s']} CPU-s.")
@@ -301,7 +322,8 @@ def main(argv=None) -> dict[str, Any]:
         if old.get("mode") == args.mode:
             report["tasks"].update(old.get("tasks", {}))
     for name in names:
-        report["tasks"][name] = run_task(name, cfg, work)
+        report["tasks"][name] = {**run_task(name, cfg, work),
+                                 "provenance": R.provenance(list(range(1, cfg["seeds"] + 1)), args.mode)}
         json_path.write_text(json.dumps(report, indent=1))
     R.write_section(SECTION, render(report, args.mode, cfg), results_md)
     log(f"wrote {results_md} and {json_path}")

@@ -57,3 +57,16 @@ def test_table_rows_say_when_no_searched_loss_transferred():
     assert "| CE | `ce` | 0.9000 ± 0.0100 | 0.9000 ± 0.0100 |" in table
     assert "0.1000 ± 0.0000 (Δ -0.8000, p < 0.001)" in table
     assert "| with the panel | — (no searched loss transferred) |" in table
+
+
+def test_summary_counts_recommendations_and_the_settings_that_reject():
+    def task(name, recommended, worse_under):
+        return {"task": name, "panel": {"verdict": {"recommended": recommended,
+                                                    "worse_under": worse_under}}}
+    report = {"tasks": {"a": task("a", None, {"L1": ["sgd"], "L2": ["sgd", "lr x2"]}),
+                        "b": task("b", "L3", {"L3": [], "L4": ["sgd"]}),
+                        "c": {"task": "c", "panel": None}}}
+    text = TX.summary(report)
+    assert text.startswith("**Summary**: 1 of 2 tasks get a recommendation with the panel (b).")
+    assert "Of the 4 searched losses put through the panels, 1 is worse than CE" in text
+    assert "3 under `sgd`, 1 under `lr x2`" in text
