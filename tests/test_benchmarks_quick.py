@@ -114,3 +114,24 @@ def test_the_multi_fidelity_row_trains_rungs_and_counts_their_steps():
     assert [c.status for c in runner.cands] == ["trained"] * 3
     assert sorted(c.fidelity["steps"] for c in runner.cands) == [3, 3, 9]
     assert proxy_steps_spent(runner) == 3 * 3 + (9 - 3)
+
+
+def test_lrp_steps_quick():
+    out = _last_json("lrp_steps.py", "--tasks", "digits")
+    r = out["digits"]
+    n = r["candidates"]
+    assert n >= 10 and 0 <= r["accepted"] <= n and r["reference"]["steps"] == 500
+    # one 50-step protocol at the calibrated lr, one at lr * 500 / 50
+    assert [(s["steps"], round(s["lr"] / r["reference"]["lr"], 6)) for s in r["short"]] == \
+        [(50, 1.0), (50, 10.0)]
+    for s in r["short"]:
+        assert s["agreement"] == pytest.approx((n - s["lost"] - s["extra"]) / n)
+        assert s["seconds_per_candidate"] > 0
+
+
+def test_lrp_steps_compare_counts_lost_and_extra_decisions():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import lrp_steps
+
+    got = lrp_steps.compare([True, True, False, False, True], [True, False, True, False, True])
+    assert got == {"agreement": 0.6, "lost": 1, "extra": 1}
