@@ -85,6 +85,7 @@ def test_multifidelity_quick():
     r = out["digits"]
     assert len(r["none"]) == len(r["asha"]) == 2 and r["throughput_ratio"] > 0
     assert r["ladder"] == [[3, 9, 27], [9, 27]]  # FidelityConfig's defaults at max 27
+    assert r["lrp_steps"] == 500  # the protocol's length unless --lrp-steps
     assert r["proxy_throughput_ratio"] > 0 and r["median_diff"] == r["median_diff"]
     for row in r["none"] + r["asha"]:
         assert row["evaluated"] == sum(row["stopped_at"].values())  # each counted once
