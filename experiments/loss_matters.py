@@ -361,12 +361,9 @@ def main(argv=None) -> dict[str, Any]:
     report: dict[str, Any] = {"mode": args.mode, "config": cfg, "families": {}}
     if not quick:
         report["families"].update(stored_families(json_path, results_md, args.mode))
-    for name in names:
-        report["families"][name] = run_family(name, args.mode, cfg, work)
-        json_path.write_text(json.dumps(report, indent=1))
-    R.write_section(SECTION, render(report, args.mode, cfg), results_md)
-    log(f"wrote {results_md} and {json_path}")
-    return report
+    return R.run_parts(report, "families", names,
+                       lambda name: run_family(name, args.mode, cfg, work), json_path, SECTION,
+                       lambda r: render(r, args.mode, cfg), results_md)
 
 
 if __name__ == "__main__":

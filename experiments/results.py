@@ -7,6 +7,7 @@ script replaces its own section and leaves the others alone. Figures go to ``res
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import platform
 import shlex
 import sys
@@ -102,3 +103,18 @@ def outputs(args, json_name: str, prefix: str) -> tuple[Path, Path, Path]:
     json_path = Path(args.json) if args.json else (
         results_md.parent / json_name if quick else figure_path(json_name))
     return work, results_md, json_path
+
+
+def run_parts(report: dict, key: str, names: list[str], run, json_path: Path, section: str,
+              render, results_md: Path) -> dict:
+    """Run each part of an experiment (``report[key][name] = run(name)``), writing the JSON after
+    each one (a crash keeps what finished), then the RESULTS.md ``section`` from
+    ``render(report)``; returns ``report``."""
+    for name in names:
+        report[key][name] = run(name)
+        json_path.write_text(json.dumps(report, indent=1))
+    write_section(section, render(report), results_md)
+    print(f"[{_dt.datetime.now():%H:%M:%S}] wrote {results_md} and {json_path}", file=sys.stderr,
+          flush=True)
+    return report
+

@@ -321,13 +321,11 @@ def main(argv=None) -> dict[str, Any]:
         old = json.loads(json_path.read_text())
         if old.get("mode") == args.mode:
             report["tasks"].update(old.get("tasks", {}))
-    for name in names:
-        report["tasks"][name] = {**run_task(name, cfg, work),
-                                 "provenance": R.provenance(list(range(1, cfg["seeds"] + 1)), args.mode)}
-        json_path.write_text(json.dumps(report, indent=1))
-    R.write_section(SECTION, render(report, args.mode, cfg), results_md)
-    log(f"wrote {results_md} and {json_path}")
-    return report
+    seeds = list(range(1, cfg["seeds"] + 1))
+    return R.run_parts(
+        report, "tasks", names,
+        lambda name: {**run_task(name, cfg, work), "provenance": R.provenance(seeds, args.mode)},
+        json_path, SECTION, lambda r: render(r, args.mode, cfg), results_md)
 
 
 if __name__ == "__main__":
