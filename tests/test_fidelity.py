@@ -91,6 +91,9 @@ def test_search_rungs_match_straight_training(tmp_path):
     assert summary["fidelity"]["settings"]["kind"] == "asha"
     assert sum(summary["fidelity"]["stopped_at"].values()) == len(per)
     assert study.best.details["fidelity"]["steps"] == max(x[5] or 0 for x in cands)
+    best_rung = summary["fidelity"]["best_rung"]
+    assert best_rung["steps"] == study.best.details["fidelity"]["steps"]
+    assert (best_rung["rung"] < best_rung["top"]) == (best_rung["steps"] < 36)
     assert not (tmp_path / "s.db.rungs").exists()  # in-process: states in memory, no files
     study.close()
 
@@ -157,3 +160,19 @@ def test_old_study_without_rungs_table_opens(tmp_path):
     rw = Store.open(path)  # a writable open adds the table
     assert rw.rung_rows() == []
     rw.close()
+
+
+def test_show_and_the_report_warn_when_the_best_stopped_below_its_top_rung():
+    from lossforge.evaluation.fidelity import best_rung_warning
+    from lossforge.report.html import _rungs_html
+
+    assert best_rung_warning(None) is None
+    assert best_rung_warning({"steps": 36, "rung": 2, "top": 2}) is None
+    text = best_rung_warning({"steps": 12, "rung": 1, "top": 2})
+    assert "judged at 12 proxy steps" in text and "lossforge refine" in text
+    fid = {"settings": {"kind": "asha", "eta": 3}, "candidates": 3, "steps_spent": 40,
+           "seconds": 1.0, "stopped_at": {4: 2, 12: 1}, "rungs": [],
+           "best_rung": {"steps": 12, "rung": 1, "top": 2}}
+    assert 'class="warning"' in _rungs_html(fid, None)
+    assert 'class="warning"' not in _rungs_html({**fid, "best_rung": None}, None)
+

@@ -165,7 +165,7 @@ class Study:
             "stats": self.stats,
             "refine": self.store.meta("refine"),  # lossforge refine's races (None before any)
             "baseline": self.baseline,  # the task's baseline loss, proxy-trained (None: not measured)
-            "fidelity": _fidelity_summary(self.store),  # multi-fidelity rungs (None: not used)
+            "fidelity": _fidelity_summary(self.store, best),  # rungs (None: not used)
         }
 
     @property
@@ -520,10 +520,10 @@ def _with_fidelity(funnel: FunnelConfig, fidelity: Any, task: Task, joint: bool)
     return funnel
 
 
-def _fidelity_summary(store: Store) -> dict[str, Any] | None:
+def _fidelity_summary(store: Store, best: Row | None) -> dict[str, Any] | None:
     from lossforge.evaluation.fidelity import study_fidelity
 
-    return study_fidelity(store)
+    return study_fidelity(store, best)
 
 
 def _stage_seconds(funnel) -> dict[str, float]:

@@ -145,6 +145,12 @@ def print_fidelity(fid: dict) -> None:
     console.print(t)
     console.print(f"{fid['candidates']} candidates trained in rungs: {fid['steps_spent']} proxy "
                   f"steps, {fid['seconds']:.1f} s")
+    from lossforge.evaluation.fidelity import best_rung_warning
+
+    warning = best_rung_warning(fid.get("best_rung"))
+    if warning:
+        console.print(f"[bold yellow]warning[/]: {warning}")
+
 
 
 def print_refine(state: dict) -> None:

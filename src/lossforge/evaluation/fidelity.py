@@ -394,11 +394,13 @@ def row_steps(row) -> int:
     return int((row.details.get("fidelity") or {}).get("steps") or 0)
 
 
-def study_fidelity(store) -> dict[str, Any] | None:
+def study_fidelity(store, best=None) -> dict[str, Any] | None:
     """What ``show`` and the report print about a study's rungs (``None`` for a study without
-    multi-fidelity): its settings, :func:`rung_summary`, and ``rungs``: the trained
+    multi-fidelity): its settings, :func:`rung_summary`, ``rungs``: the trained
     candidates, each ``{"generation", "position", "formula", "rungs"}`` with one ``{"rung",
-    "bracket", "steps", "status", "fitness", "metrics", "seconds"}`` per finished rung."""
+    "bracket", "steps", "status", "fitness", "metrics", "seconds"}`` per finished rung, and
+    ``best_rung``: where the study's ``best`` row stopped, ``{"steps", "rung", "top"}`` (``top``:
+    its bracket's top rung index; ``None`` without a best or rungs)."""
     settings = (store.settings.get("funnel") or {}).get("proxy", {}).get("fidelity")
     rows = store.rung_rows()
     if not settings and not rows:
@@ -410,4 +412,19 @@ def study_fidelity(store) -> dict[str, Any] | None:
         entry["rungs"].append(
             {"rung": r.rung, "bracket": r.bracket, "steps": r.steps, "status": r.status,
              "fitness": r.fitness, "metrics": r.metrics, "seconds": r.seconds})
-    return {"settings": settings, **rung_summary(rows), "rungs": list(per.values())}
+    f = (best.details.get("fidelity") or {}) if best is not None else {}
+    best_rung = {k: f.get(k) for k in ("steps", "rung", "top")} if f.get("steps") else None
+    return {"settings": settings, **rung_summary(rows), "rungs": list(per.values()),
+            "best_rung": best_rung}
+
+
+def best_rung_warning(best: dict | None) -> str | None:
+    """What to say when the best loss stopped below its bracket's top rung (``None``: it reached
+    it, or there is no best): its fitness is a short training's, which on some tasks ranks losses
+    at random (benchmarks/fidelity_rank.py)."""
+    if not best or best.get("rung") is None or best.get("top") is None \
+            or best["rung"] >= best["top"]:
+        return None
+    return (f"the best loss was judged at {best['steps']} proxy steps, below its top rung: no "
+            f"full-length training backs it. Retrain it before trusting it (lossforge refine "
+            f"STUDY, or evaluate --loss FORMULA).")

@@ -84,7 +84,7 @@ def _fidelity(study) -> dict[str, Any] | None:
     ``None`` for a study without them."""
     from lossforge.evaluation.fidelity import study_fidelity
 
-    return study_fidelity(study.store)
+    return study_fidelity(study.store, study.best)
 
 
 def _transfer(study) -> dict[str, Any]:

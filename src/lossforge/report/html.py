@@ -155,6 +155,11 @@ def _rungs_html(fid: dict, figure: str | None) -> str:
     for steps, n in fid["stopped_at"].items():
         out.append(f"<tr><td>{_e(steps)}</td><td>{n}</td></tr>")
     out.append("</table>")
+    from lossforge.evaluation.fidelity import best_rung_warning
+
+    warning = best_rung_warning(fid.get("best_rung"))
+    if warning:
+        out.append(f'<p class="warning">{_e(warning)}</p>')
     return "\n".join(out)
 
 
