@@ -50,22 +50,31 @@ def loss_pool(task, n_zoo: int, n_searched: int, seed: int = 0) -> list[str]:
         return pool
     funnel = Funnel(task, task.default_metric, FunnelConfig())
     funnel.calibrate()
+    screens = [stage for stage in funnel.stages if stage is not funnel.proxy]
+    found = random_survivors(task, screens, n_searched, seed=seed, skip=set(pool))
+    return pool + [str(e) for e in found]
+
+
+def random_survivors(task, stages, n: int, seed: int = 0, skip: set[str] = frozenset(),
+                     batch: int = 32, rounds: int = 200) -> list:
+    """Up to ``n`` distinct expressions (not in ``skip``) drawn by the random strategy from the
+    task's default space, in ``batch``es for at most ``rounds``, that every callable of
+    ``stages`` (each ``stage(candidates)``, marking rejects done) lets through."""
     cls = get_class("random")
     space = spaces.get(cls.default_space, variables=sorted(task.slot("loss").variables - {"z"}))
     strategy = cls(space, seed=seed)
-    found = []
-    for _ in range(200):
-        cands = [Candidate(e) for e in strategy.ask(32)]
-        for stage in funnel.stages:
-            if stage is not funnel.proxy:
-                stage(cands)
+    found: dict[str, object] = {}
+    for _ in range(rounds):
+        cands = [Candidate(e) for e in strategy.ask(batch)]
+        for stage in stages:
+            stage(cands)
         for c in cands:
-            if not c.done and str(c.expr) not in pool + found:
-                found.append(str(c.expr))
+            if not c.done and str(c.expr) not in skip:
+                found.setdefault(str(c.expr), c.expr)
         strategy.tell([(c.expr, None) for c in cands])
-        if len(found) >= n_searched:
+        if len(found) >= n:
             break
-    return pool + found[:n_searched]
+    return list(found.values())[:n]
 
 
 def rung_fitness(task, loss: str, ladder: list[int], metric: str) -> list[float]:

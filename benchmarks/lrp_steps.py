@@ -23,36 +23,23 @@ import argparse
 import json
 import time
 from dataclasses import replace
+from functools import partial
 
 import torch
 
 from lossforge import tasks
 from lossforge.evaluation import batched
 from lossforge.evaluation.batched.scores import lrp_scores
-from lossforge.evaluation.candidate import Candidate
 from lossforge.evaluation.funnel import Funnel, FunnelConfig
-from lossforge.expr import spaces
-from lossforge.search import get_class
+
+from fidelity_rank import random_survivors  # benchmarks/fidelity_rank.py, beside this script
 
 
-def lrp_inputs(task, funnel: Funnel, n: int, seed: int = 0, max_rounds: int = 400) -> list:
-    """Up to ``n`` distinct random candidates that pass the checks and GEC (what reaches the LRP
-    in a search)."""
-    cls = get_class("random")
-    space = spaces.get(cls.default_space, variables=sorted(task.slot("loss").variables - {"z"}))
-    strategy = cls(space, seed=seed)
-    found: dict[str, object] = {}
-    for _ in range(max_rounds):
-        cands = [Candidate(e) for e in strategy.ask(64)]
-        for stage in (funnel.checks, funnel.gec):
-            batched.run_stage(stage, cands)
-        for c in cands:
-            if not c.done:
-                found.setdefault(str(c.expr), c.expr)
-        strategy.tell([(c.expr, None) for c in cands])
-        if len(found) >= n:
-            break
-    return list(found.values())[:n]
+def lrp_inputs(task, funnel: Funnel, n: int, seed: int = 0) -> list:
+    """Up to ``n`` distinct random candidates that pass the checks and GEC, batched as in a
+    search (what reaches the LRP)."""
+    stages = [partial(batched.run_stage, stage) for stage in (funnel.checks, funnel.gec)]
+    return random_survivors(task, stages, n, seed=seed, batch=64, rounds=400)
 
 
 def decisions(exprs: list, funnel: Funnel, config) -> tuple[list[bool], float]:
@@ -62,7 +49,7 @@ def decisions(exprs: list, funnel: Funnel, config) -> tuple[list[bool], float]:
     start = time.process_time()
     scores = lrp_scores(exprs, lrp.probe, lrp.metric, config, lrp.init)
     seconds = (time.process_time() - start) / max(1, len(exprs))
-    threshold = funnel.lrp.config.threshold
+    threshold = lrp.config.threshold
     return [done and s is not None and s >= threshold for done, s in scores], seconds
 
 

@@ -97,10 +97,6 @@ MODES = {
 }
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 def experts_for(family: dict[str, Any], kind: str) -> list[str]:
     """The family's expert losses that the zoo has for the task's ``kind``."""
     have = {e.name for e in zoo.entries(kind)}
@@ -187,10 +183,10 @@ def run_family(name: str, mode: str, cfg: dict[str, Any], work: Path) -> dict[st
     cfg = family_config(family, mode, cfg)
     kind = get_task(family["task"]).kind
     experts = experts_for(family, kind)
-    log(f"{name}: searching {family['task']} for {family['metric']}")
+    R.log(f"{name}: searching {family['task']} for {family['metric']}")
     found = search_and_refine(family, cfg, work)
     winner = found["winner"]
-    log(f"{name}: winner {winner}; retraining {2 + len(experts)} losses × {cfg['seeds']} seeds")
+    R.log(f"{name}: winner {winner}; retraining {2 + len(experts)} losses × {cfg['seeds']} seeds")
     losses = [family["baseline"], *experts, *([winner] if winner else [])]
     main = compare(family["task"], family["options"], losses, family["metric"],
                    family["baseline"], experts, cfg)
@@ -199,7 +195,7 @@ def run_family(name: str, mode: str, cfg: dict[str, Any], work: Path) -> dict[st
         options = {**family["options"], **change}
         picks = [family["baseline"], *([main["best_expert"]] if main["best_expert"] else []),
                  *([winner] if winner else [])]
-        log(f"{name}: transfer to {options}")
+        R.log(f"{name}: transfer to {options}")
         transfer.append(compare(family["task"], options, picks, family["metric"],
                                 family["baseline"], [main["best_expert"]] if
                                 main["best_expert"] else [], cfg))

@@ -114,7 +114,10 @@ def run_parts(report: dict, key: str, names: list[str], run, json_path: Path, se
         report[key][name] = run(name)
         json_path.write_text(json.dumps(report, indent=1))
     write_section(section, render(report), results_md)
-    print(f"[{_dt.datetime.now():%H:%M:%S}] wrote {results_md} and {json_path}", file=sys.stderr,
-          flush=True)
+    log(f"wrote {results_md} and {json_path}")
     return report
 
+
+def log(msg: str) -> None:
+    """A progress line on stderr, ``[HH:MM:SS] msg``."""
+    print(f"[{_dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)

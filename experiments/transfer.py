@@ -78,10 +78,6 @@ MODES: dict[str, dict[str, Any]] = {
 }
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 def cpu() -> float:
     return time.process_time()
 
@@ -156,9 +152,9 @@ def run_task(name: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     tcfg = cfg[name]
     task = get_task(name, **tcfg["options"])
     path = work / f"{name}-adam.db"
-    log(f"{name}: search under {task.proxy.optimizer}")
+    R.log(f"{name}: search under {task.proxy.optimizer}")
     plain = run_search(task, cfg, tcfg, path)
-    log(f"{name}: search under adam,sgd")
+    R.log(f"{name}: search under adam,sgd")
     multi = run_search(task, cfg, tcfg, work / f"{name}-adam-sgd.db", "adam,sgd")
     out: dict[str, Any] = {"task": name, "title": TASKS[name], "options": tcfg["options"],
                            "metric": task.default_metric, "steps": tcfg["proxy_steps"],
@@ -169,7 +165,7 @@ def run_task(name: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     top = [f for f, _ in candidates(study, cfg["top"])]
     study.close()
     losses = top + ([multi["best"]] if multi["best"] and multi["best"] not in top else [])
-    log(f"{name}: panel of {len(losses)} losses")
+    R.log(f"{name}: panel of {len(losses)} losses")
     t0 = cpu()
     panel = transfer_panel(path, top=cfg["top"], seeds=cfg["seeds"], tie_seeds=cfg["tie_seeds"],
                            task=task, losses=losses,
@@ -239,7 +235,8 @@ def summary(report: dict[str, Any]) -> str:
     return (f"**Summary**: {len(recommended)} of {len(panels)} tasks get a recommendation with "
             f"the panel{' (' + ', '.join(recommended) + ')' if recommended else ''}. Of the "
             f"{len(worse)} searched losses put through the panels, {clean} "
-            f"{'is' if clean == 1 else 'are'} worse than CE under no setting; worse (p < 0.05): {by_setting or 'none'}.\n")
+            f"{'is' if clean == 1 else 'are'} worse than CE under no setting; worse (p < 0.05): "
+            f"{by_setting or 'none'}.\n")
 
 
 def render(report: dict[str, Any], mode: str, cfg: dict[str, Any]) -> str:

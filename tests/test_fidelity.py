@@ -175,4 +175,3 @@ def test_show_and_the_report_warn_when_the_best_stopped_below_its_top_rung():
            "best_rung": {"steps": 12, "rung": 1, "top": 2}}
     assert 'class="warning"' in _rungs_html(fid, None)
     assert 'class="warning"' not in _rungs_html({**fid, "best_rung": None}, None)
-

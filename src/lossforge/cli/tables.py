@@ -152,7 +152,6 @@ def print_fidelity(fid: dict) -> None:
         console.print(f"[bold yellow]warning[/]: {warning}")
 
 
-
 def print_refine(state: dict) -> None:
     """The rounds of ``lossforge refine`` stored in a study, one table per finished round."""
     for r in state["results"]:
