@@ -158,6 +158,29 @@ def regression_config(config: LRPConfig, probe: Probe, init: torch.Tensor) -> LR
     return replace(config, optimizer="adam", lr=config.lr * REGRESSION_LR_SCALE * scale)
 
 
+#: How many further draws :func:`random_start` may take to find a start with room to improve.
+MAX_START_DRAWS = 16
+
+
+def random_start(probe: Probe, metric: Metric, seed: int) -> torch.Tensor:
+    """The protocol's random start: standard-normal predictions from ``seed``. On a classification
+    probe a draw whose argmax already scores what the targets themselves score leaves the
+    protocol nothing to measure (every loss scores 0 and is rejected: with 2 classes and 5
+    samples that is 1 draw in 32), so the next draws of the same generator are taken, at most
+    :data:`MAX_START_DRAWS` (deterministic in ``seed``; any other start is the first draw)."""
+    gen = torch.Generator().manual_seed(seed)
+    start = probe.random_pred(gen)
+    if probe.kind != "classification":
+        return start
+    target = probe.target.cpu().numpy()
+    perfect = float(metric.fn(target, target))
+    for _ in range(MAX_START_DRAWS):
+        if metric_value(metric, probe, start) != perfect:
+            break
+        start = probe.random_pred(gen)
+    return start
+
+
 def lrp_score(expr: Expr, probe: Probe, metric: Metric, config: LRPConfig,
               init: torch.Tensor) -> float | None:
     """The improvement score of one loss (:func:`improvement`); ``None`` when a loss value turned
@@ -191,7 +214,7 @@ class LossRejection:
 
     def __init__(self, probe: Probe, metric: Metric, config: LRPConfig = LRPConfig()):
         self.probe, self.metric, self.config = probe, metric, config
-        self.init = probe.random_pred(torch.Generator().manual_seed(config.seed))
+        self.init = random_start(probe, metric, config.seed)
         if probe.kind == "box":
             self.init = box_lrp_start(self.init)
         if probe.kind == "regression":
