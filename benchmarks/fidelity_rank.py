@@ -29,52 +29,22 @@ import time
 import numpy as np
 import torch
 
-from lossforge import tasks, zoo
-from lossforge.evaluation.candidate import Candidate
+from lossforge import tasks
+from lossforge.evaluation import rung_check
 from lossforge.evaluation.funnel import Funnel, FunnelConfig
-from lossforge.search import get_class
-from lossforge.expr import spaces
+from lossforge.evaluation.rung_check import spearman
 from lossforge.training import OK, train
 
 
 def loss_pool(task, n_zoo: int, n_searched: int, seed: int = 0) -> list[str]:
     """Up to ``n_zoo`` zoo formulas for the task's kind and ``n_searched`` random candidates that
-    pass the funnel's screening stages."""
-    pool = []
-    for e in zoo.entries(task.kind):
-        expr = e.expr_for(task)
-        if expr is not None and str(expr) not in pool:
-            pool.append(str(expr))
-    pool = pool[:n_zoo]
-    if n_searched <= 0:
-        return pool
-    funnel = Funnel(task, task.default_metric, FunnelConfig())
-    funnel.calibrate()
-    screens = [stage for stage in funnel.stages if stage is not funnel.proxy]
-    found = random_survivors(task, screens, n_searched, seed=seed, skip=set(pool))
-    return pool + [str(e) for e in found]
-
-
-def random_survivors(task, stages, n: int, seed: int = 0, skip: set[str] = frozenset(),
-                     batch: int = 32, rounds: int = 200) -> list:
-    """Up to ``n`` distinct expressions (not in ``skip``) drawn by the random strategy from the
-    task's default space, in ``batch``es for at most ``rounds``, that every callable of
-    ``stages`` (each ``stage(candidates)``, marking rejects done) lets through."""
-    cls = get_class("random")
-    space = spaces.get(cls.default_space, variables=sorted(task.slot("loss").variables - {"z"}))
-    strategy = cls(space, seed=seed)
-    found: dict[str, object] = {}
-    for _ in range(rounds):
-        cands = [Candidate(e) for e in strategy.ask(batch)]
-        for stage in stages:
-            stage(cands)
-        for c in cands:
-            if not c.done and str(c.expr) not in skip:
-                found.setdefault(str(c.expr), c.expr)
-        strategy.tell([(c.expr, None) for c in cands])
-        if len(found) >= n:
-            break
-    return list(found.values())[:n]
+    pass the funnel's screening stages (:func:`lossforge.evaluation.rung_check.loss_pool`)."""
+    stages = None
+    if n_searched > 0:
+        funnel = Funnel(task, task.default_metric, FunnelConfig())
+        funnel.calibrate()
+        stages = [stage for stage in funnel.stages if stage is not funnel.proxy]
+    return rung_check.loss_pool(task, n_zoo, n_searched, seed, stages)
 
 
 def rung_fitness(task, loss: str, ladder: list[int], metric: str) -> list[float]:
@@ -98,28 +68,6 @@ def full_mean(task, loss: str, steps: int, seeds: int, metric: str) -> float:
         r = train(task, loss, steps=steps, seed=s, splits=("val",))
         vals.append(sign * r.val[metric] if r.status == OK else -math.inf)
     return float(np.mean(vals)) if all(math.isfinite(v) for v in vals) else -math.inf
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share), -inf lowest."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    sx = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2
-        i = j + 1
-    return ranks
-
-
-def spearman(a, b) -> float:
-    ra, rb = _ranks(np.asarray(a, float)), _ranks(np.asarray(b, float))
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def top3_survival(fit: np.ndarray, final: np.ndarray, start: int, eta: int) -> float:

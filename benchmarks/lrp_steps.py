@@ -31,8 +31,7 @@ from lossforge import tasks
 from lossforge.evaluation import batched
 from lossforge.evaluation.batched.scores import lrp_scores
 from lossforge.evaluation.funnel import Funnel, FunnelConfig
-
-from fidelity_rank import random_survivors  # benchmarks/fidelity_rank.py, beside this script
+from lossforge.evaluation.rung_check import random_survivors
 
 
 def lrp_inputs(task, funnel: Funnel, n: int, seed: int = 0) -> list:

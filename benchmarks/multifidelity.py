@@ -22,6 +22,12 @@ seeds asha is ahead on, and the Wilcoxon signed-rank p-value.
 
     python benchmarks/multifidelity.py                   # digits and shapes-seg, 5 seeds, 60 CPU-s
     python benchmarks/multifidelity.py --quick           # tiny (test suite)
+    python benchmarks/multifidelity.py --min-steps auto  # the ladder measured per search
+
+With ``--min-steps auto`` each asha search first runs its rung check (the zoo's losses trained
+once through the rungs, :mod:`lossforge.evaluation.rung_check`), charged to its CPU budget; the
+ratio is also printed without it (``throughput_ratio_after_check``: a check reused across the
+searches on one task).
 
 The last line is one JSON object: ``{task: {"none": [...], "asha": [...], "throughput_ratio",
 "proxy_throughput_ratio", "paired_ratio_median", "median_diff", "ahead", "wilcoxon_p",
@@ -92,11 +98,15 @@ def one_search(task: str, seed: int, seconds: float, fidelity: FidelityConfig | 
         steps = len(study.trained()) * max_steps  # a diverged training stops early: not counted
         stopped = {max_steps: evaluated}
     best = study.best
+    check = study.store.meta("rung_check")  # min_steps="auto": measured at the search's start
     study.close()
+    check_s = float(check["seconds"]) if check else 0.0
     proxy_s = stage_s.get("proxy", 0.0)
     screen_s = sum(stage_s.get(k, 0.0) for k in SCREENING)
     return {"seed": seed, "cpu_s": used, "evaluated": evaluated,
             "per_cpu_hour": evaluated / used * 3600,
+            "check_s": check_s, "chosen": check["chosen"] if check else None,
+            "per_cpu_hour_after_check": evaluated / max(used - check_s, 1e-9) * 3600,
             "per_proxy_hour": evaluated / max(proxy_s, 1e-9) * 3600,
             "proxy_s": proxy_s, "screening_s": screen_s,
             "screening_share": screen_s / max(proxy_s + screen_s, 1e-9),
@@ -138,6 +148,8 @@ def compare(rows: dict[str, list[dict]]) -> dict:
     return {"throughput_ratio": mean(asha, "per_cpu_hour") / max(1e-9, mean(none, "per_cpu_hour")),
             "proxy_throughput_ratio": (mean(asha, "per_proxy_hour")
                                        / max(1e-9, mean(none, "per_proxy_hour"))),
+            "throughput_ratio_after_check": (mean(asha, "per_cpu_hour_after_check")
+                                             / max(1e-9, mean(none, "per_cpu_hour"))),
             "paired_ratio_median": statistics.median(
                 b["per_cpu_hour"] / max(1e-9, a["per_cpu_hour"]) for a, b in zip(none, asha)),
             "steps_per_candidate": {k: mean(rs, "proxy_steps") / max(1e-9, mean(rs, "evaluated"))
@@ -164,6 +176,11 @@ def print_task(name: str, out: dict, n_seeds: int, seconds: float) -> None:
     print(f"throughput asha/none: {out['throughput_ratio']:.2f}x per CPU-hour (median of paired "
           f"ratios {out['paired_ratio_median']:.2f}x), {out['proxy_throughput_ratio']:.2f}x per "
           f"proxy-stage hour; proxy steps per candidate {spc['none']:.0f} -> {spc['asha']:.0f}")
+    if any(r["check_s"] for r in out["asha"]):
+        print(f"rung check (min_steps=auto, charged to each asha search): chose "
+              f"{[r['chosen'] for r in out['asha']]}, {statistics.mean(r['check_s'] for r in out['asha']):.1f} s "
+              f"per search; without it (a check reused across searches on the task): "
+              f"{out['throughput_ratio_after_check']:.2f}x per CPU-hour")
     print(f"retrained (test, {out['retrain_seeds']} fresh seeds) asha - none: "
           f"{' '.join(f'{d:+.4f}' for d in out['diffs'])}; median {out['median_diff']:+.4f}, "
           f"asha ahead on {out['ahead']}, behind on {out['behind']} of {len(out['diffs'])}, "
@@ -178,7 +195,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=None,
                     help="CPU seconds per search (60; quick 6)")
-    ap.add_argument("--min-steps", type=int, default=None, help="default: FidelityConfig's")
+    ap.add_argument("--min-steps", default=None,
+                    help="steps, or 'auto' (a rung check per asha search, charged to it); "
+                         "default: FidelityConfig's")
     ap.add_argument("--max-steps", type=int, default=None, help="default: the task's proxy steps")
     ap.add_argument("--eta", type=int, default=3)
     ap.add_argument("--brackets", type=int, default=None, help="default: FidelityConfig's")
@@ -196,7 +215,8 @@ def main(argv=None) -> dict:
     for name in names:
         warm_up(name)
         top = a.max_steps or (27 if q else tasks.get(name).proxy.steps)
-        fid = FidelityConfig("asha", min_steps=a.min_steps, max_steps=top, eta=a.eta,
+        low = a.min_steps if a.min_steps in (None, "auto") else int(a.min_steps)
+        fid = FidelityConfig("asha", min_steps=low, max_steps=top, eta=a.eta,
                              **({} if a.brackets is None else {"brackets": a.brackets}))
         fresh = [1000 + i for i in range(a.retrain_seeds or (1 if q else 3))]
         rows: dict[str, list[dict]] = {"none": [], "asha": []}
@@ -210,7 +230,8 @@ def main(argv=None) -> dict:
                     print(f"  {name} seed {seed} {kind}: {r['evaluated']} evaluated in "
                           f"{r['cpu_s']:.0f} CPU s, retrained {r['retrained']:.4f}", flush=True)
         out[name] = {**rows, **compare(rows), "max_steps": top, "eta": a.eta,
-                     "ladder": fid.ladder(top), "cpu_s_per_search": seconds,
+                     "ladder": "auto" if fid.auto else fid.ladder(top),
+                     "cpu_s_per_search": seconds,
                      "retrain_seeds": len(fresh), "generation": a.generation,
                      "lrp_steps": a.lrp_steps or FunnelConfig().lrp.steps}
         print_task(name, out[name], n_seeds, seconds)

@@ -136,3 +136,16 @@ def test_lrp_steps_compare_counts_lost_and_extra_decisions():
 
     got = lrp_steps.compare([True, True, False, False, True], [True, False, True, False, True])
     assert got == {"agreement": 0.6, "lost": 1, "extra": 1}
+
+
+@pytest.mark.slow
+def test_multifidelity_quick_auto():
+    """``--min-steps auto``: each asha search runs its rung check, charged to its budget."""
+    out = _last_json("multifidelity.py", "--seeds", "1", "--min-steps", "auto")
+    r = out["digits"]
+    assert r["ladder"] == "auto"
+    (row,) = r["asha"]
+    assert row["check_s"] > 0 and row["chosen"]["brackets"] == 1
+    assert row["chosen"]["min_steps"] in (1, 3, 9, 27)  # a rung of the grid 27·3^-k
+    assert row["per_cpu_hour_after_check"] >= row["per_cpu_hour"]
+    assert set(row["stopped_at"]) <= {"1", "3", "9", "27", 1, 3, 9, 27}

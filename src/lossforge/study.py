@@ -29,6 +29,7 @@ its ``"task_changes"`` meta entry.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -54,6 +55,7 @@ _FIXED = ("task", "task_options", "metric", "strategy", "space", "seed", "funnel
 #: Values of settings that study files written before they existed hold implicitly.
 _IMPLICIT = {"slot": "loss", "fixed": {}, "joint": False, "task_options": {}}
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,8 @@ class LossSearch:
     twice). A task with its own training loop (:meth:`~lossforge.tasks.Task.fit`) trained in this
     process (no executor, or a serial one) also sends each ``report(step, metrics)`` of its loop:
     a dict with event ``"report"``, explored, budget, generation, formula, step, metrics (and no
-    status); worker processes drop them.
+    status); worker processes drop them. With ``min_steps="auto"`` a new study first sends event
+    ``"rung_check"`` (explored, budget, generation 0, max_steps, losses) before its rung check.
 
     Tasks with several loss slots (:meth:`~lossforge.tasks.Task.loss_slots`): ``slot`` names the
     loss slot to search (its kind's variables, probes and LRP metric), ``fixed`` gives the losses
@@ -416,20 +419,51 @@ class LossSearch:
         options = {**cls.task_options(self.task), **self.strategy_options}
         return cls(space, seed=self.seed, **options)
 
-    def _make_funnel(self):
+    def _make_funnel(self, config: FunnelConfig | None = None):
+        config = config or self.funnel
         if self.joint:
             from lossforge.evaluation.joint import JointFunnel
 
-            return JointFunnel(self.task, self.metric, self.funnel, self.executor)
-        return Funnel(self.task, self.metric, self.funnel, self.executor, slot=self.slot,
+            return JointFunnel(self.task, self.metric, config, self.executor)
+        return Funnel(self.task, self.metric, config, self.executor, slot=self.slot,
                       fixed=self.fixed)
+
+    def _measured_ladder(self, store: Store) -> FunnelConfig:
+        """The funnel settings to run: ``self.funnel``, where ``min_steps="auto"`` is replaced by
+        the ladder a rung check chose (:mod:`~lossforge.evaluation.rung_check`; run once per
+        study, stored as meta ``"rung_check"`` and read back on resume). The stored settings
+        keep ``"auto"``."""
+        from dataclasses import replace
+
+        from lossforge.evaluation.rung_check import RungCheck, check_rungs, loss_pool, summary_line
+
+        fid = self.funnel.proxy.fidelity
+        if fid is None or not fid.auto:
+            return self.funnel
+        stored = store.meta("rung_check")
+        if stored is not None:
+            check = RungCheck.from_dict(stored)
+        else:
+            proxy = self.funnel.proxy
+            top = int(fid.max_steps or proxy.steps or self.task.proxy.steps)
+            pool = loss_pool(self.task)
+            if self.progress:
+                self.progress({"event": "rung_check", "explored": store.count(), "generation": 0,
+                               "budget": self.budget, "max_steps": top, "losses": len(pool)})
+            check = check_rungs(self.task, self.metric, pool, top, eta=fid.eta, seed=proxy.seed,
+                                device=proxy.device)
+            store.set_meta("rung_check", check.to_dict())
+        min_steps, brackets = check.choose()
+        log.info("rung check: %s", summary_line(check))
+        return replace(self.funnel, proxy=replace(self.funnel.proxy,
+                                                  fidelity=fid.chosen(min_steps, brackets)))
 
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> Study:
         """Search until ``budget`` candidates are explored; returns the :class:`Study`."""
         store = self._open_store()
         strategy = self._make_strategy()
-        funnel = self._make_funnel()
+        funnel = self._make_funnel(self._measured_ladder(store))
         generation = 0
         ckpt = store.last_checkpoint()
         if ckpt is not None:
@@ -516,7 +550,12 @@ def _with_fidelity(funnel: FunnelConfig, fidelity: Any, task: Task, joint: bool)
         if joint:
             raise ValueError("multi-fidelity proxy training does not support joint searches yet; "
                              "use fidelity='none' or search one slot")
-        fid.ladder(funnel.proxy.steps or task.proxy.steps)  # ValueError: an impossible ladder
+        if fid.auto:
+            if len(task.loss_slots()) > 1:
+                raise ValueError("min_steps='auto' (a rung check with the zoo's losses) supports "
+                                 "single-loss tasks; give min_steps and brackets")
+        else:
+            fid.ladder(funnel.proxy.steps or task.proxy.steps)  # ValueError: no such ladder
     return funnel
 
 

@@ -90,6 +90,11 @@ class SearchView:
         if state.get("event") == "report":  # a training in progress (Task.fit's report)
             self.training = state
             return
+        if state.get("event") == "rung_check":  # min_steps=auto: measuring the rungs first
+            self._progress.update(self._task, description=(
+                f"{self.title} · rung check ({state['losses']} zoo losses to "
+                f"{state['max_steps']} steps)"))
+            return
         if self.training is not None and self.training.get("formula") == state.get("formula"):
             self.training = None
         position = state.get("position", len(self.seen))

@@ -152,7 +152,10 @@ def search_cli(
     fidelity: str = typer.Option("none", "--fidelity", help=(
         "Proxy training: none (one training of --proxy-steps) or asha (rungs of min-steps·η^k "
         "up to max-steps; the best 1/η of each rung continue training).")),
-    min_steps: Optional[int] = typer.Option(None, "--min-steps", help="Shortest rung (asha; default max/η²)."),
+    min_steps: Optional[str] = typer.Option(None, "--min-steps", help=(
+        "Shortest rung (asha; default max/η²), or 'auto': measured on the task at the start "
+        "(a rung check: the zoo's losses trained once through the rungs; one bracket from the "
+        "shortest rung that ranks them as max-steps does).")),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Top rung (asha; default --proxy-steps or the task's)."),
     eta: int = typer.Option(3, "--eta", help="Reduction factor η (asha)."),
     brackets: Optional[int] = typer.Option(None, "--brackets", help=(
@@ -166,7 +169,7 @@ def search_cli(
     timeout: Optional[float] = _TIMEOUT,
 ):
     """Search for a loss function; every result is saved to the study file as it arrives."""
-    fid = None if fidelity == "none" else {"kind": fidelity, "min_steps": min_steps,
+    fid = None if fidelity == "none" else {"kind": fidelity, "min_steps": _steps_or_auto(min_steps),
                                             "max_steps": max_steps, "eta": eta, "brackets": brackets}
     try:
         run = make_search(task, study, metric=metric, strategy=strategy, budget=budget, seed=seed,
@@ -182,6 +185,16 @@ def search_cli(
     summary = run_search(run, "searching", study, budget, live=format != Format.json,
                          workers=workers, dask=dask, timeout=timeout)
     _print_summary(summary, format)
+
+
+def _steps_or_auto(text: str | None) -> int | str | None:
+    """``--min-steps``: a number of steps or ``auto``."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        fail(f"--min-steps {text!r}: expected a number of steps or 'auto'")
 
 
 @app.command("resume")

@@ -136,8 +136,9 @@ def print_fidelity(fid: dict) -> None:
     """Multi-fidelity rungs of a study: how many candidates stopped at each rung length, and the
     proxy steps and seconds spent."""
     cfg = fid.get("settings") or {}
-    t = Table(title=f"rungs ({cfg.get('kind', 'asha')}, eta {cfg.get('eta')}, "
-                    f"brackets {cfg.get('brackets') or '2 (default)'})")
+    brackets = "1 (measured)" if cfg.get("min_steps") == "auto" else (cfg.get("brackets")
+                                                                       or "2 (default)")
+    t = Table(title=f"rungs ({cfg.get('kind', 'asha')}, eta {cfg.get('eta')}, brackets {brackets})")
     for col in ("steps", "stopped here"):
         t.add_column(col, justify="right")
     for steps, n in fid["stopped_at"].items():
@@ -145,7 +146,10 @@ def print_fidelity(fid: dict) -> None:
     console.print(t)
     console.print(f"{fid['candidates']} candidates trained in rungs: {fid['steps_spent']} proxy "
                   f"steps, {fid['seconds']:.1f} s")
-    from lossforge.evaluation.fidelity import best_rung_warning
+    from lossforge.evaluation.fidelity import best_rung_warning, rung_check_text
+
+    if rung_check_text(fid):
+        console.print(rung_check_text(fid), markup=False)
 
     warning = best_rung_warning(fid.get("best_rung"))
     if warning:

@@ -400,7 +400,9 @@ def study_fidelity(store, best=None) -> dict[str, Any] | None:
     candidates, each ``{"generation", "position", "formula", "rungs"}`` with one ``{"rung",
     "bracket", "steps", "status", "fitness", "metrics", "seconds"}`` per finished rung, and
     ``best_rung``: where the study's ``best`` row stopped, ``{"steps", "rung", "top"}`` (``top``:
-    its bracket's top rung index; ``None`` without a best or rungs)."""
+    its bracket's top rung index; ``None`` without a best or rungs), and ``rung_check``: the
+    stored :class:`~lossforge.evaluation.rung_check.RungCheck` dict of a ``min_steps="auto"``
+    study (``None`` otherwise)."""
     settings = (store.settings.get("funnel") or {}).get("proxy", {}).get("fidelity")
     rows = store.rung_rows()
     if not settings and not rows:
@@ -415,7 +417,20 @@ def study_fidelity(store, best=None) -> dict[str, Any] | None:
     f = (best.details.get("fidelity") or {}) if best is not None else {}
     best_rung = {k: f.get(k) for k in ("steps", "rung", "top")} if f.get("steps") else None
     return {"settings": settings, **rung_summary(rows), "rungs": list(per.values()),
-            "best_rung": best_rung}
+            "best_rung": best_rung, "rung_check": store.meta("rung_check")}
+
+
+def rung_check_text(fid: dict) -> str | None:
+    """One line on a ``min_steps="auto"`` study's rung check (``None`` without one)."""
+    from lossforge.evaluation.rung_check import RungCheck, summary_line
+
+    stored = fid.get("rung_check")
+    if not stored:
+        return None
+    try:
+        return "rung check: " + summary_line(RungCheck.from_dict(stored))
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        return f"rung check: stored result unreadable ({type(err).__name__})"
 
 
 def best_rung_warning(best: dict | None) -> str | None:

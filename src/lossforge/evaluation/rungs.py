@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass
 
 NONE = "none"
 ASHA = "asha"
+#: ``FidelityConfig(min_steps=AUTO)``: the ladder measured on the task (a rung check).
+AUTO = "auto"
 KINDS = (NONE, ASHA)
 #: Hyperband brackets when ``FidelityConfig.brackets`` is ``None`` (see its docstring).
 DEFAULT_BRACKETS = 2
@@ -49,7 +51,9 @@ class FidelityConfig:
     """How proxy training spends steps: ``kind`` ``"none"`` (one training of the proxy's
     ``steps``, today's behaviour) or ``"asha"`` (rungs, see the module docstring).
 
-    ``min_steps``: the shortest rung (``None``: ``max_steps / η²``, three rungs); ``max_steps``:
+    ``min_steps``: the shortest rung (``None``: ``max_steps / η²``, three rungs; ``"auto"``:
+    measured on the task when the study starts, :mod:`~lossforge.evaluation.rung_check` — the
+    shortest rung that ranks the zoo's losses as ``max_steps`` does, one bracket); ``max_steps``:
     the top rung (``None``: the proxy stage's ``steps``, else the task's proxy steps); ``eta``:
     the reduction factor η ≥ 2; ``brackets``: how many Hyperband brackets (candidates are dealt
     to them by position, round robin; 1 = plain ASHA; ``None``: 2, or 1 when the ladder has a
@@ -83,7 +87,7 @@ class FidelityConfig:
     ranks are measured to hold."""
 
     kind: str = NONE
-    min_steps: int | None = None
+    min_steps: int | str | None = None
     max_steps: int | None = None
     eta: int = 3
     brackets: int | None = None
@@ -95,17 +99,33 @@ class FidelityConfig:
             raise ValueError(f"eta must be at least 2 (the reduction factor), got {self.eta}")
         if self.brackets is not None and self.brackets < 1:
             raise ValueError(f"brackets must be at least 1, got {self.brackets}")
+        if isinstance(self.min_steps, str) and self.min_steps != AUTO:
+            raise ValueError(f"min_steps must be a number of steps or {AUTO!r}, "
+                             f"got {self.min_steps!r}")
+        if self.auto and self.brackets is not None:
+            raise ValueError(f"min_steps={AUTO!r} chooses the brackets too (one, from the "
+                             "measured rung): leave brackets unset")
         for name in ("min_steps", "max_steps"):
             v = getattr(self, name)
-            if v is not None and v < 1:
+            if v is not None and v != AUTO and v < 1:
                 raise ValueError(f"{name} must be a positive number of steps, got {v}")
-        if self.min_steps and self.max_steps and self.min_steps > self.max_steps:
+        if not self.auto and self.min_steps and self.max_steps \
+                and self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) must not exceed max_steps "
                              f"({self.max_steps})")
 
     @property
     def active(self) -> bool:
         return self.kind != NONE
+
+    @property
+    def auto(self) -> bool:
+        """Whether the ladder is to be measured on the task (``min_steps="auto"``)."""
+        return self.min_steps == AUTO
+
+    def chosen(self, min_steps: int, brackets: int) -> "FidelityConfig":
+        """This config with a measured ``min_steps`` and ``brackets`` in place of ``"auto"``."""
+        return FidelityConfig(self.kind, int(min_steps), self.max_steps, self.eta, int(brackets))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,6 +147,9 @@ class FidelityConfig:
     def ladder(self, default_max: int) -> list[list[int]]:
         """The rung steps of every bracket (bracket 0 first); ``default_max`` stands for an unset
         ``max_steps``. ``ValueError`` when ``brackets`` exceeds the ladder's ``K + 1``."""
+        if self.auto:
+            raise ValueError("min_steps='auto' is measured when the study starts "
+                             "(FidelityConfig.chosen); there is no ladder before that")
         top = int(self.max_steps or default_max)
         low = int(self.min_steps or max(1, top // self.eta ** 2))  # floor: keeps 3 rungs
         if low > top:

@@ -137,6 +137,12 @@ def page(data: dict, figures: dict[str, str], losses: list[dict], best_latex) ->
     return "\n".join(out) + "\n"
 
 
+def _brackets(cfg: dict) -> str:
+    if cfg.get("min_steps") == "auto":
+        return "1 (measured by the rung check)"
+    return str(cfg.get("brackets") or "2 (default)")
+
+
 def _rungs_html(fid: dict, figure: str | None) -> str:
     """The multi-fidelity section: the rung settings, the figure (learning curves of the
     candidates that reached the top rung; where candidates stopped) and the table of how many
@@ -145,7 +151,7 @@ def _rungs_html(fid: dict, figure: str | None) -> str:
     out = ["<h2>Multi-fidelity rungs</h2>",
            f'<p class="muted">{_e(cfg.get("kind", "asha"))}: min steps '
            f'{_e(cfg.get("min_steps") or "max/η²")}, max steps {_e(cfg.get("max_steps") or "proxy steps")}, '
-           f'η {_e(cfg.get("eta"))}, brackets {_e(cfg.get("brackets") or "2 (default)")}. '
+           f'η {_e(cfg.get("eta"))}, brackets {_e(_brackets(cfg))}. '
            f'{fid["candidates"]} candidates trained in rungs: {fid["steps_spent"]} proxy steps, '
            f'{fid["seconds"]:.1f} s.</p>']
     if figure:
@@ -155,8 +161,10 @@ def _rungs_html(fid: dict, figure: str | None) -> str:
     for steps, n in fid["stopped_at"].items():
         out.append(f"<tr><td>{_e(steps)}</td><td>{n}</td></tr>")
     out.append("</table>")
-    from lossforge.evaluation.fidelity import best_rung_warning
+    from lossforge.evaluation.fidelity import best_rung_warning, rung_check_text
 
+    if rung_check_text(fid):
+        out.append(f'<p class="muted">{_e(rung_check_text(fid))}</p>')
     warning = best_rung_warning(fid.get("best_rung"))
     if warning:
         out.append(f'<p class="warning">{_e(warning)}</p>')
