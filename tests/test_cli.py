@@ -279,3 +279,25 @@ def test_strategy_options_reach_the_study_and_bad_ones_fail(tmp_path):
                    "--option", "KEY=VALUE")
     one_line_error(invoke("search", *TINY, "--study", tmp_path / "q.db", "--option", "colour=red"),
                    "colour")
+
+
+def test_rung_check_prints_the_measured_choice_and_its_flags():
+    import json
+
+    from lossforge.evaluation.rung_check import RungCheck
+
+    r = invoke("rung-check", "--task", "digits", "--max-steps", 18, "--levels", 3,
+               "--format", "json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["rungs"] == [2, 6, 18] and len(d["losses"]) >= 4
+    low, brackets = RungCheck.from_dict(d).choose()
+    assert (d["chosen"]["min_steps"], d["chosen"]["brackets"]) == (low, brackets)
+    assert d["flags"] == (f"--fidelity asha --min-steps {low} --max-steps 18 --eta 3 --brackets 1"
+                          if low < 18 else "--fidelity none")
+    one_line_error(invoke("rung-check", "--task", "digits", "--eta", 1), "--eta")
+
+
+def test_search_min_steps_must_be_steps_or_auto(tmp_path):
+    one_line_error(invoke("search", *TINY, "--study", tmp_path / "s.db", "--fidelity", "asha",
+                          "--min-steps", "fast"), "--min-steps 'fast'", "auto")

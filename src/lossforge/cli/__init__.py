@@ -7,7 +7,7 @@ data (importable and testable without the command line):
   shared options and the ``Format`` choices;
 - :mod:`~lossforge.cli.catalog`: ``zoo``, ``tasks``;
 - :mod:`~lossforge.cli.evaluate`: ``evaluate``;
-- :mod:`~lossforge.cli.search`: ``search``, ``resume`` (with :mod:`~lossforge.cli.live`, the live
+- :mod:`~lossforge.cli.search`: ``search``, ``rung-check``, ``resume`` (with :mod:`~lossforge.cli.live`, the live
   view);
 - :mod:`~lossforge.cli.study`: ``show``, ``refine``, ``export``, ``report``;
 - :mod:`~lossforge.cli.tables`: the rich tables results are printed as.

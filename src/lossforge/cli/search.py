@@ -197,6 +197,54 @@ def _steps_or_auto(text: str | None) -> int | str | None:
         fail(f"--min-steps {text!r}: expected a number of steps or 'auto'")
 
 
+def rung_check(task: Any, metric: str | None = None, max_steps: int | None = None, eta: int = 3,
+               levels: int = 4, random: int = 0, seed: int = 0) -> dict[str, Any]:
+    """:func:`lossforge.evaluation.rung_check.check_rungs` on ``task`` (the zoo's losses, plus
+    ``random`` screened random candidates): the check's dict with ``task``, ``metric``,
+    ``max_steps`` and ``flags`` (the ``search`` options that use its choice)."""
+    from lossforge.evaluation.funnel import Funnel, FunnelConfig
+    from lossforge.evaluation.rung_check import check_rungs, loss_pool
+
+    metric = metric or task.default_metric
+    task.metric(metric)  # clear error for an unknown metric
+    top = int(max_steps or task.proxy.steps)
+    stages = None
+    if random > 0:
+        funnel = Funnel(task, metric, FunnelConfig())
+        funnel.calibrate()
+        stages = [stage for stage in funnel.stages if stage is not funnel.proxy]
+    pool = loss_pool(task, n_random=random, seed=seed, stages=stages)
+    check = check_rungs(task, metric, pool, top, eta=eta, levels=levels, seed=seed)
+    low, brackets = check.choose()
+    flags = (f"--fidelity asha --min-steps {low} --max-steps {top} --eta {eta} "
+             f"--brackets {brackets}" if low < top else "--fidelity none")
+    return {"task": task.name, "metric": metric, "max_steps": top, **check.to_dict(),
+            "flags": flags}
+
+
+@app.command("rung-check")
+@guarded
+def rung_check_cli(
+    task: str = typer.Option(..., "--task", help=TASK_HELP),
+    task_option: List[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Metric to rank by (default: the task's)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Full length (default: the task's proxy steps)."),
+    eta: int = typer.Option(3, "--eta", help="Reduction factor η between rungs."),
+    levels: int = typer.Option(4, "--levels", help="Rungs max·η^-k, k < levels."),
+    random: int = typer.Option(0, "--random", help=(
+        "Also rank this many random candidates that pass screening (closer to what a search "
+        "trains than the zoo's hand-made losses; costs screening).")),
+    format: Format = _FORMAT,
+):
+    """Measure which multi-fidelity rungs rank your task's losses as a full-length proxy does,
+    and print the search options that use the shortest safe rung (what --min-steps auto does at
+    a search's start; run it once, reuse the flags)."""
+    if eta < 2 or levels < 2 or random < 0:
+        fail("--eta and --levels must be at least 2, --random at least 0")
+    loaded = load_task_with_options(task, task_option)
+    emit(rung_check(loaded, metric, max_steps, eta, levels, random), format, "print_rung_check")
+
+
 @app.command("resume")
 @guarded
 def resume_cli(

@@ -156,6 +156,19 @@ def print_fidelity(fid: dict) -> None:
         console.print(f"[bold yellow]warning[/]: {warning}")
 
 
+def print_rung_check(d: dict) -> None:
+    """``lossforge rung-check``: per rung, ρ against the full-length fitness and the share of the
+    final top 3 it would promote; the choice and the flags."""
+    t = Table(title=f"rung check: {d['task']} ({d['metric']}), {len(d['losses'])} losses, "
+                    f"{d['seconds']:.0f} s")
+    for col in ("rung steps", "spearman rho", "top-3 promoted", "may cut"):
+        t.add_column(col, justify="right")
+    for steps, rho, share, ok in zip(d["rungs"], d["spearman"], d["promoted"], d["passes"]):
+        t.add_row(str(steps), f"{rho:.2f}", f"{share:.2f}", "yes" if ok else "no")
+    console.print(t)
+    console.print(f"use: lossforge search ... {d['flags']}", markup=False)
+
+
 def print_refine(state: dict) -> None:
     """The rounds of ``lossforge refine`` stored in a study, one table per finished round."""
     for r in state["results"]:

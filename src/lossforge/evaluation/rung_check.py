@@ -81,6 +81,7 @@ class RungCheck:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["fitness"] = [[x if math.isfinite(x) else None for x in row] for row in self.fitness]
+        d["passes"] = [self.passes(k) for k in range(len(self.rungs))]
         d["chosen"] = dict(zip(("min_steps", "brackets"), self.choose()))
         return d
 

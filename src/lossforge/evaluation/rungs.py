@@ -84,7 +84,9 @@ class FidelityConfig:
     proxy steps per candidate: 0.26·max in bracket 0, 0.56·max in bracket 1, 0.41·max together
     (2.4× fewer than the single-length proxy), against 0.56·max for a single bracket at max/3
     and 0.26·max for one at max/9. Set ``brackets=1`` (and ``min_steps``) for a task whose early
-    ranks are measured to hold."""
+    ranks are measured to hold, or ``min_steps="auto"`` to measure them when the study starts
+    (:mod:`~lossforge.evaluation.rung_check`: the same rule on the zoo's losses, same seed, one
+    bracket from the chosen rung; ``lossforge rung-check`` measures once for several searches)."""
 
     kind: str = NONE
     min_steps: int | str | None = None
