@@ -112,16 +112,17 @@ def test_study_measures_once_uses_the_choice_and_resumes(tmp_path, monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(rung_check, "check_rungs", counted)
-    monkeypatch.setattr(rung_check, "loss_pool", lambda task: [
-        str(_formula(n)) for n in ("ce", "focal", "brier", "gce", "poly1")])
+    monkeypatch.setattr(rung_check, "POOL_RANDOM", 2)
+    zoo = rung_check.loss_pool(tasks.get("digits"))
     path = tmp_path / "s.db"
     events = []
     fid = {"kind": "asha", "min_steps": "auto", "max_steps": 18}
     study = LossSearch(task="digits", storage=path, budget=12, seed=1, funnel=FUNNEL,
                        fidelity=fid, progress=events.append).run()
     assert calls == [18]
-    assert events[0]["event"] == "rung_check" and events[0]["losses"] == 5
+    assert events[0]["event"] == "rung_check" and events[0]["losses"] == len(zoo) + 2
     stored = study.store.meta("rung_check")
+    assert stored["losses"][:len(zoo)] == zoo and len(stored["losses"]) == len(zoo) + 2
     low, brackets = RungCheck.from_dict(stored).choose()
     ladder = FidelityConfig("asha", low, 18, 3, brackets).ladder(18)[0]
     steps = {r.steps for r in study.store.rung_rows()}

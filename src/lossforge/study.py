@@ -435,7 +435,8 @@ class LossSearch:
         keep ``"auto"``."""
         from dataclasses import replace
 
-        from lossforge.evaluation.rung_check import RungCheck, check_rungs, loss_pool, summary_line
+        from lossforge.evaluation.rung_check import (POOL_RANDOM, RungCheck, check_rungs,
+                                                     loss_pool, summary_line)
 
         fid = self.funnel.proxy.fidelity
         if fid is None or not fid.auto:
@@ -446,10 +447,12 @@ class LossSearch:
         else:
             proxy = self.funnel.proxy
             top = int(fid.max_steps or proxy.steps or self.task.proxy.steps)
-            pool = loss_pool(self.task)
             if self.progress:
                 self.progress({"event": "rung_check", "explored": store.count(), "generation": 0,
-                               "budget": self.budget, "max_steps": top, "losses": len(pool)})
+                               "budget": self.budget, "max_steps": top,
+                               "losses": POOL_RANDOM + len(loss_pool(self.task))})
+            pool = loss_pool(self.task, n_random=POOL_RANDOM, seed=proxy.seed,
+                             stages=self._screening_stages(store))
             check = check_rungs(self.task, self.metric, pool, top, eta=fid.eta, seed=proxy.seed,
                                 device=proxy.device)
             store.set_meta("rung_check", check.to_dict())
@@ -457,6 +460,21 @@ class LossSearch:
         log.info("rung check: %s", summary_line(check))
         return replace(self.funnel, proxy=replace(self.funnel.proxy,
                                                   fidelity=fid.chosen(min_steps, brackets)))
+
+    def _screening_stages(self, store: Store) -> list:
+        """The search's screening stages (checks, GEC, LRP) without its proxy stage, calibrated
+        as the search will be (the calibration is stored, so the search reads it back)."""
+        from dataclasses import replace
+
+        config = replace(self.funnel, proxy=replace(self.funnel.proxy, fidelity=None))
+        funnel = Funnel(self.task, self.metric, config, slot=self.slot, fixed=self.fixed)
+        calibrated = store.meta("calibration")
+        if calibrated is None:
+            funnel.calibrate()
+            store.set_meta("calibration", funnel.calibration_state())
+        else:
+            funnel.load_calibration(calibrated)
+        return [stage for stage in funnel.stages if stage is not funnel.proxy]
 
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> Study:

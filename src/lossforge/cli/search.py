@@ -198,7 +198,7 @@ def _steps_or_auto(text: str | None) -> int | str | None:
 
 
 def rung_check(task: Any, metric: str | None = None, max_steps: int | None = None, eta: int = 3,
-               levels: int = 4, random: int = 0, seed: int = 0) -> dict[str, Any]:
+               levels: int = 4, random: int = 8, seed: int = 0) -> dict[str, Any]:
     """:func:`lossforge.evaluation.rung_check.check_rungs` on ``task`` (the zoo's losses, plus
     ``random`` screened random candidates): the check's dict with ``task``, ``metric``,
     ``max_steps`` and ``flags`` (the ``search`` options that use its choice)."""
@@ -231,9 +231,10 @@ def rung_check_cli(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Full length (default: the task's proxy steps)."),
     eta: int = typer.Option(3, "--eta", help="Reduction factor η between rungs."),
     levels: int = typer.Option(4, "--levels", help="Rungs max·η^-k, k < levels."),
-    random: int = typer.Option(0, "--random", help=(
+    random: int = typer.Option(8, "--random", help=(
         "Also rank this many random candidates that pass screening (closer to what a search "
-        "trains than the zoo's hand-made losses; costs screening).")),
+        "trains than the zoo's hand-made losses, which make short rungs look safer; costs "
+        "screening; what --min-steps auto uses).")),
     format: Format = _FORMAT,
 ):
     """Measure which multi-fidelity rungs rank your task's losses as a full-length proxy does,

@@ -19,9 +19,10 @@ be safe on both; this module replaces the guess by a measurement on the task at 
    the measurement takes the place of Hyperband's hedge. No such rung: the ladder is the single
    length ``max_steps`` (multi-fidelity would only cut blindly).
 
-The pool (:func:`loss_pool`): the zoo's losses for the task's kind (distinct formulas) and,
-optionally, random candidates that pass the funnel's screening (:func:`random_survivors`), which
-look more like what a search trains than the zoo's hand-made losses do. A diverged loss counts as
+The pool (:func:`loss_pool`): the zoo's losses for the task's kind (distinct formulas) and
+random candidates that pass the funnel's screening (:func:`random_survivors`; ``POOL_RANDOM``
+in a search), which look more like what a search trains than the zoo's hand-made losses do —
+hand-made losses all learn fast, so the zoo alone makes short rungs look safer than they are. A diverged loss counts as
 the worst fitness. Noise: with ~16 losses ρ has a standard error near 0.25, so the check errs in
 both directions; it is a measurement of this task, not a guarantee (see RESULTS.md).
 """
@@ -37,6 +38,12 @@ import numpy as np
 from lossforge.evaluation.candidate import Candidate, TRAINED
 from lossforge.tasks import Task
 
+#: The pool of a rung check: the zoo's distinct losses (at most this many) ...
+POOL_ZOO = 16
+#: ... and this many random candidates that pass screening (on ``digits`` the zoo alone let
+#: max/27 cut, ρ 0.84; with 8 screened random candidates ρ there is 0.44 and max/9 is chosen,
+#: as the 38-loss fresh-seed table of benchmarks/fidelity_rank.py says).
+POOL_RANDOM = 8
 #: The rule (FidelityConfig's docstring): a rung may cut where ρ ≥ this ...
 MIN_SPEARMAN = 0.5
 #: ... and at least this share of the final top 3 would be promoted from it.
@@ -142,7 +149,7 @@ def check_rungs(task: Task, metric: str, losses: list[str], max_steps: int, *, e
     return RungCheck(rungs, eta, list(losses), fitness, seconds=time.perf_counter() - t0)
 
 
-def loss_pool(task: Task, n_zoo: int = 16, n_random: int = 0, seed: int = 0,
+def loss_pool(task: Task, n_zoo: int = POOL_ZOO, n_random: int = 0, seed: int = 0,
               stages: list | None = None) -> list[str]:
     """Up to ``n_zoo`` distinct zoo formulas for the task's kind, then up to ``n_random`` random
     candidates that every screening stage of ``stages`` lets through (required when
