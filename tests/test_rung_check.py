@@ -134,3 +134,11 @@ def test_study_measures_once_uses_the_choice_and_resumes(tmp_path, monkeypatch):
     s = load_study(path, readonly=True)
     assert s.store.meta("rung_check") == stored and s.explored == 20
     s.close()
+
+
+def test_study_text_for_show_and_report():
+    rows = [[(7 * i) % 9, 0.1 * i, 0.1 * i] for i in range(9)]
+    line = rung_check.study_text({"rung_check": _check(rows).to_dict()})
+    assert line.startswith("rung check: 9 losses, 4: ρ") and "rungs from 12 steps, 1 bracket" in line
+    assert rung_check.study_text({"rung_check": None}) is None
+    assert "unreadable" in rung_check.study_text({"rung_check": {"rungs": [1]}})

@@ -146,7 +146,8 @@ def print_fidelity(fid: dict) -> None:
     console.print(t)
     console.print(f"{fid['candidates']} candidates trained in rungs: {fid['steps_spent']} proxy "
                   f"steps, {fid['seconds']:.1f} s")
-    from lossforge.evaluation.fidelity import best_rung_warning, rung_check_text
+    from lossforge.evaluation.fidelity import best_rung_warning
+    from lossforge.evaluation.rung_check import study_text as rung_check_text
 
     if rung_check_text(fid):
         console.print(rung_check_text(fid), markup=False)

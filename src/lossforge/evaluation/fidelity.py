@@ -420,19 +420,6 @@ def study_fidelity(store, best=None) -> dict[str, Any] | None:
             "best_rung": best_rung, "rung_check": store.meta("rung_check")}
 
 
-def rung_check_text(fid: dict) -> str | None:
-    """One line on a ``min_steps="auto"`` study's rung check (``None`` without one)."""
-    from lossforge.evaluation.rung_check import RungCheck, summary_line
-
-    stored = fid.get("rung_check")
-    if not stored:
-        return None
-    try:
-        return "rung check: " + summary_line(RungCheck.from_dict(stored))
-    except (KeyError, TypeError, ValueError, IndexError) as err:
-        return f"rung check: stored result unreadable ({type(err).__name__})"
-
-
 def best_rung_warning(best: dict | None) -> str | None:
     """What to say when the best loss stopped below its bracket's top rung (``None``: it reached
     it, or there is no best): its fitness is a short training's, which on some tasks ranks losses

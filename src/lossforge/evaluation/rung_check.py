@@ -109,6 +109,18 @@ def summary_line(check: RungCheck) -> str:
     return f"{len(check.losses)} losses, {cells} -> {chosen} ({check.seconds:.0f} s)"
 
 
+def study_text(fid: dict) -> str | None:
+    """One line on the rung check of a study's rungs summary
+    (:func:`~lossforge.evaluation.fidelity.study_fidelity`; ``None`` without a check)."""
+    stored = fid.get("rung_check")
+    if not stored:
+        return None
+    try:
+        return "rung check: " + summary_line(RungCheck.from_dict(stored))
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        return f"rung check: stored result unreadable ({type(err).__name__})"
+
+
 def grid(max_steps: int, eta: int, levels: int) -> list[int]:
     """``levels`` rung lengths ``max_steps · η^-k``, shortest first, each at least 1 step and
     distinct (a short ``max_steps`` gives fewer)."""

@@ -161,7 +161,8 @@ def _rungs_html(fid: dict, figure: str | None) -> str:
     for steps, n in fid["stopped_at"].items():
         out.append(f"<tr><td>{_e(steps)}</td><td>{n}</td></tr>")
     out.append("</table>")
-    from lossforge.evaluation.fidelity import best_rung_warning, rung_check_text
+    from lossforge.evaluation.fidelity import best_rung_warning
+    from lossforge.evaluation.rung_check import study_text as rung_check_text
 
     if rung_check_text(fid):
         out.append(f'<p class="muted">{_e(rung_check_text(fid))}</p>')
