@@ -451,10 +451,12 @@ class LossSearch:
                 self.progress({"event": "rung_check", "explored": store.count(), "generation": 0,
                                "budget": self.budget, "max_steps": top,
                                "losses": POOL_RANDOM + len(loss_pool(self.task))})
-            pool = loss_pool(self.task, n_random=POOL_RANDOM, seed=proxy.seed,
-                             stages=self._screening_stages(store))
+            stages = self._screening_stages(store)
+            started = time.perf_counter()
+            pool = loss_pool(self.task, n_random=POOL_RANDOM, seed=proxy.seed, stages=stages)
             check = check_rungs(self.task, self.metric, pool, top, eta=fid.eta, seed=proxy.seed,
                                 device=proxy.device)
+            check.seconds = time.perf_counter() - started  # the screening of the pool too
             store.set_meta("rung_check", check.to_dict())
         min_steps, brackets = check.choose()
         log.info("rung check: %s", summary_line(check))

@@ -8,6 +8,7 @@ executor and returns the study's summary.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
@@ -213,8 +214,10 @@ def rung_check(task: Any, metric: str | None = None, max_steps: int | None = Non
         funnel = Funnel(task, metric, FunnelConfig())
         funnel.calibrate()
         stages = [stage for stage in funnel.stages if stage is not funnel.proxy]
+    started = time.perf_counter()
     pool = loss_pool(task, n_random=random, seed=seed, stages=stages)
     check = check_rungs(task, metric, pool, top, eta=eta, levels=levels, seed=seed)
+    check.seconds = time.perf_counter() - started  # the screening of the pool too
     low, brackets = check.choose()
     flags = (f"--fidelity asha --min-steps {low} --max-steps {top} --eta {eta} "
              f"--brackets {brackets}" if low < top else "--fidelity none")

@@ -54,7 +54,8 @@ MIN_PROMOTED = 2 / 3
 class RungCheck:
     """The measurement (JSON-friendly: :meth:`to_dict`). ``fitness[i][k]``: loss ``i`` at
     ``rungs[k]`` steps (higher is better, ``-inf`` once diverged); ``spearman[k]`` and
-    ``promoted[k]`` per rung (the last rung is ``max_steps``: ρ 1 by definition)."""
+    ``promoted[k]`` per rung (the last rung is ``max_steps``: ρ 1 by definition); ``seconds``:
+    the trainings' wall time (a search and ``lossforge rung-check`` add the pool's screening)."""
 
     rungs: list[int]
     eta: int
