@@ -435,8 +435,8 @@ class LossSearch:
         keep ``"auto"``."""
         from dataclasses import replace
 
-        from lossforge.evaluation.rung_check import (POOL_RANDOM, RungCheck, check_rungs,
-                                                     loss_pool, summary_line)
+        from lossforge.evaluation.rung_check import (POOL_RANDOM, RungCheck, loss_pool,
+                                                     search_check, summary_line)
 
         fid = self.funnel.proxy.fidelity
         if fid is None or not fid.auto:
@@ -451,12 +451,8 @@ class LossSearch:
                 self.progress({"event": "rung_check", "explored": store.count(), "generation": 0,
                                "budget": self.budget, "max_steps": top,
                                "losses": POOL_RANDOM + len(loss_pool(self.task))})
-            stages = self._screening_stages(store)
-            started = time.perf_counter()
-            pool = loss_pool(self.task, n_random=POOL_RANDOM, seed=proxy.seed, stages=stages)
-            check = check_rungs(self.task, self.metric, pool, top, eta=fid.eta, seed=proxy.seed,
-                                device=proxy.device)
-            check.seconds = time.perf_counter() - started  # the screening of the pool too
+            check = search_check(self.task, self.metric, self._screening_stages(store), top,
+                                 eta=fid.eta, seed=proxy.seed, device=proxy.device)
             store.set_meta("rung_check", check.to_dict())
         min_steps, brackets = check.choose()
         log.info("rung check: %s", summary_line(check))

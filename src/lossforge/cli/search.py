@@ -8,7 +8,6 @@ executor and returns the study's summary.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
@@ -204,7 +203,7 @@ def rung_check(task: Any, metric: str | None = None, max_steps: int | None = Non
     ``random`` screened random candidates): the check's dict with ``task``, ``metric``,
     ``max_steps`` and ``flags`` (the ``search`` options that use its choice)."""
     from lossforge.evaluation.funnel import Funnel, FunnelConfig
-    from lossforge.evaluation.rung_check import check_rungs, loss_pool
+    from lossforge.evaluation.rung_check import search_check
 
     metric = metric or task.default_metric
     task.metric(metric)  # clear error for an unknown metric
@@ -214,10 +213,8 @@ def rung_check(task: Any, metric: str | None = None, max_steps: int | None = Non
         funnel = Funnel(task, metric, FunnelConfig())
         funnel.calibrate()
         stages = [stage for stage in funnel.stages if stage is not funnel.proxy]
-    started = time.perf_counter()
-    pool = loss_pool(task, n_random=random, seed=seed, stages=stages)
-    check = check_rungs(task, metric, pool, top, eta=eta, levels=levels, seed=seed)
-    check.seconds = time.perf_counter() - started  # the screening of the pool too
+    check = search_check(task, metric, stages, top, eta=eta, levels=levels, n_random=random,
+                         seed=seed)
     low, brackets = check.choose()
     flags = (f"--fidelity asha --min-steps {low} --max-steps {top} --eta {eta} "
              f"--brackets {brackets}" if low < top else "--fidelity none")

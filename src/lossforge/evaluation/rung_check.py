@@ -162,6 +162,21 @@ def check_rungs(task: Task, metric: str, losses: list[str], max_steps: int, *, e
     return RungCheck(rungs, eta, list(losses), fitness, seconds=time.perf_counter() - t0)
 
 
+def search_check(task: Task, metric: str, stages: list | None, max_steps: int, *, eta: int = 3,
+                 levels: int = 4, n_random: int | None = None, seed: int = 0,
+                 device: str = "cpu") -> RungCheck:
+    """The rung check of a search (``min_steps="auto"``) and of ``lossforge rung-check``: the
+    :func:`loss_pool` (``n_random`` screened random candidates, default ``POOL_RANDOM``; 0 needs
+    no ``stages``) through :func:`check_rungs`; ``seconds`` counts the pool's screening too."""
+    started = time.perf_counter()
+    n_random = POOL_RANDOM if n_random is None else n_random
+    pool = loss_pool(task, n_random=n_random, seed=seed, stages=stages)
+    check = check_rungs(task, metric, pool, max_steps, eta=eta, levels=levels, seed=seed,
+                        device=device)
+    check.seconds = time.perf_counter() - started
+    return check
+
+
 def loss_pool(task: Task, n_zoo: int = POOL_ZOO, n_random: int = 0, seed: int = 0,
               stages: list | None = None) -> list[str]:
     """Up to ``n_zoo`` distinct zoo formulas for the task's kind, then up to ``n_random`` random
