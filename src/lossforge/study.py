@@ -466,12 +466,7 @@ class LossSearch:
 
         config = replace(self.funnel, proxy=replace(self.funnel.proxy, fidelity=None))
         funnel = Funnel(self.task, self.metric, config, slot=self.slot, fixed=self.fixed)
-        calibrated = store.meta("calibration")
-        if calibrated is None:
-            funnel.calibrate()
-            store.set_meta("calibration", funnel.calibration_state())
-        else:
-            funnel.load_calibration(calibrated)
+        _calibrate_once(store, funnel)
         return [stage for stage in funnel.stages if stage is not funnel.proxy]
 
     # --- the loop -------------------------------------------------------------------------------
@@ -485,12 +480,7 @@ class LossSearch:
         if ckpt is not None:
             generation = ckpt[0] + 1
             strategy.load_state_dict(ckpt[1]["strategy"])
-        calibrated = store.meta("calibration")
-        if calibrated is None:
-            funnel.calibrate()
-            store.set_meta("calibration", funnel.calibration_state())
-        else:
-            funnel.load_calibration(calibrated)
+        _calibrate_once(store, funnel)
         if self.funnel.proxy.optimizers:  # tuned learning rates, the stage, the baseline
             from lossforge.evaluation.optimizers import prepare_search
 
@@ -550,6 +540,17 @@ class LossSearch:
         return lambda c, step, metrics: self.progress(
             {"event": "report", "explored": store.count(), "budget": self.budget,
              "generation": generation, "formula": str(c.expr), "step": step, "metrics": metrics})
+
+
+def _calibrate_once(store: Store, funnel) -> None:
+    """Calibrate ``funnel``'s LRP once per study: the stored calibration when there is one, else
+    calibrate and store it."""
+    calibrated = store.meta("calibration")
+    if calibrated is None:
+        funnel.calibrate()
+        store.set_meta("calibration", funnel.calibration_state())
+    else:
+        funnel.load_calibration(calibrated)
 
 
 def _with_fidelity(funnel: FunnelConfig, fidelity: Any, task: Task, joint: bool) -> FunnelConfig:
