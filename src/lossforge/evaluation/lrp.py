@@ -78,6 +78,16 @@ class LRPConfig:
     seed: int = 2024
     spatial_size: int = 32
 
+    def with_steps(self, steps: int) -> "LRPConfig":
+        """The protocol shortened (or lengthened) to ``steps`` with the same summed step:
+        ``lr · self.steps / steps``. Measured (``benchmarks/lrp_steps.py``): 200 steps at lr ×2.5
+        agree with the 500-step protocol on 99.5 % (digits) / 99.8 % (shapes-seg) of candidates
+        and are 2.1-2.5x faster; at an unscaled lr short protocols lose 6-18 of ~40 accepted
+        losses."""
+        if steps <= 0:
+            raise ValueError(f"LRP steps must be a positive number, got {steps}")
+        return replace(self, steps=steps, lr=self.lr * self.steps / steps)
+
 
 #: For box slots the LRP threshold is ``BOX_THRESHOLD_SCALE * LRPConfig.threshold`` (0.3 mean-IoU
 #: improvement by default): ``threshold`` is stated for accuracy, and from the jittered start of a
