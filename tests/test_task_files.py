@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 import lfhelpers as H
 from lossforge import cli
 from lossforge.storage import StudyFileError
-from lossforge.study import LossSearch, StudyTaskChangedError, load_study, resume
+from lossforge.study import LossSearch, load_study, resume
+from lossforge.study_task import StudyTaskChangedError
 from lossforge.tasks.spec import module_name_for
 
 runner = CliRunner()

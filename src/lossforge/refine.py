@@ -20,7 +20,7 @@ non-finite run ranked last). Contract:
   :func:`~lossforge.evaluation.own_loop.training_run`).
 * The task: a built-in one is loaded by its stored name; a study of a task file or module needs
   it named again (``task=``, CLI ``--task``), and a task file changed since the study was created
-  is refused unless ``allow_changed_task`` (:func:`lossforge.study.study_task`).
+  is refused unless ``allow_changed_task`` (:func:`lossforge.study_task.study_task`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lossforge.evaluation.halving import HalvingRound, successive_halving
-from lossforge.study import Study, load_study, study_task
+from lossforge.study import Study, load_study
+from lossforge.study_task import study_task
 from lossforge.tasks import Task
 
 META_KEY = "refine"

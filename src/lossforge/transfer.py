@@ -68,7 +68,8 @@ from lossforge.evaluation.optimizers import tune_lr, with_training
 from lossforge.evaluation.own_loop import training_run
 from lossforge.refine import _jsonable, _loss_text, candidates
 from lossforge.storage import json_safe
-from lossforge.study import Study, load_study, study_task
+from lossforge.study import Study, load_study
+from lossforge.study_task import study_task
 from lossforge.tasks import Task, overrides_fit
 from lossforge.training import OK
 

@@ -33,8 +33,9 @@ class ExportedLoss(NamedTuple):
 
 def study_summary(study: str | Path, top: int = 10, task: str | None = None) -> dict[str, Any]:
     """``Study.summary(top)`` of the study file at ``study`` (opened read-only); with ``task`` (the
-    study's task named again) also ``task_file``: :func:`lossforge.study.task_file_status`."""
-    from lossforge.study import load_study, task_file_status
+    study's task named again) also ``task_file``: :func:`lossforge.study_task.task_file_status`."""
+    from lossforge.study import load_study
+    from lossforge.study_task import task_file_status
 
     from lossforge.transfer import show_extras
 

@@ -40,13 +40,16 @@ import tempfile
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lossforge.evaluation.candidate import FAILED, INVALID, TRAINED, Candidate
 from lossforge.evaluation.own_loop import Reports, fit_job
 from lossforge.evaluation.proxy import ProxyStageConfig, ProxyTraining, _result
 from lossforge.evaluation.rungs import FidelityConfig, bracket_of, top_indices
 from lossforge.tasks import Task, overrides_fit
+
+if TYPE_CHECKING:
+    from lossforge.training import TrainState
 
 
 def rung_job(task: Task, formula, metric: str, steps: int, seed: int, device: str = "cpu",

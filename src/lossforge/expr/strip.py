@@ -47,7 +47,6 @@ from dataclasses import dataclass
 import torch
 
 from lossforge.expr import kernels as K
-from lossforge.expr import ops as _ops
 from lossforge.expr.exact import is_softmax_log
 from lossforge.expr.export import to_source
 from lossforge.expr.expr import Expr, apply, const, var

@@ -97,7 +97,7 @@ def _transfer(study) -> dict[str, Any]:
 def _num_classes(settings: dict[str, Any], task) -> int | None:
     """The study's class count, without importing anything the study names (see
     :func:`read_study`)."""
-    from lossforge.study import stored_task_spec
+    from lossforge.study_task import stored_task_spec
     from lossforge.tasks.spec import is_spec, load_task
 
     if task is not None:
