@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from lossforge import tasks
@@ -92,6 +93,21 @@ def test_check_rungs_equals_straight_trainings():
             assert c.fitness[i][k] == pytest.approx(straight, abs=1e-12)
     with pytest.raises(ValueError, match="at least 4"):
         check_rungs(task, "accuracy", formulas[:3], 18)
+
+
+def test_check_rungs_on_workers_equals_in_process():
+    from lossforge.execution import make_executor
+
+    task = tasks.get("digits")
+    formulas = [str(_formula(n)) for n in ("ce", "focal", "brier", "gce")] + ["exp(exp(exp(p)))"]
+    here = check_rungs(task, "accuracy", formulas, 18, eta=3, levels=3)
+    executor = make_executor(workers=2)
+    try:
+        there = check_rungs(task, "accuracy", formulas, 18, eta=3, levels=3, executor=executor)
+    finally:
+        executor.shutdown()
+    assert np.allclose(there.fitness, here.fitness, atol=1e-12)
+    assert there.spearman == pytest.approx(here.spearman, nan_ok=True)
 
 
 def _formula(name: str):

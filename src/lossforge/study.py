@@ -423,7 +423,8 @@ class LossSearch:
     def _measured_ladder(self, store: Store) -> FunnelConfig:
         """The funnel settings to run: ``self.funnel``, where ``min_steps="auto"`` is replaced by
         the ladder a rung check chose (:mod:`~lossforge.evaluation.rung_check`; run once per
-        study, stored as meta ``"rung_check"`` and read back on resume). The stored settings
+        study on the search's executor, stored as meta ``"rung_check"`` and read back on
+        resume). The stored settings
         keep ``"auto"``."""
         from dataclasses import replace
 
@@ -444,7 +445,8 @@ class LossSearch:
                                "budget": self.budget, "max_steps": top,
                                "losses": POOL_RANDOM + len(loss_pool(self.task))})
             check = search_check(self.task, self.metric, self._screening_stages(store), top,
-                                 eta=fid.eta, seed=proxy.seed, device=proxy.device)
+                                 eta=fid.eta, seed=proxy.seed, device=proxy.device,
+                                 executor=self.executor)
             store.set_meta("rung_check", check.to_dict())
         min_steps, brackets = check.choose()
         log.info("rung check: %s", summary_line(check))

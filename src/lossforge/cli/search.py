@@ -198,10 +198,12 @@ def _steps_or_auto(text: str | None) -> int | str | None:
 
 
 def rung_check(task: Any, metric: str | None = None, max_steps: int | None = None, eta: int = 3,
-               levels: int = 4, random: int = 8, seed: int = 0) -> dict[str, Any]:
+               levels: int = 4, random: int = 8, seed: int = 0,
+               executor: Any = None) -> dict[str, Any]:
     """:func:`lossforge.evaluation.rung_check.check_rungs` on ``task`` (the zoo's losses, plus
-    ``random`` screened random candidates): the check's dict with ``task``, ``metric``,
-    ``max_steps`` and ``flags`` (the ``search`` options that use its choice)."""
+    ``random`` screened random candidates; trained on ``executor`` when given): the check's dict
+    with ``task``, ``metric``, ``max_steps`` and ``flags`` (the ``search`` options that use its
+    choice)."""
     from lossforge.evaluation.funnel import Funnel, FunnelConfig
     from lossforge.evaluation.rung_check import search_check
 
@@ -214,7 +216,7 @@ def rung_check(task: Any, metric: str | None = None, max_steps: int | None = Non
         funnel.calibrate()
         stages = [stage for stage in funnel.stages if stage is not funnel.proxy]
     check = search_check(task, metric, stages, top, eta=eta, levels=levels, n_random=random,
-                         seed=seed)
+                         seed=seed, executor=executor)
     low, brackets = check.choose()
     flags = (f"--fidelity asha --min-steps {low} --max-steps {top} --eta {eta} "
              f"--brackets {brackets}" if low < top else "--fidelity none")
@@ -236,14 +238,25 @@ def rung_check_cli(
         "trains than the zoo's hand-made losses, which make short rungs look safer; costs "
         "screening; what --min-steps auto uses).")),
     format: Format = _FORMAT,
+    workers: Optional[int] = typer.Option(None, "--workers", help="Train the losses in N local processes."),
+    dask: Optional[str] = _DASK,
 ):
     """Measure which multi-fidelity rungs rank your task's losses as a full-length proxy does,
     and print the search options that use the shortest safe rung (what --min-steps auto does at
     a search's start; run it once, reuse the flags)."""
+    from lossforge.execution import make_executor
+
     if eta < 2 or levels < 2 or random < 0:
         fail("--eta and --levels must be at least 2, --random at least 0")
     loaded = load_task_with_options(task, task_option)
-    emit(rung_check(loaded, metric, max_steps, eta, levels, random), format, "print_rung_check")
+    executor = None if workers is None and dask is None else make_executor(workers=workers,
+                                                                           dask=dask)
+    try:
+        out = rung_check(loaded, metric, max_steps, eta, levels, random, executor=executor)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    emit(out, format, "print_rung_check")
 
 
 @app.command("resume")

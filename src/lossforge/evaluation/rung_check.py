@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -136,43 +136,59 @@ def grid(max_steps: int, eta: int, levels: int) -> list[int]:
 
 def check_rungs(task: Task, metric: str, losses: list[str], max_steps: int, *, eta: int = 3,
                 levels: int = 4, seed: int = 0, device: str = "cpu",
-                loss_spec: Callable = str) -> RungCheck:
+                loss_spec: Callable = str, executor: Any = None) -> RungCheck:
     """Train every loss of ``losses`` (formulas) once through :func:`grid` (continued from rung
     to rung) and return the :class:`RungCheck`. ``loss_spec(formula)``: what the training is
-    given (the proxy stage's ``loss_spec`` for a multi-slot task); ``seed``: the proxy's seed."""
-    from lossforge.evaluation.fidelity import rung_job
-
+    given (the proxy stage's ``loss_spec`` for a multi-slot task); ``seed``: the proxy's seed.
+    ``executor``: a ``concurrent.futures``-style executor (``--workers``, Dask) that trains the
+    losses in parallel, one job per loss (:func:`rung_curve`); ``None``: in this process. The
+    result does not depend on it; ``seconds`` is wall time."""
     if len(losses) < 4:
         raise ValueError(f"a rung check needs at least 4 losses to rank, got {len(losses)}")
     rungs = grid(max_steps, eta, levels)
     t0 = time.perf_counter()
-    fitness = []
-    for formula in losses:
-        row, state, alive = [], None, True
-        for k, steps in enumerate(rungs):
-            if not alive:  # diverged (or failed) at an earlier rung
-                row.append(-math.inf)
-                continue
-            out = rung_job(task, loss_spec(formula), metric, steps, seed, device,
-                           state_in=state, return_state=k < len(rungs) - 1)
-            alive = out["status"] == TRAINED and out["fitness"] is not None
-            state = out.get("state")  # None for a task with its own loop: each rung restarts
-            row.append(float(out["fitness"]) if alive else -math.inf)
-        fitness.append(row)
+    args = [(task, loss_spec(formula), metric, rungs, seed, device) for formula in losses]
+    if executor is None:
+        fitness = [rung_curve(*a) for a in args]
+    else:
+        futures = [executor.submit(rung_curve, *a) for a in args]
+        fitness = [f.result() for f in futures]
     return RungCheck(rungs, eta, list(losses), fitness, seconds=time.perf_counter() - t0)
+
+
+def rung_curve(task: Task, loss, metric: str, rungs: list[int], seed: int,
+               device: str = "cpu") -> list[float]:
+    """One loss (``loss``: a formula, or a multi-slot loss spec) trained through ``rungs`` steps,
+    continuing from rung to rung: its fitness at each (higher is better; ``-inf`` from the rung
+    where it diverged or failed). A job: plain picklable arguments."""
+    from lossforge.evaluation.fidelity import rung_job
+
+    row: list[float] = []
+    state, alive = None, True
+    for k, steps in enumerate(rungs):
+        if not alive:  # diverged (or failed) at an earlier rung
+            row.append(-math.inf)
+            continue
+        out = rung_job(task, loss, metric, steps, seed, device, state_in=state,
+                       return_state=k < len(rungs) - 1)
+        alive = out["status"] == TRAINED and out["fitness"] is not None
+        state = out.get("state")  # None for a task with its own loop: each rung restarts
+        row.append(float(out["fitness"]) if alive else -math.inf)
+    return row
 
 
 def search_check(task: Task, metric: str, stages: list | None, max_steps: int, *, eta: int = 3,
                  levels: int = 4, n_random: int | None = None, seed: int = 0,
-                 device: str = "cpu") -> RungCheck:
+                 device: str = "cpu", executor: Any = None) -> RungCheck:
     """The rung check of a search (``min_steps="auto"``) and of ``lossforge rung-check``: the
     :func:`loss_pool` (``n_random`` screened random candidates, default ``POOL_RANDOM``; 0 needs
-    no ``stages``) through :func:`check_rungs`; ``seconds`` counts the pool's screening too."""
+    no ``stages``) through :func:`check_rungs` (on ``executor`` when given); ``seconds`` counts
+    the pool's screening too."""
     started = time.perf_counter()
     n_random = POOL_RANDOM if n_random is None else n_random
     pool = loss_pool(task, n_random=n_random, seed=seed, stages=stages)
     check = check_rungs(task, metric, pool, max_steps, eta=eta, levels=levels, seed=seed,
-                        device=device)
+                        device=device, executor=executor)
     check.seconds = time.perf_counter() - started
     return check
 
