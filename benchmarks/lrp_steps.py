@@ -13,6 +13,7 @@ where it loses almost nothing; the timings say how much of the screening it woul
 
     python benchmarks/lrp_steps.py                     # digits and shapes-seg, 600 candidates each
     python benchmarks/lrp_steps.py --quick             # tiny (test suite)
+    python benchmarks/lrp_steps.py --tasks shapes-seg --steps 200 --spatial 16  # a smaller probe
 
 The last line printed is one JSON object: ``{task: {"reference": {...}, "short": [{steps, lr,
 seconds_per_candidate, agreement, lost, extra}, ...], "candidates": n, "accepted": k}}``.
@@ -59,7 +60,7 @@ def compare(reference: list[bool], short: list[bool]) -> dict:
     return {"agreement": (n - lost - extra) / max(1, n), "lost": lost, "extra": extra}
 
 
-def one_task(name: str, n: int, lengths: list[int]) -> dict:
+def one_task(name: str, n: int, lengths: list[int], spatial: list[int] = ()) -> dict:
     task = tasks.get(name)
     funnel = Funnel(task, task.default_metric, FunnelConfig())
     funnel.calibrate()
@@ -83,7 +84,34 @@ def one_task(name: str, n: int, lengths: list[int]) -> dict:
             out["short"].append(row)
             print(f"  {steps:>5} {lr:>8.3g} {1e3 * sec:>8.1f} {ref_s / max(sec, 1e-9):>7.1f}x "
                   f"{row['agreement']:>7.3f} {row['lost']:>5} {row['extra']:>5}")
+    if spatial:
+        out["spatial"] = smaller_probes(task, exprs, ref, ref_s, spatial, lengths)
     return out
+
+
+def smaller_probes(task, exprs: list, ref: list[bool], ref_s: float, sizes: list[int],
+                   lengths: list[int]) -> list[dict]:
+    """The same candidates' decisions with a dense probe at most ``size`` pixels wide (a funnel
+    calibrated on that probe: its own threshold), at the full length and at each of ``lengths``
+    with the summed step kept; against the reference decisions ``ref``."""
+    rows = []
+    for size in sizes:
+        base = FunnelConfig()
+        funnel = Funnel(task, task.default_metric, replace(base, lrp=replace(base.lrp,
+                                                                             spatial_size=size)))
+        funnel.calibrate()
+        config = funnel.lrp.config
+        print(f"  probe width <= {size} (target {tuple(funnel.lrp.probe.target.shape)}, "
+              f"threshold {config.threshold:.3f}):")
+        for steps in [config.steps, *lengths]:
+            dec, sec = decisions(exprs, funnel, config.with_steps(steps))
+            row = {"spatial_size": size, "steps": steps, "seconds_per_candidate": sec,
+                   **compare(ref, dec)}
+            rows.append(row)
+            print(f"  {steps:>5} {config.with_steps(steps).lr:>8.3g} {1e3 * sec:>8.1f} "
+                  f"{ref_s / max(sec, 1e-9):>7.1f}x {row['agreement']:>7.3f} {row['lost']:>5} "
+                  f"{row['extra']:>5}")
+    return rows
 
 
 def main(argv=None) -> dict:
@@ -93,11 +121,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--candidates", type=int, default=None, help="LRP inputs per task (600)")
     ap.add_argument("--steps", type=int, nargs="+", default=None,
                     help="short protocols' lengths (50 100 200)")
+    ap.add_argument("--spatial", type=int, nargs="*", default=[],
+                    help="also dense probes at most this wide (the default is 32), e.g. 16")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     n = a.candidates or (24 if a.quick else 600)
     lengths = a.steps or ([50] if a.quick else [50, 100, 200])
-    report = {name: one_task(name, n, lengths) for name in a.tasks}
+    report = {name: one_task(name, n, lengths, a.spatial) for name in a.tasks}
     print(json.dumps(report))
     return report
 

@@ -118,7 +118,7 @@ def test_the_multi_fidelity_row_trains_rungs_and_counts_their_steps():
 
 
 def test_lrp_steps_quick():
-    out = _last_json("lrp_steps.py", "--tasks", "digits")
+    out = _last_json("lrp_steps.py", "--tasks", "digits", "--spatial", "8")
     r = out["digits"]
     n = r["candidates"]
     assert n >= 10 and 0 <= r["accepted"] <= n and r["reference"]["steps"] == 500
@@ -128,6 +128,10 @@ def test_lrp_steps_quick():
     for s in r["short"]:
         assert s["agreement"] == pytest.approx((n - s["lost"] - s["extra"]) / n)
         assert s["seconds_per_candidate"] > 0
+    # digits' probe is not dense: a width limit leaves it, and the 500-step decisions, unchanged
+    full, short = r["spatial"]
+    assert (full["spatial_size"], full["steps"], full["agreement"]) == (8, 500, 1.0)
+    assert short["steps"] == 50 and short["agreement"] == r["short"][1]["agreement"]
 
 
 def test_lrp_steps_compare_counts_lost_and_extra_decisions():
