@@ -76,6 +76,7 @@ candidate's numbers may also differ at that level with the other members of its 
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import weakref
@@ -90,7 +91,8 @@ from lossforge.expr.interpret import ExprLoss, loss_value
 from lossforge.tasks import CLASSIFICATION, Task, check_output_shape
 from lossforge.tasks import get as get_task
 from lossforge.tasks.base import isolated_global_rng
-from lossforge.training import INVALID, OK, TrainResult, batch_generator, batch_indices, make_optimizer
+from lossforge.training import (INVALID, OK, TrainResult, TrainState, _check_state,
+                                batch_generator, batch_indices, make_optimizer)
 from lossforge.training.loss_spec import LoadedLoss, load_loss
 from lossforge.training.stacked_forward import ENGINES, make_forward, stack_parameters
 
@@ -232,7 +234,8 @@ def train_batched(task: Task | str, losses: Sequence[Expr | str | nn.Module], *,
                   steps: int | None = None, seed: int = 0, device: str = "cpu",
                   splits: tuple[str, ...] = ("val",), batch_size: int | None = None,
                   lr: float | None = None, curve_every: int = 10,
-                  engine: str | None = None) -> list[TrainResult]:
+                  engine: str | None = None, states: Sequence[TrainState | None] | None = None,
+                  keep_state: bool = False) -> list[TrainResult]:
     """Train one copy of the task's model per loss, all at once; one ``TrainResult`` per loss.
 
     The arguments mean what they mean for :func:`lossforge.training.train` (every copy uses
@@ -240,6 +243,13 @@ def train_batched(task: Task | str, losses: Sequence[Expr | str | nn.Module], *,
     raises while training gets status :data:`FAILED` (``train`` would raise). The task's model must
     be supported (:func:`supports_batched`), else ``ValueError``. ``engine``: ``"grouped"`` or
     ``"vmap"`` (default: :func:`batched_engine`'s choice).
+
+    Continuation (multi-fidelity rungs, as ``train``'s ``state=`` / ``keep_state=``): ``states``
+    gives each copy's start, :class:`~lossforge.training.TrainState` s with one ``seed`` and one
+    ``steps_done`` (all ``None``: a fresh start; else ``ValueError``) — from ``train`` or from
+    this function, interchangeably; ``keep_state=True`` returns each trained copy's end in
+    ``TrainResult.state``, a state ``train`` can continue. Every copy's results then agree with
+    one straight run of ``steps`` to float noise (as batched results always do).
     """
     task = get_task(task)
     if not losses:
@@ -259,14 +269,19 @@ def train_batched(task: Task | str, losses: Sequence[Expr | str | nn.Module], *,
     model.train()
     crit = _Losses(task, loaded, dev)
     n = len(loaded)
-    results = [TrainResult(ld.name, seed, cfg.steps, 0, OK) for ld in loaded]
-    params = stack_parameters(model, n, dev)
+    first = _common_start(states, n, seed, cfg.steps)
+    results = [TrainResult(ld.name, seed, cfg.steps, first, OK) for ld in loaded]
     fwd = make_forward(model, engine)
-    opt = make_optimizer(list(params.values()), cfg)
+    if first:
+        params, opt = _stacked_start(model, states, cfg, dev)
+    else:
+        params = stack_parameters(model, n, dev)
+        opt = make_optimizer(list(params.values()), cfg)
     live = list(range(n))  # live[j]: the loss trained by row j of the stacked tensors
     start = time.perf_counter()
     bs = min(cfg.batch_size, len(x))
-    for step, idx in enumerate(batch_indices(len(x), bs, cfg.steps, gen)):
+    batches = batch_indices(len(x), bs, cfg.steps, gen)
+    for step, idx in itertools.islice(enumerate(batches), first, None):
         idx = idx.to(dev)
         xb, yb = x[idx], y[idx]
         out = fwd(params, xb)
@@ -310,6 +325,11 @@ def train_batched(task: Task | str, losses: Sequence[Expr | str | nn.Module], *,
             if not ok:
                 results[live[j]].status = INVALID
         rows = [j for j, ok in enumerate(finite.tolist()) if ok]
+        if keep_state:  # before scoring: eval passes draw no random numbers
+            rng = torch.get_rng_state()
+            for j in rows:
+                results[live[j]].state = _copy_state(model, params, opt, j, seed,
+                                                     results[live[j]].steps_done, rng)
         if rows and splits:
             _evaluate(task, model, fwd, params, rows, [results[live[j]] for j in rows], data,
                       splits, cfg, dev)
@@ -317,6 +337,66 @@ def train_batched(task: Task | str, losses: Sequence[Expr | str | nn.Module], *,
     for r in results:
         r.wall_time = wall
     return results
+
+
+def _common_start(states, n: int, seed: int, steps: int) -> int:
+    """The step every copy starts from (0 without states); ``ValueError`` unless the states are
+    ``n`` and share one seed and one ``steps_done`` (or are all ``None``)."""
+    if states is None or all(st is None for st in states):
+        return 0
+    if len(states) != n or any(st is None for st in states):
+        raise ValueError(f"states: one TrainState per loss ({n}), all given or all None")
+    done = {(st.seed, st.steps_done) for st in states}
+    if len(done) > 1:
+        raise ValueError(f"states: copies trained together start from one seed and step, got "
+                         f"{sorted(done)}; group them by steps_done")
+    return _check_state(states[0], seed, steps)
+
+
+def _stacked_start(model: nn.Module, states, cfg, dev):
+    """Stacked parameters and optimiser continuing ``states`` (row i from ``states[i]``; the
+    optimiser's per-parameter tensors stacked likewise, its step counts shared). Loads the shared
+    buffers and torch's global RNG state from the first state (the copies drew the same numbers:
+    one dropout mask per step for all of them)."""
+    model.load_state_dict(states[0].model)
+    torch.set_rng_state(states[0].rng)
+    params = {name: torch.stack([st.model[name] for st in states]).to(dev)
+              .requires_grad_(p.requires_grad) for name, p in model.named_parameters()}
+    opt = make_optimizer(list(params.values()), cfg)
+    saved = [st.optimizer["state"] for st in states]
+    for i, (name, p) in enumerate(params.items()):
+        per_copy = [sv.get(i, sv.get(str(i))) for sv in saved]
+        if not per_copy[0]:
+            continue
+        opt.state[p] = {key: _stacked_value([pc[key] for pc in per_copy], dev)
+                        for key in per_copy[0]}
+    return params, opt
+
+
+def _stacked_value(values: list, dev):
+    """One optimiser state entry of every copy as the stacked optimiser's: per-parameter tensors
+    stacked, a shared scalar (Adam's step count) copied — never aliased: the optimiser updates it
+    in place, and the given states must stay as they were."""
+    v = values[0]
+    if torch.is_tensor(v) and v.dim() > 0:
+        return torch.stack(values).to(dev)
+    return v.clone() if torch.is_tensor(v) else v
+
+
+def _copy_state(model: nn.Module, params: dict[str, torch.Tensor], opt, row: int, seed: int,
+                steps_done: int, rng: torch.Tensor) -> TrainState:
+    """Row ``row`` of the stacked training as the :class:`~lossforge.training.TrainState` of one
+    sequential run (the model's state dict, the optimiser's in ``torch.optim`` layout)."""
+    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    for name, p in params.items():
+        sd[name] = p.detach()[row].cpu().clone()
+    full = opt.state_dict()
+    state = {i: {key: (v[row].detach().cpu().clone() if torch.is_tensor(v) and v.dim() > 0
+                       else (v.detach().cpu().clone() if torch.is_tensor(v) else v))
+                 for key, v in per.items()}
+             for i, per in full["state"].items()}
+    return TrainState(seed, steps_done, sd, {"state": state,
+                                             "param_groups": full["param_groups"]}, rng.clone())
 
 
 @torch.no_grad()
