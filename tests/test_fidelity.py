@@ -175,3 +175,31 @@ def test_show_and_the_report_warn_when_the_best_stopped_below_its_top_rung():
            "best_rung": {"steps": 12, "rung": 1, "top": 2}}
     assert 'class="warning"' in _rungs_html(fid, None)
     assert 'class="warning"' not in _rungs_html({**fid, "best_rung": None}, None)
+
+
+def test_in_process_rungs_train_together_and_match_one_at_a_time(tmp_path, monkeypatch):
+    from lossforge.evaluation import fidelity
+
+    sizes = []
+    real = fidelity.rung_batch
+
+    def counted(task, losses, *a, **kw):
+        sizes.append(len(losses))
+        return real(task, losses, *a, **kw)
+
+    monkeypatch.setattr(fidelity, "rung_batch", counted)
+    together = _search(tmp_path / "together.db").run()
+    assert max(sizes) > 1, "no two rungs were trained together"
+    one = replace(FUNNEL, proxy=replace(FUNNEL.proxy, batch=1))
+    alone = LossSearch(task="digits", storage=tmp_path / "alone.db", budget=16, seed=4,
+                       funnel=one, fidelity=FID,
+                       strategy_options={"population_size": 16, "batch_size": 8}).run()
+    a, b = _rows(together), _rows(alone)
+    # the same candidates reach the same rungs; fitness agrees to float noise (a sample or two)
+    assert [r[:4] for r in a[1]] == [r[:4] for r in b[1]]
+    for x, y in zip(a[1], b[1]):
+        assert (x[5] is None) == (y[5] is None)
+        if x[5] is not None:
+            assert x[5] == pytest.approx(y[5], abs=2 / 360)
+    together.close()
+    alone.close()

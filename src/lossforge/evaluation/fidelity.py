@@ -12,7 +12,12 @@ continued: each rung restarts ``fit`` with the rung's steps (the rung record say
 ``restart: true``).
 
 Jobs. A rung is one ordinary job (:func:`rung_job`, plain picklable arguments) on whatever
-executor the stage has: in-process, local processes, Dask. Continuation state travels in files
+executor the stage has: in-process, local processes, Dask. Without an executor, the rungs waiting
+to be trained at one moment (a generation's rung 0; the promotions one result unlocks) train
+together on the stacked engine when the task allows it (:func:`rung_batch`, chunks of
+``ProxyStageConfig.batch``; ``batch=1`` trains one at a time): continuation then holds to float
+noise instead of bit for bit (a validation sample may flip), as for the single-length proxy's
+batches, and the promotions are the ones one-at-a-time training would make on those results. Continuation state travels in files
 beside the study (``<study>.rungs/g<generation>-p<position>-r<rung>.pt``, written atomically by
 the job before its result is committed; removed once the candidate's outcome is final), which
 workers on the same file system read and write. In-process runs (no executor, or a serial one)
@@ -89,6 +94,43 @@ def rung_job(task: Task, formula, metric: str, steps: int, seed: int, device: st
     return out
 
 
+def rung_batch(task: Task, losses: list, metric: str, steps: int, seed: int, device: str,
+               states: list, keep_state: bool) -> list[dict]:
+    """:func:`rung_job` for several losses at once on the stacked engine
+    (:func:`~lossforge.training.stacked.train_batched`; in-process only): ``states`` (one
+    :class:`~lossforge.training.TrainState` or ``None`` each) share one ``steps_done``. One result
+    dict per loss, with ``"state"`` when ``keep_state``. A copy that raised, or a batch that could
+    not run (a loss that does not load), goes through :func:`rung_job` for the exact sequential
+    outcome and reason."""
+    from lossforge.training import OK
+    from lossforge.training.stacked import train_batched
+
+    def one(loss, state):
+        return rung_job(task, loss, metric, steps, seed, device, state_in=state,
+                        return_state=keep_state)
+
+    try:
+        results = train_batched(task, losses, steps=steps, seed=seed, device=device,
+                                splits=("val",), states=states, keep_state=keep_state)
+    except (RuntimeError, ValueError, FloatingPointError):
+        return [one(loss, state) for loss, state in zip(losses, states)]
+    sign = task.metric(metric).sign
+    outs = []
+    for loss, state, r in zip(losses, states, results):
+        if r.status not in (OK, INVALID):  # raised in the batch: the sequential job says why
+            outs.append(one(loss, state))
+            continue
+        ok = r.status == OK
+        out = {"status": TRAINED if ok else INVALID,
+               "fitness": sign * r.val[metric] if ok else None, "metrics": r.val,
+               "seconds": r.wall_time, "steps_done": r.steps_done,
+               "started_at": 0 if state is None else state.steps_done, "restart": False}
+        if ok and keep_state:
+            out["state"] = r.state
+        outs.append(out)
+    return outs
+
+
 @dataclass
 class RungResult:
     """One finished rung of one candidate (what the store keeps; ``started_at``: the step the
@@ -143,6 +185,8 @@ class MultiFidelityTraining(ProxyTraining):
         self.rung_log: list[RungResult] = []
         #: in-process runs: (position, rung) -> the TrainState at the end of that rung
         self._memory: dict[tuple[int, int], Any] = {}
+        #: in-process rung jobs waiting to be trained together: (future, track, rung)
+        self._pending: list[tuple[Future, _Track, int]] = []
 
     # --- the study's side -----------------------------------------------------------------------
     def bind(self, store, generation: int, positions: list[int]) -> None:
@@ -248,6 +292,7 @@ class MultiFidelityTraining(ProxyTraining):
             self._start(t, 0, running)
         while True:
             self._walk(queues, cursors, seen, parked, running, on_done)
+            self._train_pending()
             if not running:
                 break
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -291,6 +336,11 @@ class MultiFidelityTraining(ProxyTraining):
         if k in t.results:
             return
         steps = self.ladder[t.bracket][k]
+        if self.executor is None and self._stacks:  # trained with the others waiting
+            future = Future()
+            self._pending.append((future, t, k))
+            running[future] = (t, k)
+            return
         if self.in_process:
             keep = k < len(self.ladder[t.bracket]) - 1
             args = (self.task, self.loss_spec(t.cand.expr), self.metric, steps, self.config.seed,
@@ -306,6 +356,43 @@ class MultiFidelityTraining(ProxyTraining):
                     self.config.device, self._state_in(t, k), self._state_path(t, k))
             future = self.executor.submit(rung_job, *args)
         running[future] = (t, k)
+
+    @property
+    def _stacks(self) -> bool:
+        """Whether in-process rungs train together on the stacked engine
+        (:func:`~lossforge.evaluation.proxy.can_stack` with ``config.batch``)."""
+        if not hasattr(self, "_can_stack"):
+            from lossforge.evaluation.proxy import can_stack
+
+            self._can_stack = can_stack(self.task, self.config.batch)
+        return self._can_stack
+
+    def _train_pending(self) -> None:
+        """Train the deferred in-process rung jobs: those with the same steps that continue from
+        the same step together (:func:`rung_batch`, chunks of ``config.batch``), and resolve
+        their futures. Every decision waits for these results anyway (:meth:`_race` walks
+        after training), so promotions are what one-at-a-time training would give — up to the
+        float noise of stacked training."""
+        from lossforge.training import TrainState
+
+        groups: dict[tuple[int, int, bool], list] = {}
+        for future, t, k in self._pending:
+            state = self._state_in(t, k)
+            if isinstance(state, str):  # a state file (a study begun on workers)
+                state = TrainState.load(state) if Path(state).exists() else None
+            key = (self.ladder[t.bracket][k], state.steps_done if state is not None else 0,
+                   k < len(self.ladder[t.bracket]) - 1)
+            groups.setdefault(key, []).append((future, t, state))
+        self._pending = []
+        chunk = max(1, self.config.batch)
+        for (steps, _start, keep), jobs in groups.items():
+            for lo in range(0, len(jobs), chunk):
+                part = jobs[lo:lo + chunk]
+                outs = rung_batch(self.task, [self.loss_spec(t.cand.expr) for _f, t, _s in part],
+                                  self.metric, steps, self.config.seed, self.config.device,
+                                  [st for _f, _t, st in part], keep)
+                for (future, _t, _s), out in zip(part, outs):
+                    future.set_result(out)
 
     def _finish_rung(self, t: _Track, k: int, out: dict) -> None:
         state = out.pop("state", None)

@@ -162,6 +162,14 @@ def safe_proxy_job(args: tuple, report: Reports | None = None) -> dict:
 
 
 # ---- the in-process path: chunks trained together ------------------------------------------------
+def can_stack(task: Task, chunk: int) -> bool:
+    """Whether in-process proxy trainings of ``task`` may run ``chunk`` at a time on the stacked
+    engine (:mod:`~lossforge.training.stacked`): ``chunk`` > 1, one loss slot, in-memory tensor
+    splits, a supported model, and no training loop of the task's own."""
+    return (chunk > 1 and not overrides_fit(task) and len(task.loss_slots()) == 1
+            and tensor_data(task) and stacked.supports_batched(task))
+
+
 def in_process_results(task: Task, todo: list, args: list[tuple], chunk: int = DEFAULT_CHUNK,
                        reporter: Callable[[Candidate], Reports | None] | None = None
                        ) -> Iterator[tuple]:
@@ -180,8 +188,7 @@ def in_process_results(task: Task, todo: list, args: list[tuple], chunk: int = D
         for c, a in zip(todo, args):
             yield c, safe_proxy_job(a, reporter(c) if reporter is not None else None)
         return
-    if (chunk <= 1 or not todo or len(task.loss_slots()) > 1 or not tensor_data(task)
-            or not stacked.supports_batched(task)):  # Dataset splits: sequential, streamed
+    if not todo or not can_stack(task, chunk):  # Dataset splits: sequential, streamed
         for c, a in zip(todo, args):  # multi-slot tasks: always sequential (composite losses)
             yield c, safe_proxy_job(a)
         return
