@@ -62,15 +62,19 @@ class _Budget(Exception):
 
 def one_search(task: str, seed: int, seconds: float, fidelity: FidelityConfig | None,
                max_steps: int, folder: Path, generation: int,
-               lrp_steps: int | None = None, population: int | None = None) -> dict:
+               lrp_steps: int | None = None, population: int | None = None,
+               lrp_width: int | None = None) -> dict:
     """One autoloss-zero search of ``generation`` candidates per generation (population
     ``population``, default 4 generations; the worst removed) until ``seconds`` of CPU time; its
     throughput, stage split, proxy steps and best formula. ``lrp_steps``: a shorter LRP with the
-    same summed step (lr · 500 / steps; calibrated as usual)."""
+    same summed step (lr · 500 / steps; calibrated as usual); ``lrp_width``: a narrower dense
+    screening probe (``LRPConfig.spatial_size``)."""
     cfg = FunnelConfig()
     cfg = replace(cfg, proxy=replace(cfg.proxy, steps=max_steps))
     if lrp_steps is not None:
         cfg = replace(cfg, lrp=cfg.lrp.with_steps(lrp_steps))
+    if lrp_width is not None:
+        cfg = replace(cfg, lrp=replace(cfg.lrp, spatial_size=lrp_width))
     start = time.process_time()
 
     def stop(_event):
@@ -163,7 +167,7 @@ def compare(rows: dict[str, list[dict]]) -> dict:
 def print_task(name: str, out: dict, n_seeds: int, seconds: float) -> None:
     print(f"\n{name}: {n_seeds} paired seeds, {seconds:g} CPU s per search, rungs "
           f"{out['ladder']} (eta {out['eta']}), max {out['max_steps']} steps, LRP "
-          f"{out['lrp_steps']} steps, population {out['population']}")
+          f"{out['lrp_steps']} steps (probe width {out['lrp_width']}), population {out['population']}")
     print(f"{'seed':>4} {'arm':>4} {'evaluated':>9} {'/CPU-h':>7} {'/proxy-h':>8} {'screen':>6} "
           f"{'steps':>6} {'retrained':>9}  stopped at (steps: n)  best")
     for kind in ("none", "asha"):
@@ -202,6 +206,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--eta", type=int, default=3)
     ap.add_argument("--brackets", type=int, default=None, help="default: FidelityConfig's")
     ap.add_argument("--generation", type=int, default=10, help="candidates per generation")
+    ap.add_argument("--lrp-width", type=int, default=None,
+                    help="both arms: dense screening probes at most this wide (default 32)")
     ap.add_argument("--population", type=int, default=None,
                     help="evolution's population (default 4 generations): a search fills it with "
                          "random candidates before it evolves")
@@ -227,7 +233,7 @@ def main(argv=None) -> dict:
             for seed in range(a.first_seed, a.first_seed + n_seeds):
                 for kind, f in (("none", None), ("asha", fid)):
                     r = one_search(name, seed, seconds, f, top, Path(tmp), a.generation,
-                                   a.lrp_steps, a.population)
+                                   a.lrp_steps, a.population, a.lrp_width)
                     r["retrained"] = retrain(name, r["best"], top, fresh)
                     rows[kind].append(r)
                     print(f"  {name} seed {seed} {kind}: {r['evaluated']} evaluated in "
@@ -237,7 +243,8 @@ def main(argv=None) -> dict:
                      "cpu_s_per_search": seconds,
                      "retrain_seeds": len(fresh), "generation": a.generation,
                      "population": a.population or 4 * a.generation,
-                     "lrp_steps": a.lrp_steps or FunnelConfig().lrp.steps}
+                     "lrp_steps": a.lrp_steps or FunnelConfig().lrp.steps,
+                     "lrp_width": a.lrp_width or FunnelConfig().lrp.spatial_size}
         print_task(name, out[name], n_seeds, seconds)
     print(json.dumps(out))
     return out

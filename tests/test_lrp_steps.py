@@ -43,3 +43,17 @@ def test_a_short_protocol_scores_like_the_long_one_only_with_the_lr_scaled():
         assert long_ > 0.5
         assert abs(scaled - long_) <= 0.03, formula
         assert unscaled < long_ - 0.2, formula
+
+
+def test_lrp_width_narrows_the_dense_probe_only():
+    from lossforge import tasks
+    from lossforge.evaluation.funnel import Funnel
+
+    cfg = funnel_config(lrp_width=16)
+    assert cfg.lrp.spatial_size == 16 and cfg.lrp.steps == LRPConfig().steps
+    seg = Funnel(tasks.get("shapes-seg"), "miou", cfg)
+    assert tuple(seg.lrp.probe.target.shape[-2:]) == (16, 16)
+    assert tuple(Funnel(tasks.get("shapes-seg"), "miou", funnel_config()).lrp.probe.target
+                 .shape[-2:]) == (32, 32)
+    with pytest.raises(ValueError, match="--lrp-width"):
+        funnel_config(lrp_width=0)
