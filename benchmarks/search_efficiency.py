@@ -3,7 +3,7 @@
 The paper (FIELD.md) reports naive evolution 1×; + LRP ~700×; + GEC ~1000×; + stop for invalid
 loss values ~5000×. This measures the same cumulative ablation on our implementation
 (``naive / lrp / gec / invalid_stop / batched / batched_proxy``) and ``multi_fidelity``
-(``batched`` + ASHA rungs: the "+ multi-fidelity" row), side by side in one process;
+(``batched_proxy`` + ASHA rungs: the "+ multi-fidelity" row), side by side in one process;
 the configurations and how they are charged are documented in :mod:`lossforge.ablation`, which
 ``experiments/autoloss_zero.py`` shares.
 
@@ -41,6 +41,8 @@ def main(argv=None) -> dict:
                     help="proxy training steps (default: the task's; quick 30)")
     ap.add_argument("--lrp-steps", type=int, default=None,
                     help="LRP steps (default 500, FIELD.md; quick 100)")
+    ap.add_argument("--lrp-width", type=int, default=None,
+                    help="dense tasks: screening probes at most this wide (default 32)")
     ap.add_argument("--min-steps", type=int, default=None,
                     help="multi_fidelity: the shortest rung (default proxy steps / eta)")
     ap.add_argument("--eta", type=int, default=3, help="multi_fidelity: the reduction factor")
@@ -64,7 +66,8 @@ def main(argv=None) -> dict:
           f"{os.cpu_count()} CPU(s), {platform.machine()}, load average {load:.1f}", flush=True)
     fidelity = FidelityConfig("asha", min_steps=args.min_steps, max_steps=steps, eta=args.eta)
     out = measure(task, metric, n=n, n_naive=n_naive, steps=steps, lrp_steps=lrp_steps,
-                  seed=args.seed, log=lambda line: print(line, flush=True), fidelity=fidelity)
+                  seed=args.seed, log=lambda line: print(line, flush=True), fidelity=fidelity,
+                  lrp_width=args.lrp_width)
     rows, result = out["rows"], out["summary"]
     full_s, loop_s = result["full_training_s"], result["loop_s"]
 
@@ -87,7 +90,7 @@ def main(argv=None) -> dict:
           f"invalid_stop left out). Charged = wall + a full-length training ({full_s:.2f}s, median "
           f"of the naive sample's complete trainings) for every training that stopped at an invalid "
           f"value in naive, and the difference to a complete training loop ({loop_s:.2f}s) for "
-          f"each in the proxy stage of lrp and gec. multi_fidelity: batched + ASHA rungs "
+          f"each in the proxy stage of lrp and gec. multi_fidelity: batched_proxy + ASHA rungs "
           f"{result['fidelity_ladder'][0]} (eta {args.eta}); its trained candidates reached the top "
           f"rung or were pruned below it. steps: proxy-training steps spent. Per-stage seconds:")
     for name, r in rows.items():

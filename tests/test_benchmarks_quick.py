@@ -27,7 +27,7 @@ def test_search_efficiency_quick():
         assert isinstance(speedup[key], (int, float)) and speedup[key] > 0
     assert speedup["naive"] == 1.0
     assert set(speedup) <= set(out["s_per_candidate"])
-    assert speedup["multi_fidelity"] > 0  # the "+ multi-fidelity" row: batched + ASHA rungs
+    assert speedup["multi_fidelity"] > 0  # the "+ multi-fidelity" row: batched_proxy + ASHA rungs
     assert out["fidelity_ladder"] == [[3, 10, 30], [10, 30]]  # quick: 30 steps, the defaults
     spent = out["proxy_steps_spent"]
     assert spent["naive"] == 3 * 30 and spent["multi_fidelity"] <= 30 * out["trained"]["multi_fidelity"]

@@ -15,8 +15,8 @@ by side in one process, on one seeded stream of random expressions of the ``auto
 ``multi_fidelity`` ``batched`` + multi-fidelity proxy training (ASHA rungs,
                   :mod:`~lossforge.evaluation.fidelity`; default rungs ``steps/9``,
                   ``steps/3``, ``steps`` and a bracket from ``steps/3``, η = 3): a candidate counts as evaluated when it reached the top rung
-                  or was pruned below it. Built on ``batched``, not ``batched_proxy``: rungs train
-                  one candidate at a time. Each half of the sample is its own race (no
+                  or was pruned below it. Built on ``batched_proxy``: the rungs waiting at one
+                  moment train together (``fidelity.rung_batch``). Each half of the sample is its own race (no
                   promotion history carries from the first half to the second, as it would
                   across a study's generations), and ``proxy_steps`` counts the steps it trained.
 
@@ -180,10 +180,12 @@ def invalid_by_stage(cands) -> list[int]:
 
 def measure(task="digits", metric: str | None = None, n: int = 100, n_naive: int = 10,
             steps: int | None = None, lrp_steps: int | None = None, seed: int = 0,
-            log=print, fidelity: FidelityConfig | None = None) -> dict:
+            log=print, fidelity: FidelityConfig | None = None,
+            lrp_width: int | None = None) -> dict:
     """Run the ablation; ``log(line)`` reports progress. ``fidelity``: the rungs of
     ``multi_fidelity`` (default ``FidelityConfig("asha")``: its default rungs and brackets; its
-    ``max_steps`` is always ``steps``). Returns ``{"rows": {config: {...}},
+    ``max_steps`` is always ``steps``); ``lrp_width``: the dense probes' width
+    (``LRPConfig.spatial_size``; default 32). Returns ``{"rows": {config: {...}},
     "summary": {...}}``: per configuration ``n, wall_s, charged_s, s_per_cand, speedup, trained,
     fit, invalid, gec_hits, agree, bound, proxy_steps`` (and ``stages_s``); the summary is the
     benchmark's JSON."""
@@ -194,7 +196,10 @@ def measure(task="digits", metric: str | None = None, n: int = 100, n_naive: int
     exprs = stream(max(n, n_naive), seed)
     t = time.perf_counter()
     task.data()
-    base = FunnelConfig(lrp=LRPConfig(steps=lrp_steps), proxy=_proxy_config(steps, 1),
+    lrp = LRPConfig(steps=lrp_steps)
+    if lrp_width is not None:
+        lrp = dataclasses.replace(lrp, spatial_size=lrp_width)
+    base = FunnelConfig(lrp=lrp, proxy=_proxy_config(steps, 1),
                         batched=False)
     calib = Funnel(task, metric, base)
     calib.calibrate()
@@ -218,7 +223,8 @@ def measure(task="digits", metric: str | None = None, n: int = 100, n_naive: int
         runners["batched_proxy"] = Configured("batched_proxy", task, metric,
                                               cfg(batched=True, batch=16), no_stop=False)
     runners["multi_fidelity"] = Configured("multi_fidelity", task, metric,
-                                           cfg(batched=True, fidelity=fidelity), no_stop=False)
+                                           cfg(batched=True, batch=16, fidelity=fidelity),
+                                           no_stop=False)
     samples = {name: exprs[:n_naive] if name == "naive" else exprs[:n] for name in runners}
     wall = dict.fromkeys(runners, 0.0)
     order = list(runners)
@@ -275,6 +281,7 @@ def measure(task="digits", metric: str | None = None, n: int = 100, n_naive: int
         "fidelity_ladder": fidelity.ladder(steps),
         "bound": {k: None if r["bound"] is None else round(r["bound"], 2) for k, r in rows.items()},
         "task": task.name, "metric": metric, "proxy_steps": steps, "lrp_steps": lrp_steps,
+        "lrp_width": lrp.spatial_size,
         "full_training_s": round(full_s, 3), "loop_s": round(loop_s, 3),
         "setup_s": round(setup_s, 1), "seed": seed,
         "threads": torch.get_num_threads(), "paper": PAPER,
