@@ -18,7 +18,7 @@ from lossforge import metrics as M
 from lossforge.evaluation import batched
 from lossforge.evaluation.batched.vjp import BACKWARD, FORWARD
 from lossforge.evaluation.candidate import PENDING, Candidate
-from lossforge.evaluation.checks import Checks, ChecksConfig
+from lossforge.evaluation.checks import Checks, ChecksConfig, numeric_reason
 from lossforge.evaluation.gec import GradientEquivalence
 from lossforge.evaluation.lrp import LossRejection, LRPConfig, lrp_score
 from lossforge.evaluation.probes import Probe, synthetic_probe
@@ -195,6 +195,24 @@ def test_checks_stage_matches_reference(seg, integrity):
                                                                bat_stage.stats.n_out)
     assert bat_stage.stats.seconds > 0
     assert 0 < ref_stage.stats.n_out < ref_stage.stats.n_in
+
+
+@pytest.mark.parametrize("seg", [False, True])
+def test_losses_constant_in_exact_arithmetic_have_a_zero_gradient_on_every_machine(seg):
+    """sum_c(p) = 1: these losses' float32 gradients are rounding noise (~1e-9, above the 1e-12
+    threshold), whose last bits (and so the old float32 label test) depended on the CPU; both
+    paths judge them in float64 and reject them, and keep a loss that reads the prediction."""
+    probe = _seg_probe() if seg else synthetic_probe("classification", 6, 5, seed=1)
+    stage = Checks(probe)
+    constant = ["y - p", "-p + mean_s(y)", "p + y", "sum_c(p) * y", "y * mean_b(y) + p"]
+    exprs = [parse(t) for t in constant + ["y * log(p)"]]
+    for e in exprs[:-1]:
+        _, grad = probe.loss_and_grad(e, stage.pred)
+        assert 1e-12 < float(grad.abs().max()) < 1e-6, str(e)  # noise, not an exact zero
+    zero = "zero gradient with respect to the prediction"
+    want = [zero] * len(constant) + [""]
+    assert [numeric_reason(e, probe, stage.pred, stage.alt) for e in exprs] == want
+    assert batched.checks_reasons(exprs, probe, stage.pred, stage.alt) == want
 
 
 def test_checks_reference_errors_are_kept():

@@ -5,8 +5,7 @@ Contract. :func:`chunk_size` estimates how many candidates fit :data:`MEMORY_BUD
 :func:`chunk_programs` yields ``(indices, Program)`` per chunk for the supported expressions only
 (the others are left for the reference path); :func:`unique_exprs` deduplicates a population
 (identical candidates are evaluated once); :func:`stacked_copies` repeats one prediction for
-every candidate; :func:`reference_value` is the reference loss value of one expression (near-tie
-recomputation); :func:`resolve_device` is where a stage's batched pass computes.
+every candidate; :func:`resolve_device` is where a stage's batched pass computes.
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from lossforge.evaluation.batched.program import Program
 from lossforge.evaluation.batched.support import supported
 from lossforge.evaluation.probes import Probe
 from lossforge.expr.expr import Expr
-from lossforge.expr.interpret import loss_value
 
 
 #: Default memory budget (bytes) for the value/gradient stores of one chunk.
@@ -84,11 +82,5 @@ def stacked_copies(pred: torch.Tensor, n: int, device, dtype) -> torch.Tensor:
     return out.clone(memory_format=torch.contiguous_format)
 
 
-def reference_value(expr: Expr, probe: Probe, pred: torch.Tensor) -> torch.Tensor:
-    """The per-candidate reference's loss value of ``expr`` at ``pred`` on ``probe``."""
-    env, mask = probe.variables(pred)
-    return loss_value(expr, env, mask)
-
-
-__all__ = ["MAX_CHUNK", "MEMORY_BUDGET", "chunk_programs", "chunk_size", "reference_value",
-           "resolve_device", "stacked_copies", "unique_exprs"]
+__all__ = ["MAX_CHUNK", "MEMORY_BUDGET", "chunk_programs", "chunk_size", "resolve_device",
+           "stacked_copies", "unique_exprs"]
