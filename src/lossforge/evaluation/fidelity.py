@@ -82,14 +82,22 @@ def rung_job(task: Task, formula, metric: str, steps: int, seed: int, device: st
                        state=state, keep_state=keep)
     except (RuntimeError, ValueError, FloatingPointError) as err:
         return {"status": FAILED, "fitness": None, "reason": f"{type(err).__name__}: {err}"}
-    ok = result.status == OK
-    if ok and state_out is not None:
+    if result.status == OK and state_out is not None:
         result.state.save(state_out)
+    return _outcome(result, task.metric(metric).sign, metric, state, return_state)
+
+
+def _outcome(result, sign: float, metric: str, state_in, keep_state: bool) -> dict:
+    """A rung's result dict from a training's result (status ``OK`` or ``INVALID``):
+    ``state_in`` is the state it continued from (``None``: a fresh start)."""
+    from lossforge.training import OK
+
+    ok = result.status == OK
     out = {"status": TRAINED if ok else INVALID,
-           "fitness": task.metric(metric).sign * result.val[metric] if ok else None,
-           "metrics": result.val, "seconds": result.wall_time, "steps_done": result.steps_done,
-           "started_at": 0 if state is None else state.steps_done, "restart": False}
-    if ok and return_state:
+           "fitness": sign * result.val[metric] if ok else None, "metrics": result.val,
+           "seconds": result.wall_time, "steps_done": result.steps_done,
+           "started_at": 0 if state_in is None else state_in.steps_done, "restart": False}
+    if ok and keep_state:
         out["state"] = result.state
     return out
 
@@ -115,20 +123,9 @@ def rung_batch(task: Task, losses: list, metric: str, steps: int, seed: int, dev
     except (RuntimeError, ValueError, FloatingPointError):
         return [one(loss, state) for loss, state in zip(losses, states)]
     sign = task.metric(metric).sign
-    outs = []
-    for loss, state, r in zip(losses, states, results):
-        if r.status not in (OK, INVALID):  # raised in the batch: the sequential job says why
-            outs.append(one(loss, state))
-            continue
-        ok = r.status == OK
-        out = {"status": TRAINED if ok else INVALID,
-               "fitness": sign * r.val[metric] if ok else None, "metrics": r.val,
-               "seconds": r.wall_time, "steps_done": r.steps_done,
-               "started_at": 0 if state is None else state.steps_done, "restart": False}
-        if ok and keep_state:
-            out["state"] = r.state
-        outs.append(out)
-    return outs
+    # a copy that raised in the batch goes through the sequential job, which says why
+    return [_outcome(r, sign, metric, state, keep_state) if r.status in (OK, INVALID)
+            else one(loss, state) for loss, state, r in zip(losses, states, results)]
 
 
 @dataclass
