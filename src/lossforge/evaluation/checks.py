@@ -3,7 +3,9 @@
 A candidate passes when (a) it reads both a prediction variable and the label ``y`` (box losses: one
 of ``i, u, e``, each of which depends on both the predicted and the target box); (b) its value
 and its gradient with respect to the prediction are finite on the probe; (c) the gradient is not
-identically zero and the value or gradient changes when the labels change. Optionally (NLFS, for
+identically zero and the value or gradient changes when the labels change (these two are settled
+in float64 where float32 rounding could decide them, so every machine gives the same answer:
+``sum_c(p)`` is 1 exactly but its float32 gradient is ~1e-9 of noise). Optionally (NLFS, for
 classification spaces without batch aggregations) the 2-class integrity check with automatic
 orientation: the loss curve over ``p = [t, 1 - t]`` with label ``[0, 1]`` must not be flat, must not
 have its extremum near ``t = 0.5``, must change monotonic direction at most once; a loss that
