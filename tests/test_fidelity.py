@@ -25,7 +25,9 @@ def test_ladder_geometric_down_from_max():
     assert FidelityConfig("asha", None, None, 3).ladder(90) == [[10, 30, 90], [30, 90]]
     assert FidelityConfig("asha", None, 300, 3).ladder(0) == [[33, 100, 300], [100, 300]]
     assert FidelityConfig("asha", 13, 120, 3).ladder(0) == [[13, 40, 120], [40, 120]]
-    assert FidelityConfig("asha", None, 2, 3).ladder(0) == [[2]]
+    # rung lengths are compared rounded, as the rung check's grid rounds them: 2/3 -> 1 step
+    assert FidelityConfig("asha", None, 2, 3).ladder(0) == [[1, 2], [2]]
+    assert FidelityConfig("asha", None, 1, 3).ladder(0) == [[1]]
     assert FidelityConfig("asha", None, 60, 3).ladder(0) == [[7, 20, 60], [20, 60]]  # 60/9=6.7
     with pytest.raises(ValueError, match="only 3"):
         FidelityConfig("asha", 13, 120, 3, brackets=4).ladder(0)

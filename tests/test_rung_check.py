@@ -70,6 +70,18 @@ def test_grid_is_geometric_and_distinct():
     assert grid(5, 3, 4) == [1, 2, 5]
 
 
+def test_the_ladder_starts_at_the_rung_the_check_chose():
+    """The check prints rung lengths rounded (150/9 = 16.7 -> 17); --min-steps 17 must give that
+    rung, not skip it (it did: 50/150)."""
+    assert FidelityConfig("asha", 17, 150, 3, 1).ladder(150) == [[17, 50, 150]]
+    for top in (20, 64, 100, 120, 150, 200, 250, 300, 1000):
+        for eta in (2, 3, 4):
+            lengths = grid(top, eta, 4)
+            for i, low in enumerate(lengths):
+                ladder = FidelityConfig("asha", low, top, eta, 1).ladder(top)
+                assert ladder == [lengths[i:]], (top, eta, low)
+
+
 def test_auto_config_validation():
     assert FidelityConfig("asha", "auto").auto
     assert FidelityConfig("asha", "auto").chosen(12, 1) == FidelityConfig("asha", 12, None, 3, 1)

@@ -2,9 +2,11 @@
 
 Pure arithmetic, no training (the stage that trains is :mod:`~lossforge.evaluation.fidelity`).
 
-Rungs. With ``K = ⌊log_η(max_steps / min_steps)⌋`` a bracket ``b`` (0 ≤ b ≤ K) has the rungs
+Rungs. With ``K`` the largest k for which ``round(max_steps / η^k)`` is ≥ ``min_steps`` (and
+shorter than the rung above it) a bracket ``b`` (0 ≤ b ≤ K) has the rungs
 ``round(max_steps · η^(k − K + b))`` for ``k = 0 … K − b``: the top rung is ``max_steps`` exactly,
-rung 0 of bracket 0 is the shortest length ≥ ``min_steps`` on that geometric ladder, and each
+rung 0 of bracket 0 is the shortest rounded length ≥ ``min_steps`` on that geometric ladder (the
+lengths the rung check prints: ``min_steps=17, max_steps=150`` is 17, 50, 150), and each
 further bracket starts one rung higher (Hyperband's hedge: the last possible bracket, ``b = K``,
 trains every candidate for ``max_steps``). E.g. ``min_steps=13, max_steps=120, η=3`` → bracket 0:
 13, 40, 120; bracket 1: 40, 120; bracket 2: 120.
@@ -156,8 +158,11 @@ class FidelityConfig:
         low = int(self.min_steps or max(1, top // self.eta ** 2))  # floor: keeps 3 rungs
         if low > top:
             raise ValueError(f"min_steps ({low}) exceeds max_steps ({top})")
+        # the rung lengths as they are rounded (the rung check's grid rounds the same way):
+        # comparing the unrounded max/η^k with min_steps dropped a rung the check printed
+        # (max 150: rungs 17/50/150, but 150/9 = 16.7 < 17 left 50/150)
         k = 0
-        while top / self.eta ** (k + 1) >= low - 1e-9:
+        while low <= round(top / self.eta ** (k + 1)) < round(top / self.eta ** k):
             k += 1
         brackets = min(DEFAULT_BRACKETS, k + 1) if self.brackets is None else self.brackets
         if brackets > k + 1:
