@@ -499,3 +499,17 @@ def test_class_softmax_and_its_backward_equal_torch_up_to_rounding():
         soft = class_softmax(X.detach())
         assert torch.allclose(soft, ref, atol=1e-6, rtol=1e-5)
         assert torch.allclose(class_softmax_backward(g, soft), dref, atol=1e-5, rtol=1e-4)
+
+
+def test_class_log_softmax_and_its_backward_equal_torch_up_to_rounding():
+    from lossforge.evaluation.batched.program import class_log_softmax, class_log_softmax_backward
+
+    gen = torch.Generator().manual_seed(1)
+    for shape in [(30, 5, 10), (4, 2, 7, 6, 6)]:  # classes last; with spatial dims
+        X = (torch.randn(*shape, generator=gen) * 20).requires_grad_(True)  # large logits too
+        ref = torch.log_softmax(X, dim=2)
+        g = torch.randn(*shape, generator=gen)
+        (dref,) = torch.autograd.grad(ref, X, g)
+        logsoft = class_log_softmax(X.detach())
+        assert torch.allclose(logsoft, ref, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(class_log_softmax_backward(g, logsoft), dref, atol=1e-5, rtol=1e-4)
