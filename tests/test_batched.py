@@ -487,29 +487,20 @@ def test_screening_does_not_depend_on_how_the_population_is_split():
     assert sum(c[0][0] == PENDING for c in results[0]) >= 2      # some pass every screen
 
 
-def test_class_softmax_and_its_backward_equal_torch_up_to_rounding():
-    from lossforge.evaluation.batched.program import class_softmax, class_softmax_backward
+@pytest.mark.parametrize("name,reference,atol", [("softmax", torch.softmax, 1e-6),
+                                                  ("log_softmax", torch.log_softmax, 1e-5)])
+def test_class_softmax_and_log_softmax_and_their_backward_equal_torch_up_to_rounding(
+        name, reference, atol):
+    from lossforge.evaluation.batched import program
 
+    forward = getattr(program, f"class_{name}")
+    backward = getattr(program, f"class_{name}_backward")
     gen = torch.Generator().manual_seed(0)
     for shape in [(30, 5, 10), (4, 2, 7, 6, 6)]:  # classes last; with spatial dims
         X = (torch.randn(*shape, generator=gen) * 20).requires_grad_(True)  # large logits too
-        ref = torch.softmax(X, dim=2)
+        ref = reference(X, dim=2)
         g = torch.randn(*shape, generator=gen)
         (dref,) = torch.autograd.grad(ref, X, g)
-        soft = class_softmax(X.detach())
-        assert torch.allclose(soft, ref, atol=1e-6, rtol=1e-5)
-        assert torch.allclose(class_softmax_backward(g, soft), dref, atol=1e-5, rtol=1e-4)
-
-
-def test_class_log_softmax_and_its_backward_equal_torch_up_to_rounding():
-    from lossforge.evaluation.batched.program import class_log_softmax, class_log_softmax_backward
-
-    gen = torch.Generator().manual_seed(1)
-    for shape in [(30, 5, 10), (4, 2, 7, 6, 6)]:  # classes last; with spatial dims
-        X = (torch.randn(*shape, generator=gen) * 20).requires_grad_(True)  # large logits too
-        ref = torch.log_softmax(X, dim=2)
-        g = torch.randn(*shape, generator=gen)
-        (dref,) = torch.autograd.grad(ref, X, g)
-        logsoft = class_log_softmax(X.detach())
-        assert torch.allclose(logsoft, ref, atol=1e-5, rtol=1e-5)
-        assert torch.allclose(class_log_softmax_backward(g, logsoft), dref, atol=1e-5, rtol=1e-4)
+        out = forward(X.detach())
+        assert torch.allclose(out, ref, atol=atol, rtol=1e-5)
+        assert torch.allclose(backward(g, out), dref, atol=1e-5, rtol=1e-4)

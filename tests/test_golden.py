@@ -46,7 +46,8 @@ def test_search_gives_the_golden_rows(name, tmp_path):
     got = golden_runs.RUNS[name](tmp_path / f"{name}.db")
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
-        assert _same_row(g, e), f"{name}: generation {e['generation']} position {e['position']} differs"
+        where = f"generation {e['generation']} position {e['position']}"
+        assert _same_row(g, e), f"{name}: {where} differs"
 
 
 def test_evaluate_json_gives_the_golden_comparison():

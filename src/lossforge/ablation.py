@@ -48,7 +48,6 @@ from lossforge.evaluation.lrp import LossRejection, LRPConfig, improvement, metr
 from lossforge.evaluation.proxy import ProxyStageConfig
 from lossforge.evaluation.rungs import FidelityConfig
 from lossforge.expr import spaces, variation
-from lossforge.expr.interpret import loss_value
 from lossforge.tasks.spec import load_task
 from lossforge.training import OK, train
 
@@ -79,8 +78,7 @@ class NoStopLRP(LossRejection):
             opt = torch.optim.Adam([x], lr=cfg.lr)
         finite = True
         for _ in range(cfg.steps):
-            env, mask = self.probe.variables(x)
-            value = loss_value(expr, env, mask)
+            value = self.probe.loss(expr, x)
             finite = bool(torch.isfinite(value)) and finite
             opt.zero_grad(set_to_none=True)
             value.backward()

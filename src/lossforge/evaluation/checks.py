@@ -25,7 +25,7 @@ from lossforge.evaluation.probes import Probe
 from lossforge.evaluation.scale import ScaleLimits, measure_scale, reference_grad_norm, scale_reason
 from lossforge.evaluation.stage import StageStats, timed
 from lossforge.expr import Expr, apply
-from lossforge.expr.interpret import interpret, loss_value
+from lossforge.expr.interpret import interpret
 
 PREDICTION_VARS = frozenset({"p", "z", "f", "i", "u", "e"})
 #: Box-regression variables: each depends on the predicted and on the target box.
@@ -82,10 +82,7 @@ def same_value_for_labels(expr: Expr, probe: Probe, alt: Probe, pred: torch.Tens
     the rounding, which depend on the summation order and so on the CPU and the memory layout."""
     x = pred.detach().double()
     with torch.no_grad():
-        env, mask = probe.variables(x)
-        value = loss_value(expr, env, mask)
-        env2, mask2 = alt.variables(x)
-        other = loss_value(expr, env2, mask2)
+        value, other = probe.loss(expr, x), alt.loss(expr, x)
     return bool(torch.isfinite(other)) and \
         abs(float(other - value)) <= 1e-9 * (1 + abs(float(value)))
 

@@ -58,7 +58,6 @@ from lossforge.evaluation.probes import Probe, box_lrp_start
 from lossforge.evaluation.stage import StageStats, timed
 from lossforge.expr import Expr
 from lossforge.expr import kernels as K
-from lossforge.expr.interpret import loss_value
 from lossforge.tasks import Metric
 
 log = logging.getLogger(__name__)
@@ -201,8 +200,7 @@ def lrp_score(expr: Expr, probe: Probe, metric: Metric, config: LRPConfig,
     else:
         opt = torch.optim.Adam([x], lr=config.lr)
     for _ in range(config.steps):
-        env, mask = probe.variables(x)
-        value = loss_value(expr, env, mask)
+        value = probe.loss(expr, x)
         if not torch.isfinite(value):
             return None
         opt.zero_grad(set_to_none=True)

@@ -98,13 +98,18 @@ class Probe:
             return K.prepare_box(decode_boxes(pred, self.anchor), self.target)
         return K.prepare_regression(pred, self.target)
 
+    def loss(self, expr, pred: torch.Tensor) -> torch.Tensor:
+        """The loss ``expr`` at the prediction ``pred`` (a scalar tensor, possibly not finite; it
+        carries the autograd graph when ``pred`` requires grad)."""
+        env, mask = self.variables(pred)
+        return loss_value(expr, env, mask)
+
     def loss_and_grad(self, expr, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The loss ``expr`` at the prediction ``pred`` (a detached scalar tensor, possibly not
         finite) and its gradient ``dL/dpred`` (shape of ``pred``; ``None`` when the loss does not
         reach the prediction)."""
         x = pred.detach().clone().requires_grad_(True)
-        env, mask = self.variables(x)
-        value = loss_value(expr, env, mask)
+        value = self.loss(expr, x)
         if not value.requires_grad:  # nothing of the loss reads the prediction
             return value.detach(), None
         (grad,) = torch.autograd.grad(value, x, allow_unused=True)

@@ -19,10 +19,9 @@ from typing import Iterator
 import torch
 
 from lossforge.evaluation.batched.box_lrp import box_lrp_scores
-from lossforge.evaluation.batched.chunks import (
-    chunk_programs, stacked_copies, unique_exprs)
-from lossforge.evaluation.checks import NOISE_GRADIENT, same_value_for_labels, zero_gradient
+from lossforge.evaluation.batched.chunks import chunk_programs, stacked_copies, unique_exprs
 from lossforge.evaluation.batched.optim import optimise
+from lossforge.evaluation.checks import NOISE_GRADIENT, same_value_for_labels, zero_gradient
 from lossforge.evaluation.gec import format_fingerprint
 from lossforge.evaluation.lrp import improvement, metric_value
 from lossforge.evaluation.probes import Probe
@@ -60,7 +59,7 @@ def checks_reasons(exprs: list[Expr], probe: Probe, pred: torch.Tensor, alt: Pro
                 zero[j] = zero_gradient(prog.exprs[j], probe, pred)  # run() keeps the order
             for j in near.nonzero().flatten().tolist():
                 same_v[j] = same_value_for_labels(prog.exprs[j], probe, alt, pred)
-            flags = torch.stack([fin_v, fin_g, zero, same_v & close]).cpu().tolist()
+            flags = torch.stack([fin_v, fin_g, zero, same_v]).cpu().tolist()  # same_v: close too
             for j, (fv, fg, zg, nodep) in zip(idx, zip(*flags)):
                 if not fv:
                     res[j] = "non-finite value on the probe"
